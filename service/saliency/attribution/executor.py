@@ -1,0 +1,242 @@
+"""The deep-method executor: samples from many tasks packed into chunks, one model call each.
+
+A deep method turns (image, target, params) into a DeepTask: one or more sample streams (a
+generator of inputs plus a consumer of the model's outputs on them) and a `finish` that folds
+the consumed outputs into an Attribution. The executor packs slices of the pending streams, in
+arrival order, into chunks of at most `max_chunk` samples, runs the model once per chunk
+(forward-only under `torch.inference_mode` when no stream in it needs an input gradient) and
+scatters the outputs back. Streams are consumed in order, so inputs are generated a chunk at a
+time and memory stays bounded for any sample count.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from saliency.attribution.types import Attribution
+from saliency.models import LoadedModel
+
+
+@dataclass
+class ChunkOutput:
+    """Model outputs for a slice of a stream: logits [n, classes], input grads [n, C, H, W]."""
+
+    logits: torch.Tensor
+    grads: torch.Tensor | None
+
+
+@dataclass
+class SampleStream:
+    n_samples: int
+    needs_grad: bool
+    make_inputs: Callable[[int, int], torch.Tensor]  # [start, stop) -> [stop - start, C, H, W]
+    consume: Callable[[int, ChunkOutput], None]  # (start, outputs for that slice)
+    cursor: int = 0  # next sample to generate
+    consumed: int = 0  # samples whose outputs were consumed
+
+    @property
+    def remaining(self) -> int:
+        return self.n_samples - self.cursor
+
+
+_task_ids = itertools.count()
+
+
+class TaskCancelled(Exception):
+    """The task was cancelled (deadline passed, caller gone) before it finished."""
+
+
+@dataclass
+class DeepTask:
+    """One requested map. `target` is the class whose logit the gradients are taken of."""
+
+    method: str
+    target: int
+    streams: list[SampleStream]
+    finish: Callable[[], Attribution]
+    on_done: Callable[["DeepTask"], None] | None = None
+    task_id: int = field(default_factory=lambda: next(_task_ids))
+    result: Attribution | None = None
+    error: BaseException | None = None
+    cancelled: bool = False
+    compute_seconds: float = 0.0
+
+    @property
+    def n_samples(self) -> int:
+        return sum(s.n_samples for s in self.streams)
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None or self.error is not None
+
+
+@dataclass(frozen=True)
+class ChunkSizes:
+    """Most samples per model call, with and without an input gradient."""
+
+    grad: int
+    forward: int
+
+    def for_kind(self, needs_grad: bool) -> int:
+        return self.grad if needs_grad else self.forward
+
+
+@dataclass
+class ExecutorStats:
+    chunks: int = 0
+    samples: int = 0
+    tasks_finished: int = 0
+    tasks_dropped: int = 0
+
+
+class ChunkExecutor:
+    """Packs and runs the samples of pending DeepTasks for one model.
+
+    Not thread-safe for concurrent `step` calls: one worker owns a model at a time. `submit`
+    may be called from any thread.
+    """
+
+    def __init__(self, model: LoadedModel, chunk_sizes: ChunkSizes):
+        self.model = model
+        self.chunk_sizes = chunk_sizes
+        self.stats = ExecutorStats()
+        self._pending: deque[tuple[DeepTask, SampleStream]] = deque()
+        self._lock = threading.RLock()  # on_done callbacks may submit
+
+    def submit(self, task: DeepTask) -> DeepTask:
+        with self._lock:
+            for stream in task.streams:
+                self._pending.append((task, stream))
+        return task
+
+    @property
+    def pending_samples(self) -> int:
+        with self._lock:
+            return sum(s.remaining for _, s in self._pending)
+
+    def run(self, tasks: list[DeepTask], progress: Callable[[int, int], None] | None = None) -> list[Attribution]:
+        """Run `tasks` to completion; raise the first task error. progress(done, total)."""
+        for task in tasks:
+            self.submit(task)
+        total, done = sum(t.n_samples for t in tasks), 0
+        while (ran := self.step()) > 0:
+            done += ran
+            if progress:
+                progress(min(done, total), total)
+        for task in tasks:
+            if task.error is not None:
+                raise task.error
+        return [task.result for task in tasks]
+
+    def step(self) -> int:
+        """Run one chunk; return the number of samples it held (0 when nothing is pending)."""
+        pieces = self._take_chunk()
+        if not pieces:
+            return 0
+        needs_grad = pieces[0][1].needs_grad
+        started = time.perf_counter()
+        try:
+            inputs = torch.cat([s.make_inputs(start, stop) for _, s, start, stop in pieces])
+            targets = torch.tensor(
+                [t.target for t, _, start, stop in pieces for _ in range(stop - start)]
+            )
+            logits, grads = self._evaluate(inputs, targets, needs_grad)
+        except Exception as exc:  # a failed chunk fails only the tasks that were in it
+            for task, *_ in pieces:
+                self._fail(task, exc)
+            return sum(stop - start for *_, start, stop in pieces)
+        elapsed = time.perf_counter() - started
+        offset = 0
+        for task, stream, start, stop in pieces:
+            n = stop - start
+            task.compute_seconds += elapsed * n / len(targets)
+            if not task.done:
+                try:
+                    g = grads[offset : offset + n] if grads is not None else None
+                    stream.consume(start, ChunkOutput(logits[offset : offset + n], g))
+                    stream.consumed += n
+                    if all(s.consumed == s.n_samples for s in task.streams):
+                        self._finish(task)
+                except Exception as exc:
+                    self._fail(task, exc)
+            offset += n
+        self.stats.chunks += 1
+        self.stats.samples += len(targets)
+        return len(targets)
+
+    def _take_chunk(self) -> list[tuple[DeepTask, SampleStream, int, int]]:
+        """Slices [start, stop) of pending streams, all of one kind, FIFO, within the budget."""
+        with self._lock:
+            live = deque()
+            for task, stream in self._pending:
+                if task.cancelled:
+                    self._drop(task)
+                else:
+                    live.append((task, stream))
+            if not live:
+                self._pending = live
+                return []
+            needs_grad = live[0][1].needs_grad
+            budget = self.chunk_sizes.for_kind(needs_grad)
+            pieces, still_pending = [], deque()
+            for task, stream in live:
+                if budget > 0 and stream.needs_grad == needs_grad:
+                    n = min(budget, stream.remaining)
+                    pieces.append((task, stream, stream.cursor, stream.cursor + n))
+                    stream.cursor += n
+                    budget -= n
+                if stream.remaining:
+                    still_pending.append((task, stream))
+            self._pending = still_pending
+            return pieces
+
+    def _evaluate(self, inputs: torch.Tensor, targets: torch.Tensor, needs_grad: bool):
+        module, device = self.model.module, self.model.device
+        x = inputs.to(device, torch.float32)
+        if device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        targets = targets.to(device)
+        if not needs_grad:
+            with torch.inference_mode():
+                return module(x).float(), None
+        x.requires_grad_(True)
+        with torch.enable_grad():
+            logits = module(x)
+            # Samples are independent (eval mode), so the sum's gradient is per-sample.
+            score = logits.gather(1, targets[:, None]).sum()
+            (grads,) = torch.autograd.grad(score, x)
+        return logits.detach().float(), grads.contiguous()
+
+    def _finish(self, task: DeepTask) -> None:
+        result = task.finish()
+        result.stats.setdefault("samples", float(task.n_samples))
+        result.stats.setdefault("compute_ms", task.compute_seconds * 1000)
+        task.result = result
+        self.stats.tasks_finished += 1
+        if task.on_done:
+            task.on_done(task)
+
+    def _fail(self, task: DeepTask, exc: BaseException) -> None:
+        if task.done:
+            return
+        task.error = exc
+        with self._lock:
+            self._pending = deque(p for p in self._pending if p[0] is not task)
+        if task.on_done:
+            task.on_done(task)
+
+    def _drop(self, task: DeepTask) -> None:
+        """Forget a cancelled task: its remaining samples are never computed."""
+        if task.done:
+            return
+        task.error = TaskCancelled(f"{task.method} task {task.task_id} was cancelled")
+        self.stats.tasks_dropped += 1
+        if task.on_done:
+            task.on_done(task)
