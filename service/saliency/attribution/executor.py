@@ -15,8 +15,8 @@ import itertools
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -61,7 +61,7 @@ class DeepTask:
     target: int
     streams: list[SampleStream]
     finish: Callable[[], Attribution]
-    on_done: Callable[["DeepTask"], None] | None = None
+    on_done: Callable[[DeepTask], None] | None = None
     task_id: int = field(default_factory=lambda: next(_task_ids))
     result: Attribution | None = None
     error: BaseException | None = None

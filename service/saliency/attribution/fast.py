@@ -8,9 +8,10 @@ input and the CAM layer only, so no parameter gradient is computed or written.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -131,9 +132,9 @@ def fast_pass(
             if input_grad is not None:
                 g = input_grad[b].detach().contiguous()
                 if "vanilla" in methods:
-                    out.append(
-                        Attribution("vanilla", target, reduce_channels(g, methods["vanilla"].reduction), g.abs())
-                    )
+                    magnitude = g.abs()
+                    red = methods["vanilla"].reduction
+                    out.append(Attribution("vanilla", target, reduce_channels(magnitude, red), magnitude))
                 if "input_x_gradient" in methods:
                     ixg = x[b].detach().contiguous() * g
                     red = methods["input_x_gradient"].reduction

@@ -7,8 +7,9 @@ parametrisation, so a newly registered method is covered by construction.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from saliency.attribution.limits import DEFAULT_LIMITS, Limits
 from saliency.errors import InvalidArgument

@@ -1,0 +1,309 @@
+"""The `saliency` command line: explain one image in-process and write the pictures.
+
+    saliency explain IMAGE|--sample NAME --model M --methods a,b [--top-k K|--targets 1,2]
+                     --out DIR [--raw] [--param METHOD.FIELD=VALUE ...]
+    saliency models
+
+Thin on purpose: parse, validate, call the Engine, hand maps to `saliency.render`, write files.
+User errors print one line naming the field at fault and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from saliency import render
+from saliency.errors import InvalidArgument, SaliencyError, require
+
+SAMPLES = ("chelsea", "coffee", "astronaut", "rocket")  # skimage.data photographs
+USAGE_ERROR = 2
+GRID_TILE_SIDE = 320  # grid tiles are shrunk to this longer side so the sheet stays viewable
+
+
+class _UsageError(Exception):
+    """argparse's complaint, raised instead of argparse's own print-usage-and-exit."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:
+        raise _UsageError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="saliency", description="Explain image-model predictions.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    explain = commands.add_parser("explain", help="explain one image and write overlay PNGs")
+    source = explain.add_mutually_exclusive_group(required=True)
+    source.add_argument("image", nargs="?", metavar="IMAGE", help="PNG, JPEG or WebP file")
+    source.add_argument("--sample", choices=SAMPLES, help="a bundled skimage.data photograph")
+    explain.add_argument("--model", default="efficientnet_lite0", help="see `saliency models`")
+    explain.add_argument(
+        "--methods", default="gradcam", help="comma-separated method names (default: gradcam)"
+    )
+    which = explain.add_mutually_exclusive_group()
+    which.add_argument("--top-k", type=int, help="explain the K best classes (default: 1)")
+    which.add_argument("--targets", help="comma-separated class indices to explain")
+    explain.add_argument("--out", default="out", help="output directory (default: out)")
+    explain.add_argument("--raw", action="store_true", help="also write each map as float32 .npy")
+    explain.add_argument(
+        "--param", action="append", default=[], metavar="METHOD.FIELD=VALUE",
+        help="a method parameter, e.g. ig.n_steps=32 (repeatable)",
+    )
+    explain.add_argument(
+        "--alpha", type=float, default=0.6, help="overlay opacity at the hottest pixel (0-1)"
+    )
+    explain.add_argument(
+        "--chunk-size", type=int,
+        help="samples per model call for deep methods (default: measured once and cached)",
+    )
+
+    commands.add_parser("models", help="list models, methods and method parameters")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 2 for a user error)."""
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "models":
+            return list_models()
+        return explain(args)
+    except _UsageError as exc:
+        return _fail(str(exc))
+    except SaliencyError as exc:  # its message already starts with the field
+        return _fail(f"saliency: {exc}")
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return USAGE_ERROR
+
+
+# ---------------------------------------------------------------- argument -> domain values
+
+
+def parse_methods(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    require(bool(names), "methods", "no method given")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    require(not duplicates, "methods", f"listed more than once: {', '.join(duplicates)}")
+    return names
+
+
+def parse_targets(top_k: int | None, classes: str | None) -> Any:
+    from saliency.attribution.types import Targets
+
+    if classes is None:
+        return Targets(top_k=1 if top_k is None else top_k)
+    try:
+        indices = tuple(int(c) for c in classes.split(",") if c.strip())
+    except ValueError:
+        raise InvalidArgument(f"{classes!r} is not a comma-separated list of integers", "targets") from None
+    require(bool(indices), "targets", "no class index given")
+    return Targets(classes=indices)
+
+
+def _field_types(params_type: type) -> dict[str, Any]:
+    """{field name: annotated type}; the params modules use string annotations."""
+    try:
+        return typing.get_type_hints(params_type)
+    except Exception:  # an unresolvable annotation: fall back to the default's type
+        return {f.name: type(f.default) for f in dataclasses.fields(params_type)}
+
+
+def _convert(value: str, kind: Any, field: str) -> Any:
+    """A command-line string -> int, float, bool or str, as the params field declares."""
+    if kind is bool:
+        lowered = value.strip().lower()
+        require(lowered in ("true", "false", "1", "0", "yes", "no"), field, f"{value!r} is not a boolean")
+        return lowered in ("true", "1", "yes")
+    if kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            raise InvalidArgument(f"{value!r} is not {'an integer' if kind is int else 'a number'}", field) from None
+    require(kind is str, field, "cannot be set from the command line")
+    return value
+
+
+def parse_params(methods: Sequence[str], assignments: Sequence[str]) -> dict[str, Any]:
+    """["ig.n_steps=32", ...] -> {method: validated params object} for every listed method."""
+    from saliency.attribution.registry import get_method, make_params
+
+    values: dict[str, dict[str, Any]] = {name: {} for name in methods}
+    for assignment in assignments:
+        key, eq, value = assignment.partition("=")
+        method, dot, name = key.strip().partition(".")
+        require(bool(eq and dot and method and name), "param", f"{assignment!r} is not METHOD.FIELD=VALUE")
+        require(method in values, "param", f"{assignment!r} is for {method!r}, which is not in --methods")
+        types = _field_types(get_method(method).params_type)
+        # An unknown field passes through as a string so make_params reports it with the list.
+        values[method][name] = _convert(value, types[name], key) if name in types else value
+    params = {}
+    for method, kwargs in values.items():
+        try:
+            params[method] = make_params(method, **kwargs)
+        except SaliencyError as exc:
+            # Some validators name a bare field ("reduction"); say which method's it is.
+            if exc.field and not exc.field.startswith(f"{method}."):
+                raise type(exc)(str(exc)[len(exc.field) + 2 :], f"{method}.{exc.field}") from None
+            raise
+    return params
+
+
+def read_image(path: str | None, sample: str | None) -> tuple[str, np.ndarray]:
+    """(display name, uint8 RGB [H, W, 3]) from a file or a bundled sample."""
+    from saliency.imaging import decode_image
+
+    if sample is not None:
+        from skimage import data
+
+        return sample, np.ascontiguousarray(getattr(data, sample)()[..., :3], dtype=np.uint8)
+    try:
+        encoded = Path(path).read_bytes()
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read {path!r}: {exc.strerror}", "image") from None
+    return Path(path).name, decode_image(encoded)
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def explain(args: argparse.Namespace) -> int:
+    from saliency.attribution.engine import Engine
+    from saliency.attribution.executor import ChunkSizes
+    from saliency.attribution.registry import all_methods
+    from saliency.imaging import to_model_input
+    from saliency.models import get_spec, load_model
+
+    # Everything a user can get wrong is checked before the model loads or any work starts.
+    spec = get_spec(args.model)
+    methods = parse_methods(args.methods)
+    params = parse_params(methods, args.param)
+    targets = parse_targets(args.top_k, args.targets)
+    targets.validate(spec.num_classes)
+    require(0.0 <= args.alpha <= 1.0, "alpha", f"{args.alpha} is outside [0, 1]")
+    require(args.chunk_size is None or args.chunk_size >= 1, "chunk-size", "must be at least 1")
+    name, rgb = read_image(args.image, args.sample)
+    x = to_model_input(rgb, spec)
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidArgument(f"cannot create {str(out)!r}: {exc.strerror}", "out") from None
+
+    infos = all_methods()
+    deep = [m for m in methods if infos[m].kind == "deep"]
+    if args.chunk_size is not None:
+        chunk_sizes = ChunkSizes(grad=args.chunk_size, forward=args.chunk_size)
+    elif not deep:
+        chunk_sizes = ChunkSizes(grad=1, forward=1)  # never used: skip the timing run
+    else:
+        chunk_sizes = None  # the Engine measures (first run per machine) and caches
+    engine = Engine(load_model(args.model), chunk_sizes)
+    with _ProgressBar(enabled=bool(deep)) as progress:
+        result = engine.explain(x, targets, params, progress=progress)
+
+    print(f"{spec.name} on {name} ({rgb.shape[1]}x{rgb.shape[0]}):")
+    for rank, p in enumerate(result.predictions, 1):
+        print(f"  {rank}. {p.class_index:>4} {p.label:<32} p={p.probability:.4f}  logit={p.logit:.3f}")
+
+    # The engine returns fast maps grouped by target; list them as asked: method, then target.
+    ordered = sorted(
+        result.attributions,
+        key=lambda a: (methods.index(a.method), result.targets.index(a.target)),
+    )
+    tiles, written = [], []
+    for a in ordered:
+        label = f"{a.target} {spec.labels[a.target]}"
+        values = a.map.detach().float().cpu().numpy()
+        stats = "".join(f" {k}={v:.4g}" for k, v in a.stats.items())
+        print(f"  {a.method:<17} {label:<36} range=[{values.min():.3g}, {values.max():.3g}]{stats}")
+        picture = render.overlay(rgb, values, alpha=args.alpha, signed=infos[a.method].signed)
+        stem = f"{a.method}_{a.target}"
+        written.append(_write(out / f"{stem}.png", render.encode_png(picture)))
+        if args.raw:
+            written.append(_save_npy(out / f"{stem}.npy", values.astype(np.float32)))
+        tiles.append((f"{a.method} · {label}", picture))
+    # One column per target, so each row compares one method across the classes.
+    columns = len(result.targets) if len(result.targets) > 1 else min(4, len(tiles))
+    sheet = render.grid(tiles, columns, max_side=GRID_TILE_SIDE)
+    written.append(_write(out / "grid.png", render.encode_png(sheet)))
+    print(f"wrote {len(written)} files to {out}")
+    return 0
+
+
+def _write(path: Path, data: bytes) -> Path:
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        raise InvalidArgument(f"cannot write {str(path)!r}: {exc.strerror}", "out") from None
+    return path
+
+
+def _save_npy(path: Path, array: np.ndarray) -> Path:
+    try:
+        np.save(path, array)
+    except OSError as exc:
+        raise InvalidArgument(f"cannot write {str(path)!r}: {exc.strerror}", "out") from None
+    return path
+
+
+class _ProgressBar:
+    """A tqdm bar on stderr fed by Engine.explain's progress(done, total) callback."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bar: Any = None
+
+    def __enter__(self) -> _ProgressBar | None:
+        if not self.enabled:
+            return None
+        from tqdm import tqdm
+
+        self.bar = tqdm(desc="deep methods", unit="sample", file=sys.stderr, dynamic_ncols=True)
+        return self
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar.total != total:
+            self.bar.total = total
+        self.bar.update(done - self.bar.n)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def list_models() -> int:
+    from saliency.attribution.registry import all_methods
+    from saliency.models import model_specs
+
+    print("models:")
+    for spec in model_specs().values():
+        h, w = spec.input_size
+        print(f"  {spec.name:<20} {h}x{w}, {spec.num_classes} classes, CAM layer "
+              f"{spec.target_layer}: {spec.description}")
+    print("methods (set parameters with --param METHOD.FIELD=VALUE):")
+    for info in all_methods().values():
+        sign = ", signed" if info.signed else ""
+        print(f"  {info.name:<17} [{info.kind}{sign}] {info.summary}")
+        types = _field_types(info.params_type)
+        for f in dataclasses.fields(info.params_type):
+            kind = types.get(f.name)
+            settable = kind in (int, float, bool, str)
+            type_name = kind.__name__ if settable else "tensor, API only"
+            print(f"      {info.name}.{f.name} = {f.default!r}  ({type_name})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,205 @@
+"""Turning attribution maps into pictures: normalisation, a colormap, overlays, PNGs, grids.
+
+Pure numpy + Pillow (no matplotlib) so the service can render without a plotting stack.
+Maps arrive at the model's input resolution ([H, W], e.g. 224x224) and are drawn over the
+ORIGINAL photograph ([H0, W0, 3]), which the model saw whole (resized, not cropped).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+NormalizeMode = Literal["auto", "abs", "positive"]
+NORMALIZE_MODES = ("auto", "abs", "positive")
+
+# matplotlib's 'inferno' sampled at 16 evenly spaced points (indices 0, 17, ..., 255 of its
+# 256-entry table) in 0..255 units. Linear interpolation between them stays within 6/255 of the
+# full table, and the luminance rises monotonically, so brighter always means more attribution.
+INFERNO_ANCHORS = np.array(
+    [
+        (0, 0, 4),
+        (12, 8, 38),
+        (36, 12, 79),
+        (66, 10, 104),
+        (93, 18, 110),
+        (120, 28, 109),
+        (147, 38, 103),
+        (174, 48, 92),
+        (199, 62, 76),
+        (221, 81, 58),
+        (237, 105, 37),
+        (248, 133, 15),
+        (252, 165, 10),
+        (250, 198, 45),
+        (242, 230, 97),
+        (252, 255, 164),
+    ],
+    dtype=np.float32,
+)
+
+
+def _as_map(saliency_map: np.ndarray | torch.Tensor) -> np.ndarray:
+    """A [H, W] map (numpy or torch, any float dtype) -> float64 numpy with NaN/Inf set to 0."""
+    if isinstance(saliency_map, torch.Tensor):
+        saliency_map = saliency_map.detach().to("cpu", torch.float64).numpy()
+    m = np.asarray(saliency_map, dtype=np.float64)
+    if m.ndim != 2:
+        raise ValueError(f"expected a [H, W] map, got shape {m.shape}")
+    # A single NaN would otherwise poison the percentiles and blank the whole picture.
+    return np.nan_to_num(m, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def normalize_map(
+    saliency_map: np.ndarray | torch.Tensor,
+    mode: NormalizeMode = "auto",
+    signed: bool = False,
+    percentile: float = 99.0,
+) -> np.ndarray:
+    """A raw map [H, W] -> float32 [H, W] in [0, 1] for display.
+
+    mode:
+      - "abs": |map| scaled by its `percentile`-th percentile; zero attribution stays at 0.
+      - "positive": negatives dropped, then stretched between the (100 - percentile)-th and
+        the `percentile`-th percentiles, so a map with a constant offset (RISE's expected
+        score) still shows contrast.
+      - "auto": "abs" for signed maps (IG, input x gradient: `MethodInfo.signed`), where
+        strong negative evidence matters as much as positive, else "positive".
+    Clipping at a percentile keeps a few extreme pixels (common in gradients) from washing
+    out everything else. A constant map (all-zero or not) gives zeros, never NaN.
+    """
+    if mode not in NORMALIZE_MODES:
+        raise ValueError(f"mode {mode!r} is not one of {NORMALIZE_MODES}")
+    if not 50.0 < percentile <= 100.0:
+        raise ValueError(f"percentile {percentile} is outside (50, 100]")
+    m = _as_map(saliency_map)
+    if mode == "auto":
+        mode = "abs" if signed else "positive"
+    if mode == "abs":
+        values, low = np.abs(m), 0.0
+    else:
+        values = np.maximum(m, 0.0)
+        low = float(np.percentile(values, 100.0 - percentile))
+    high = float(np.percentile(values, percentile))
+    if high <= low:
+        # Fewer hot pixels than the clipped tail (e.g. one bright spot): fall back to the max
+        # rather than drawing nothing.
+        high = float(values.max())
+    if high <= low or values.min() == values.max():
+        # Nothing stands out anywhere (a constant map, even a non-zero one): show nothing.
+        return np.zeros(m.shape, dtype=np.float32)
+    return np.clip((values - low) / (high - low), 0.0, 1.0).astype(np.float32)
+
+
+def colorize(norm: np.ndarray) -> np.ndarray:
+    """A normalised map float [H, W] in [0, 1] -> uint8 RGB [H, W, 3] through 'inferno'.
+
+    Values outside [0, 1] are clipped; 0 is near-black, 1 is pale yellow.
+    """
+    n = np.clip(np.nan_to_num(np.asarray(norm, dtype=np.float32)), 0.0, 1.0)
+    if n.ndim != 2:
+        raise ValueError(f"expected a [H, W] map, got shape {n.shape}")
+    position = n * (len(INFERNO_ANCHORS) - 1)
+    lower = np.minimum(position.astype(np.int64), len(INFERNO_ANCHORS) - 2)
+    frac = (position - lower)[..., None]
+    rgb = INFERNO_ANCHORS[lower] * (1.0 - frac) + INFERNO_ANCHORS[lower + 1] * frac
+    return np.rint(rgb).astype(np.uint8)
+
+
+def resize_map(norm: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """float [h, w] -> float32 [H, W] with Pillow's bilinear filter; size is (H, W)."""
+    image = Image.fromarray(np.ascontiguousarray(norm, dtype=np.float32))  # mode "F"
+    resized = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    return np.asarray(resized, dtype=np.float32)
+
+
+def overlay(
+    image_rgb: np.ndarray,
+    saliency_map: np.ndarray | torch.Tensor,
+    alpha: float = 0.6,
+    mode: NormalizeMode = "auto",
+    signed: bool = False,
+    percentile: float = 99.0,
+) -> np.ndarray:
+    """Draw a map over the photograph it explains.
+
+    image_rgb: uint8 [H0, W0, 3], the original image; saliency_map: [H, W] at any resolution
+    (it is normalised, then resized to H0 x W0 with Pillow bilinear). Returns uint8
+    [H0, W0, 3]. The blend weight per pixel is `alpha * norm`, so cold regions keep the
+    photograph as it was and only attributed regions take the colormap.
+    """
+    if image_rgb.dtype != np.uint8 or image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
+        raise ValueError(f"expected uint8 [H, W, 3], got {image_rgb.dtype} {image_rgb.shape}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha {alpha} is outside [0, 1]")
+    norm = normalize_map(saliency_map, mode, signed, percentile)
+    norm = np.clip(resize_map(norm, image_rgb.shape[:2]), 0.0, 1.0)
+    weight = (alpha * norm)[..., None]
+    blended = image_rgb.astype(np.float32) * (1.0 - weight) + colorize(norm) * weight
+    return np.rint(blended).astype(np.uint8)
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    """uint8 RGB [H, W, 3] -> PNG bytes."""
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected uint8 [H, W, 3], got {rgb.dtype} {rgb.shape}")
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _fit(text: str, draw: ImageDraw.ImageDraw, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: int) -> str:
+    """Shorten `text` with an ellipsis until it is at most `width` pixels wide."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def grid(
+    tiles: Sequence[tuple[str, np.ndarray]],
+    columns: int,
+    max_side: int | None = None,
+    font_size: int = 14,
+    padding: int = 4,
+) -> np.ndarray:
+    """Lay out captioned pictures row by row: [(title, uint8 [h, w, 3]), ...] -> uint8 RGB.
+
+    Each cell is as large as the largest tile (after shrinking tiles whose longer side exceeds
+    `max_side`, keeping aspect), with the title above it in Pillow's default font on white.
+    Titles too wide for a cell are cut with an ellipsis.
+    """
+    if not tiles:
+        raise ValueError("grid needs at least one tile")
+    if columns < 1:
+        raise ValueError(f"columns={columns} must be at least 1")
+    images = []
+    for _, rgb in tiles:
+        image = Image.fromarray(rgb)
+        if max_side is not None and max(image.size) > max_side:
+            scale = max_side / max(image.size)
+            new_size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+            image = image.resize(new_size, Image.Resampling.BILINEAR)
+        images.append(image)
+    font = ImageFont.load_default(size=font_size)
+    caption = font_size + 2 * padding
+    cell_w = max(image.width for image in images) + 2 * padding
+    cell_h = max(image.height for image in images) + caption + padding
+    columns = min(columns, len(images))
+    rows = -(-len(images) // columns)
+    sheet = Image.new("RGB", (columns * cell_w, rows * cell_h), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, ((title, _), image) in enumerate(zip(tiles, images, strict=True)):
+        x, y = (i % columns) * cell_w, (i // columns) * cell_h
+        draw.text(
+            (x + padding, y + padding), _fit(title, draw, font, cell_w - 2 * padding),
+            fill="black", font=font,
+        )
+        sheet.paste(image, (x + padding, y + caption))
+    return np.asarray(sheet, dtype=np.uint8)

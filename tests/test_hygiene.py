@@ -1,0 +1,69 @@
+"""Registry-driven: every method leaves the model as it found it, on success and on failure."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from saliency.attribution.executor import ChunkExecutor, ChunkSizes
+from saliency.attribution.fast import fast_pass
+from saliency.attribution.hooks import has_hooks
+from saliency.attribution.registry import all_methods, get_method, make_params
+from saliency.attribution.types import Targets
+from saliency.models import LoadedModel, get_spec
+from saliency.models.tinycnn import TinyCNN, build_tinycnn
+
+SMALL = {"ig": {"n_steps": 4}, "smoothgrad": {"n_samples": 3}, "rise": {"n_masks": 5, "grid_size": 4}}
+
+
+class ExplodingTinyCNN(TinyCNN):
+    """Fails after the CAM layer has run, i.e. after any hook has fired."""
+
+    def forward(self, x):
+        x = self.features_act(self.conv3(self.act2(self.bn2(self.conv2(self.act1(self.conv1(x)))))))
+        raise RuntimeError("boom inside the model")
+
+
+def fresh_model(exploding: bool = False) -> LoadedModel:
+    module = build_tinycnn()
+    if exploding:
+        exploding_module = ExplodingTinyCNN().eval()
+        exploding_module.load_state_dict(module.state_dict())
+        module = exploding_module
+    return LoadedModel(get_spec("tinycnn"), module, torch.device("cpu"))
+
+
+def explain(model: LoadedModel, method: str) -> None:
+    info = get_method(method)
+    params = make_params(method, **SMALL.get(method, {}))
+    x = torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(0))
+    if info.kind == "fast":
+        fast_pass(model, x[None], [Targets(top_k=2)], {method: params})
+    else:
+        ChunkExecutor(model, ChunkSizes(2, 2)).run([info.plan(model, x, 1, params)])
+
+
+def assert_untouched(model: LoadedModel, before: dict[str, torch.Tensor]) -> None:
+    assert not has_hooks(model.module)
+    assert all(p.grad is None for p in model.module.parameters())
+    assert all(p.requires_grad for p in model.module.parameters())
+    assert not model.module.training
+    for name, value in model.module.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+
+@pytest.mark.parametrize("method", sorted(all_methods()))
+def test_success_leaves_no_hook_no_grad_and_same_weights(method):
+    model = fresh_model()
+    before = {k: v.clone() for k, v in model.module.state_dict().items()}
+    explain(model, method)
+    assert_untouched(model, before)
+
+
+@pytest.mark.parametrize("method", sorted(all_methods()))
+def test_failure_inside_the_model_leaves_no_hook_and_no_grad(method):
+    model = fresh_model(exploding=True)
+    before = {k: v.clone() for k, v in model.module.state_dict().items()}
+    with pytest.raises(RuntimeError, match="boom"):
+        explain(model, method)
+    assert_untouched(model, before)

@@ -1,0 +1,83 @@
+"""Absurd parameters and targets get InvalidArgument naming the field."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from saliency.attribution.engine import Engine
+from saliency.attribution.executor import ChunkSizes
+from saliency.attribution.registry import all_methods, make_params
+from saliency.attribution.types import Targets
+from saliency.errors import InvalidArgument
+
+
+@pytest.mark.parametrize(
+    ("method", "values", "field"),
+    [
+        ("ig", {"n_steps": 0}, "ig.n_steps"),
+        ("ig", {"n_steps": 10**7}, "ig.n_steps"),
+        ("ig", {"rule": "simpson"}, "ig.rule"),
+        ("ig", {"baseline": "grey"}, "ig.baseline"),
+        ("ig", {"baseline": "custom"}, "ig.custom_baseline"),
+        ("ig", {"baseline": "custom", "custom_baseline": torch.full((3, 8, 8), float("nan"))}, "ig.custom_baseline"),
+        ("ig", {"rule": "riemann_trapezoid", "n_steps": 1}, "ig.n_steps"),
+        ("ig", {"blur_sigma": -1.0}, "ig.blur_sigma"),
+        ("smoothgrad", {"sigma": -0.1}, "smoothgrad.sigma"),
+        ("smoothgrad", {"n_samples": 0}, "smoothgrad.n_samples"),
+        ("smoothgrad", {"n_samples": 10**6}, "smoothgrad.n_samples"),
+        ("smoothgrad", {"aggregate": "median"}, "smoothgrad.aggregate"),
+        ("smoothgrad", {"seed": -1}, "smoothgrad.seed"),
+        ("rise", {"p": 0.0}, "rise.p"),
+        ("rise", {"p": 1.5}, "rise.p"),
+        ("rise", {"n_masks": 0}, "rise.n_masks"),
+        ("rise", {"grid_size": 1}, "rise.grid_size"),
+        ("vanilla", {"reduction": "mean"}, "reduction"),
+        ("ig", {"steps": 5}, "ig.params"),
+    ],
+)
+def test_absurd_parameters_name_their_field(method, values, field):
+    with pytest.raises(InvalidArgument) as info:
+        make_params(method, **values)
+    assert info.value.field == field
+    assert str(info.value).startswith(f"{field}:")
+
+
+def test_defaults_are_valid_for_every_method():
+    for name in all_methods():
+        make_params(name)
+
+
+def test_unknown_method():
+    with pytest.raises(InvalidArgument, match="methods: unknown method 'magic'"):
+        make_params("magic")
+
+
+@pytest.mark.parametrize(
+    ("targets", "field"),
+    [
+        (Targets(classes=(10,)), "targets.classes"),
+        (Targets(classes=(-1,)), "targets.classes"),
+        (Targets(classes=(1, 1)), "targets.classes"),
+        (Targets(classes=tuple(range(10)) * 2), "targets.classes"),
+        (Targets(top_k=0), "targets.top_k"),
+        (Targets(top_k=11), "targets.top_k"),
+    ],
+)
+def test_out_of_range_targets(tiny, tiny_images, targets, field):
+    engine = Engine(tiny, ChunkSizes(4, 4))
+    with pytest.raises(InvalidArgument) as info:
+        engine.explain(tiny_images[0], targets, {"vanilla": make_params("vanilla")})
+    assert info.value.field == field
+
+
+def test_engine_explains_fast_and_deep_together(tiny, tiny_images):
+    engine = Engine(tiny, ChunkSizes(4, 4))
+    methods = {m: make_params(m, **({"n_steps": 4} if m == "ig" else {})) for m in ("gradcam", "ig")}
+    result = engine.explain(tiny_images[0], Targets(top_k=2), methods)
+    assert [(a.method, a.target) for a in result.attributions] == [
+        ("gradcam", result.targets[0]),
+        ("gradcam", result.targets[1]),
+        ("ig", result.targets[0]),
+        ("ig", result.targets[1]),
+    ]
