@@ -218,3 +218,13 @@ def test_progress_reports_every_sample(tiny, tiny_images):
     task = get_method("ig").plan(tiny, tiny_images[0], 1, make_params("ig", n_steps=10))
     ChunkExecutor(tiny, ChunkSizes(4, 4)).run([task], progress=lambda d, t: seen.append((d, t)))
     assert seen[-1] == (12, 12) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_smoothgrad_matches_captum_on_efficientnet(effnet, chelsea):
+    ours = run(effnet, chelsea, 285, "smoothgrad", chunk=(2, 16), n_samples=4, sigma=0.1, seed=3)
+    torch.manual_seed(3)
+    ref = NoiseTunnel(Saliency(effnet.module)).attribute(
+        chelsea[None], nt_type="smoothgrad", nt_samples=4, stdevs=ours.stats["noise_stdev"],
+        target=285, abs=True,
+    )[0]
+    torch.testing.assert_close(ours.raw, ref, rtol=1e-3, atol=1e-6)
