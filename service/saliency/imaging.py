@@ -56,7 +56,7 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits(), field: str = 
         raise ResourceExhausted(f"image rejected as a decompression bomb: {exc}", field) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise InvalidArgument(f"image could not be decoded (corrupt or truncated?): {exc}", field) from None
-    return np.asarray(rgb, dtype=np.uint8)
+    return np.array(rgb, dtype=np.uint8)  # a writable copy: torch.from_numpy warns on read-only
 
 
 def to_model_input(rgb: np.ndarray, spec: ModelSpec) -> torch.Tensor:

@@ -31,7 +31,15 @@ class Engine:
     def __init__(self, model: LoadedModel, chunk_sizes: ChunkSizes | None = None, limits: Limits = DEFAULT_LIMITS):
         self.model = model
         self.limits = limits
-        self.executor = ChunkExecutor(model, chunk_sizes or chunk_sizes_for(model))
+        self._chunk_sizes = chunk_sizes
+        self._executor: ChunkExecutor | None = None
+
+    @property
+    def executor(self) -> ChunkExecutor:
+        """Created on first deep use, so a fast-only caller never pays for chunk measurement."""
+        if self._executor is None:
+            self._executor = ChunkExecutor(self.model, self._chunk_sizes or chunk_sizes_for(self.model))
+        return self._executor
 
     def explain(
         self,

@@ -62,11 +62,20 @@ class DeepTask:
     streams: list[SampleStream]
     finish: Callable[[], Attribution]
     on_done: Callable[[DeepTask], None] | None = None
+    tag: object = None  # the caller's (e.g. the request id), reported per chunk
     task_id: int = field(default_factory=lambda: next(_task_ids))
     result: Attribution | None = None
     error: BaseException | None = None
     cancelled: bool = False
     compute_seconds: float = 0.0
+    submitted_at: float | None = None  # perf_counter() at submit
+    started_at: float | None = None  # perf_counter() when its first chunk started
+
+    @property
+    def queue_seconds(self) -> float:
+        if self.submitted_at is None or self.started_at is None:
+            return 0.0
+        return self.started_at - self.submitted_at
 
     @property
     def n_samples(self) -> int:
@@ -88,6 +97,17 @@ class ChunkSizes:
         return self.grad if needs_grad else self.forward
 
 
+@dataclass(frozen=True)
+class ChunkReport:
+    """What one model call held: for batching metrics."""
+
+    samples: int
+    tasks: int
+    tags: frozenset
+    needs_grad: bool
+    seconds: float
+
+
 @dataclass
 class ExecutorStats:
     chunks: int = 0
@@ -103,14 +123,21 @@ class ChunkExecutor:
     may be called from any thread.
     """
 
-    def __init__(self, model: LoadedModel, chunk_sizes: ChunkSizes):
+    def __init__(
+        self,
+        model: LoadedModel,
+        chunk_sizes: ChunkSizes,
+        on_chunk: Callable[[ChunkReport], None] | None = None,
+    ):
         self.model = model
         self.chunk_sizes = chunk_sizes
+        self.on_chunk = on_chunk
         self.stats = ExecutorStats()
         self._pending: deque[tuple[DeepTask, SampleStream]] = deque()
         self._lock = threading.RLock()  # on_done callbacks may submit
 
     def submit(self, task: DeepTask) -> DeepTask:
+        task.submitted_at = time.perf_counter()
         with self._lock:
             for stream in task.streams:
                 self._pending.append((task, stream))
@@ -142,6 +169,9 @@ class ChunkExecutor:
             return 0
         needs_grad = pieces[0][1].needs_grad
         started = time.perf_counter()
+        for task, *_ in pieces:
+            if task.started_at is None:
+                task.started_at = started
         try:
             inputs = torch.cat([s.make_inputs(start, stop) for _, s, start, stop in pieces])
             targets = torch.tensor(
@@ -169,6 +199,11 @@ class ChunkExecutor:
             offset += n
         self.stats.chunks += 1
         self.stats.samples += len(targets)
+        if self.on_chunk:
+            tasks = {id(t): t for t, *_ in pieces}.values()
+            self.on_chunk(
+                ChunkReport(len(targets), len(tasks), frozenset(t.tag for t in tasks), needs_grad, elapsed)
+            )
         return len(targets)
 
     def _take_chunk(self) -> list[tuple[DeepTask, SampleStream, int, int]]:
@@ -218,6 +253,7 @@ class ChunkExecutor:
         result = task.finish()
         result.stats.setdefault("samples", float(task.n_samples))
         result.stats.setdefault("compute_ms", task.compute_seconds * 1000)
+        result.stats.setdefault("queue_ms", task.queue_seconds * 1000)
         task.result = result
         self.stats.tasks_finished += 1
         if task.on_done:

@@ -1,0 +1,77 @@
+"""python -m bench [--only NAME ...] [--quick] [--threads N] [--device cpu|cuda]"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from bench.report import Table, log, write_results
+from bench.settings import Settings
+from bench.suite import BENCHMARKS
+from bench.workload import machine_info
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=list(BENCHMARKS),
+        metavar="NAME",
+        help=f"run only this benchmark (repeatable): {', '.join(BENCHMARKS)}",
+    )
+    parser.add_argument("--quick", action="store_true", help="few repeats, small n (< 2 min)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=torch.get_num_threads(),
+        help="torch intra-op threads (default: torch's own default, %(default)s here)",
+    )
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    torch.set_num_threads(args.threads)
+    settings = Settings(quick=args.quick, device=args.device, threads=args.threads)
+    machine = machine_info(args.device)
+    print("machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()))
+    print(
+        f"mode: {'quick' if args.quick else 'full'}; ratios come from interleaved medians "
+        "measured in this run; nothing here is asserted",
+        flush=True,
+    )
+
+    names = args.only or list(BENCHMARKS)
+    goals: list[tuple[str, Table]] = []
+    for i, name in enumerate(names, 1):
+        bench = BENCHMARKS[name]
+        log(f"[{i}/{len(names)}] {name}: {bench.summary}")
+        started = time.perf_counter()
+        tables = bench.run(settings)
+        seconds = time.perf_counter() - started
+        for table in tables:
+            print("\n" + table.render() + "\n", flush=True)
+            goals += [(name, table)]
+        context = {"settings": vars(args), "machine": machine, "seconds": seconds}
+        path = write_results(name, tables, context)
+        log(f"[{i}/{len(names)}] {name} done in {seconds:.0f}s -> {path}")
+    _print_goals(goals)
+    return 0
+
+
+def _print_goals(tables: list[tuple[str, Table]]) -> None:
+    lines = [
+        f"  {'MET   ' if met else 'MISSED'} {name}: {row.name}: {ratio:.2f} (goal {row.goal.text})"
+        for name, table in tables
+        for row, ratio, met in table.goal_results()
+    ]
+    if lines:
+        print("goals (DESIGN §6):\n" + "\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,35 @@
+"""The benchmarks, by name, in the order a full run takes them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+
+from bench import batching, fast, ig, memory, rise, smoothgrad
+from bench.report import Table
+from bench.settings import Settings
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    summary: str
+    run: Callable[[Settings], list[Table]]
+
+
+def _entry(name: str, module: ModuleType) -> Benchmark:
+    return Benchmark(name, module.SUMMARY, module.run)
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    b.name: b
+    for b in (
+        _entry("fast", fast),
+        _entry("ig", ig),
+        _entry("smoothgrad", smoothgrad),
+        _entry("rise", rise),
+        _entry("memory", memory),
+        _entry("batching", batching),
+    )
+}

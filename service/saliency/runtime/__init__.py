@@ -1,0 +1,1 @@
+"""Serving runtime: configuration, per-model workers (fast pool + batched deep worker), metrics."""

@@ -1,0 +1,110 @@
+"""Service configuration: defaults < YAML file < environment (SALIENCY_*) < command-line flags.
+
+Every limit is configuration with a safe default; the service binds to loopback unless told
+otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from saliency.attribution.limits import Limits
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9464
+    models: tuple[str, ...] = ("efficientnet_lite0",)
+    device: str = "cpu"
+    # Limits on what one request may ask for.
+    max_message_bytes: int = 32 * 1024 * 1024
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    max_methods: int = 16
+    limits: Limits = field(default_factory=Limits)
+    # Scheduling.
+    fast_workers: int = 2
+    max_fast_queue: int = 64  # fast requests waiting per model
+    max_queue_samples: int = 20_000  # deep samples waiting per model
+    max_chunk: int = 0  # samples per model call with gradient; 0 = measured per model
+    max_chunk_forward: int = 0  # forward-only; 0 = measured
+    max_batch_delay_ms: float = 5.0  # wait this long for more deep work to fill a chunk
+    default_deadline_s: float = 60.0  # applied when the client sets none
+    grace_s: float = 10.0  # SIGTERM drain
+    # Security.
+    auth_tokens_file: str = ""  # one bearer token per line; empty = auth off (unless env)
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""  # set = mutual TLS
+    # Introspection and telemetry.
+    reflection: bool = True
+    otlp_endpoint: str = ""  # empty = no trace export
+
+    def auth_tokens(self) -> frozenset[str]:
+        """Tokens from SALIENCY_AUTH_TOKENS (comma-separated) and the tokens file."""
+        tokens = {t.strip() for t in os.environ.get("SALIENCY_AUTH_TOKENS", "").split(",")}
+        if self.auth_tokens_file:
+            tokens |= {line.strip() for line in Path(self.auth_tokens_file).read_text().splitlines()}
+        return frozenset(t for t in tokens if t and not t.startswith("#"))
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(ServiceConfig)}
+_LIMIT_FIELDS = {f.name: f for f in dataclasses.fields(Limits)}
+
+
+def _coerce(name: str, value: Any, current: Any) -> Any:
+    """Turn a YAML / env / flag value into the type of the field's default."""
+    if isinstance(current, bool):
+        if isinstance(value, str):
+            lowered = value.strip().lower()
+            if lowered not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+                raise ValueError(f"config {name}: {value!r} is not a boolean")
+            return lowered in {"1", "true", "yes", "on"}
+        return bool(value)
+    if isinstance(current, tuple):
+        items = value.split(",") if isinstance(value, str) else list(value)
+        return tuple(str(i).strip() for i in items if str(i).strip())
+    try:
+        return type(current)(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"config {name}: {value!r} is not a valid {type(current).__name__}") from None
+
+
+def load_config(
+    path: str | None = None, env: dict[str, str] | None = None, overrides: dict[str, Any] | None = None
+) -> ServiceConfig:
+    """Defaults, then the YAML file, then SALIENCY_<FIELD> variables, then `overrides`."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    if path:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config file {path} must hold a mapping")
+        values.update(loaded)
+    for name in list(_FIELDS) + list(_LIMIT_FIELDS):
+        key = f"SALIENCY_{name.upper()}"
+        if key in env:
+            values[name] = env[key]
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+
+    base = ServiceConfig()
+    limits = dict(dataclasses.asdict(base.limits))
+    nested = values.pop("limits", None) or {}
+    for name, value in {**nested, **{k: values.pop(k) for k in list(values) if k in _LIMIT_FIELDS}}.items():
+        if name not in _LIMIT_FIELDS:
+            raise ValueError(f"unknown limit {name!r}; known: {sorted(_LIMIT_FIELDS)}")
+        limits[name] = _coerce(name, value, limits[name])
+    unknown = sorted(set(values) - set(_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown config key(s) {unknown}")
+    typed = {name: _coerce(name, value, getattr(base, name)) for name, value in values.items()}
+    return dataclasses.replace(base, limits=Limits(**limits), **typed)
