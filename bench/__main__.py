@@ -10,7 +10,7 @@ import torch
 from bench.report import Table, log, write_results
 from bench.settings import Settings
 from bench.suite import BENCHMARKS
-from bench.workload import machine_info
+from bench.workload import cpu_pressure, machine_info
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -56,9 +56,14 @@ def main(argv: list[str] | None = None) -> int:
         for table in tables:
             print("\n" + table.render() + "\n", flush=True)
             goals += [(name, table)]
-        context = {"settings": vars(args), "machine": machine, "seconds": seconds}
+        context = {
+            "settings": vars(args),
+            "machine": machine,
+            "seconds": seconds,
+            "cpu_pressure_after": cpu_pressure(),
+        }
         path = write_results(name, tables, context)
-        log(f"[{i}/{len(names)}] {name} done in {seconds:.0f}s -> {path}")
+        log(f"[{i}/{len(names)}] {name} done in {seconds:.0f}s -> {path}  {cpu_pressure()}")
     _print_goals(goals)
     return 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,6 +33,9 @@ from saliency.attribution.tuning import chunk_sizes_for
 from saliency.attribution.types import Attribution, Targets
 
 FAST_METHODS = ("vanilla", "input_x_gradient", "gradcam")
+
+# Captum sets requires_grad on our input itself and says so on every call.
+warnings.filterwarnings("ignore", message="Input Tensor .* did not already require gradients")
 
 
 # --- ours -------------------------------------------------------------------------------------

@@ -40,6 +40,8 @@ def versus_captum(
     """Time `jobs` (the first is ours, the reference) interleaved; ratios are t / t(ours)."""
     repeats = settings.pick(7, 3)
     log(f"  {title}: {repeats} interleaved repeats")
-    timings = interleaved(jobs, repeats, warmup=1, sync=w.sync)
+    # --quick skips the warm-up round: the sweep just ran the same code, and the median of
+    # three discards a cold first call anyway.
+    timings = interleaved(jobs, repeats, warmup=settings.pick(1, 0), sync=w.sync)
     ours = next(iter(jobs))
     return Table(title, "ms", ours, "t / t(ours)", time_rows(timings, goals), list(notes))

@@ -60,7 +60,7 @@ def run(settings: Settings) -> list[Table]:
 
 
 def _ours_per_chunk(w: Workload, settings: Settings, auto_name: str) -> Table:
-    sizes = settings.pick(GRAD_CANDIDATES, (2, 8, 32))
+    sizes = settings.pick(GRAD_CANDIDATES, (2, 8))
     repeats = settings.pick(2, 1)
     log(f"  ours at explicit chunk sizes {list(sizes)} ({repeats} interleaved repeats)")
 

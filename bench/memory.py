@@ -20,7 +20,6 @@ from bench.workload import reference_workload
 SUMMARY = "peak memory growth of IG n=1000: ours (chunked) vs Captum"
 ROOT = Path(__file__).resolve().parent.parent  # where `python -m bench.memory_probe` resolves
 LIMIT_BYTES = 8 * 2**30  # never try a configuration estimated above this
-CAPTUM_UNCHUNKED_SMALL_N = 50  # the unchunked Captum run that always fits, to show the slope
 
 
 @dataclass(frozen=True)
@@ -36,55 +35,47 @@ def run(settings: Settings) -> list[Table]:
     auto = c.auto_chunk_sizes(w)
     best, _ = captum_best_batch(settings)
     n_big, n_small = settings.pick((1000, 200), (200, 50))
-    ours_big = f"ours: n={n_big}, chunk={auto.grad}"
+    n_unchunked = settings.pick(50, 16)  # an unchunked Captum run that fits, for the slope
+    ours_small = Probe(f"ours: n={n_small}, chunk={auto.grad}", "ours", n_small, auto.grad)
+    ours_big = Probe(f"ours: n={n_big}, chunk={auto.grad}", "ours", n_big, auto.grad)
+    slope = Probe(f"captum: n={n_unchunked}, internal_batch_size=None", "captum", n_unchunked, 0)
     probes = [
-        Probe(f"ours: n={n_small}, chunk={auto.grad}", "ours", n_small, auto.grad),
-        Probe(ours_big, "ours", n_big, auto.grad),
-        Probe(f"captum: n={n_big}, internal_batch_size={best}", "captum", n_big, best),
-        Probe(
-            f"captum: n={CAPTUM_UNCHUNKED_SMALL_N}, internal_batch_size=None",
-            "captum",
-            CAPTUM_UNCHUNKED_SMALL_N,
-            0,
-        ),
+        ours_small,
+        ours_big,
+        Probe(f"captum: n={n_big}, internal_batch_size={best} (its best)", "captum", n_big, best),
+        slope,
     ]
-    results = {p.name: _measure(p, settings, auto.forward) for p in probes}
+    results = {p: _measure(p, settings, auto.forward) for p in probes}
 
-    per_sample = results[probes[-1].name]["growth_mb"] * 2**20 / CAPTUM_UNCHUNKED_SMALL_N
-    estimate = per_sample * n_big
-    limit = min(LIMIT_BYTES, 0.7 * _available_bytes())
-    unchunked = Probe(f"captum: n={n_big}, internal_batch_size=None", "captum", n_big, 0)
-    peak = "peak RSS" if settings.device == "cpu" else "CUDA allocator peak"
+    usage = "RSS" if settings.device == "cpu" else "CUDA allocated"
     notes = [
-        f"growth = {peak} after the run - {peak} after model load and one warm-up "
+        f"growth = peak {usage} during the run - {usage} after model load and one warm-up "
         "fwd+bwd; each configuration in a fresh process"
     ]
-    if estimate > limit:
+    unchunked = Probe(f"captum: n={n_big}, internal_batch_size=None", "captum", n_big, 0)
+    per_step = results[slope]["growth_mb"] * 2**20 / n_unchunked
+    limit = min(LIMIT_BYTES, 0.7 * _available_bytes())
+    if per_step * n_big > limit:
         notes.append(
-            f"{unchunked.name} skipped: estimated {estimate / 2**30:.1f} GiB "
-            f"({per_sample / 2**20:.0f} MiB per step, from the n="
-            f"{CAPTUM_UNCHUNKED_SMALL_N} run) is over the {limit / 2**30:.1f} GiB limit"
+            f"{unchunked.name} skipped: estimated {per_step * n_big / 2**30:.1f} GiB "
+            f"({per_step / 2**20:.0f} MiB per step, from the n={n_unchunked} run) is over the "
+            f"{limit / 2**30:.1f} GiB limit"
         )
     else:
-        probes.append(unchunked)
-        results[unchunked.name] = _measure(unchunked, settings, auto.forward)
+        results[unchunked] = _measure(unchunked, settings, auto.forward)
 
+    bounded = at_least(0.8, f"ours(n={n_big}) <= 1.25x this (>= 0.8)")
     rows = [
         Row(
             p.name,
-            results[p.name]["growth_mb"],
-            goal=at_least(0.8, f"ours(n={n_big}) <= 1.25x this (>= 0.8)")
-            if p.impl == "ours" and p.n == n_small
-            else None,
-            note=f"{results[p.name]['seconds']:.1f} s",
+            r["growth_mb"],
+            goal=bounded if p == ours_small else None,
+            note=f"{r['seconds']:.1f} s",
         )
-        for p in probes
+        for p, r in results.items()
     ]
-    return [
-        Table(
-            f"memory: IG peak memory growth (n={n_big})", "MB", ours_big, "m / m(ours)", rows, notes
-        )
-    ]
+    title = f"memory: IG peak memory growth (n={n_big})"
+    return [Table(title, "MB", ours_big.name, "m / m(ours)", rows, notes, "growth MB")]
 
 
 def _measure(probe: Probe, settings: Settings, forward_chunk: int) -> dict[str, float]:

@@ -3,16 +3,20 @@
 python -m bench.memory_probe --impl ours|captum --n N --chunk K [--forward-chunk F]
     [--threads T] [--device D]
 
-Growth is the peak after the run minus the peak after loading the model and one warm-up
-forward+backward: ru_maxrss on the CPU, the CUDA allocator's peak on a GPU. A fresh process
-per configuration, because a high-water mark never comes down.
+Growth is the peak during the run minus the resident size after loading the model and one
+warm-up forward+backward: on the CPU the kernel's peak RSS of this process (VmHWM), reset to the
+current RSS after the warm-up; on a GPU the CUDA allocator's peak, reset likewise. A fresh
+process per configuration keeps every run's high-water mark its own.
+
+Not ru_maxrss: Linux carries it over exec from the parent's address space when the parent
+spawns with vfork (as Python's subprocess does), so a child of a large benchmark process
+would report the parent's peak.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
 
 import torch
@@ -22,10 +26,30 @@ from bench.workload import reference_workload
 from saliency.attribution.executor import ChunkExecutor, ChunkSizes
 
 
-def _peak_bytes(device: torch.device) -> int:
+def _status_bytes(field: str) -> int:
+    """A size field of /proc/self/status (VmRSS, VmHWM), in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024  # kB
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _reset_peak(device: torch.device) -> int:
+    """Restart the high-water mark at the current usage; return that usage in bytes."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to VmRSS (Linux >= 4.0)
+    return _status_bytes("VmRSS")
+
+
+def _peak(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    return _status_bytes("VmHWM")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,10 +65,7 @@ def main(argv: list[str] | None = None) -> None:
 
     w = reference_workload(args.device)
     c.plain_forward_backward(w)
-    if w.model.device.type == "cuda":
-        torch.cuda.synchronize(w.model.device)
-        torch.cuda.reset_peak_memory_stats(w.model.device)
-    baseline = _peak_bytes(w.model.device)
+    baseline = _reset_peak(w.model.device)
     started = time.perf_counter()
     if args.impl == "ours":
         ex = ChunkExecutor(w.model, ChunkSizes(args.chunk, args.forward_chunk))
@@ -53,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         c.captum_ig(w, args.n, args.chunk or None)
     w.sync()
     seconds = time.perf_counter() - started
-    peak = _peak_bytes(w.model.device)
+    peak = _peak(w.model.device)
     print(
         json.dumps(
             {

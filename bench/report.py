@@ -63,6 +63,7 @@ class Table:
     ratio_label: str  # what the ratio means, e.g. "t / t(ours)"
     rows: list[Row]
     notes: list[str] = field(default_factory=list)
+    value_label: str = ""  # the value column's header; "median <unit>" when empty
 
     def ratio(self, row: Row) -> float:
         ref = next(r for r in self.rows if r.name == self.reference)
@@ -73,8 +74,9 @@ class Table:
 
     def render(self) -> str:
         name_w = max(len("contender"), *(len(r.name) for r in self.rows))
+        value_label = self.value_label or f"median {self.unit}"
         head = (
-            f"{'contender':<{name_w}}  {'median ' + self.unit:>11}  {'[q1 .. q3]':>17}  "
+            f"{'contender':<{name_w}}  {value_label:>11}  {'[q1 .. q3]':>17}  "
             f"{self.ratio_label:>13}  goal"
         )
         lines = [f"== {self.title} ==", head, "-" * len(head)]

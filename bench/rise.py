@@ -17,11 +17,12 @@ SUMMARY = "RISE first call (mask bank built) vs later calls (bank cached)"
 def run(settings: Settings) -> list[Table]:
     w = reference_workload(settings.device)
     n_masks = settings.pick(2000, 500)
-    repeats = settings.pick(3, 2)
+    repeats = 3  # an odd count: the median is a sample
     ex = c.executor(w)
-    warm = MaskBankCache()
     height, width = w.x.shape[-2:]
     params = make_params("rise", n_masks=n_masks)
+    warm = MaskBankCache()
+    warm.get(height, width, params)
 
     def call(cache: MaskBankCache) -> object:
         return c.ours_deep(w, ex, "rise", [w.target], {"banks": cache}, n_masks=n_masks)
@@ -35,10 +36,11 @@ def run(settings: Settings) -> list[Table]:
             build: lambda: MaskBankCache().get(height, width, params),
         },
         repeats,
-        warmup=1,
+        warmup=0,  # the model is warm; a warm-up round would cost as much as a repeat
         sync=w.sync,
     )
     extra = timings[first].median - timings[later].median
+    build_ms = timings[build].median * 1e3
     return [
         Table(
             f"rise: N={n_masks} masks, 7x7 grid, p=0.5",
@@ -47,8 +49,9 @@ def run(settings: Settings) -> list[Table]:
             "t / t(cached)",
             time_rows(timings),
             [
-                f"first - later = {extra * 1e3:.0f} ms, close to the bank build: "
-                "the cache saves exactly the build",
+                f"first - later = {extra * 1e3:.0f} ms against a bank build of "
+                f"{build_ms:.0f} ms ({build_ms / timings[later].median / 1e3:.1%} of a cached "
+                "call): what the cache saves per first call",
                 "DESIGN §6 sets no RISE goal",
             ],
         )

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 
-from bench import batching, fast, ig, memory, rise, smoothgrad
+from bench import batching, fast, ig, memory, more_methods, rise, smoothgrad
 from bench.report import Table
 from bench.settings import Settings
 
@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         _entry("ig", ig),
         _entry("smoothgrad", smoothgrad),
         _entry("rise", rise),
+        _entry("more_methods", more_methods),
         _entry("memory", memory),
         _entry("batching", batching),
     )

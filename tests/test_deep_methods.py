@@ -139,7 +139,16 @@ def test_rise_mask_bank_cache_respects_its_byte_budget():
 
 
 DEEP = sorted(name for name, info in all_methods().items() if info.kind == "deep")
-SMALL = {"ig": {"n_steps": 9}, "smoothgrad": {"n_samples": 7}, "rise": {"n_masks": 30, "grid_size": 4}}
+SMALL = {
+    "ig": {"n_steps": 9},
+    "smoothgrad": {"n_samples": 7},
+    "rise": {"n_masks": 30, "grid_size": 4},
+    "occlusion": {"window": 8, "stride": 8},
+    "scorecam": {},
+    "guided_backprop": {},
+    "deconvnet": {},
+    "guided_gradcam": {},
+}
 
 
 @pytest.mark.parametrize("method", DEEP)

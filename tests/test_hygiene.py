@@ -13,7 +13,13 @@ from saliency.attribution.types import Targets
 from saliency.models import LoadedModel, get_spec
 from saliency.models.tinycnn import TinyCNN, build_tinycnn
 
-SMALL = {"ig": {"n_steps": 4}, "smoothgrad": {"n_samples": 3}, "rise": {"n_masks": 5, "grid_size": 4}}
+SMALL = {
+    "ig": {"n_steps": 4},
+    "smoothgrad": {"n_samples": 3},
+    "rise": {"n_masks": 5, "grid_size": 4},
+    "occlusion": {"window": 16, "stride": 16},
+    "scorecam": {"max_channels": 3},
+}
 
 
 class ExplodingTinyCNN(TinyCNN):

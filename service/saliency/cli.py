@@ -1,10 +1,13 @@
-"""The `saliency` command line: explain one image in-process and write the pictures.
+"""The `saliency` command line: explain one image and write the pictures; list; serve.
 
     saliency explain IMAGE|--sample NAME --model M --methods a,b [--top-k K|--targets 1,2]
                      --out DIR [--raw] [--param METHOD.FIELD=VALUE ...]
-    saliency models
+                     [--server HOST:PORT [--token T] [--tls-ca FILE]]
+    saliency models [--server HOST:PORT ...]
+    saliency serve [--config FILE] [--host H] [--port P] [--models a,b] [...]
 
-Thin on purpose: parse, validate, call the Engine, hand maps to `saliency.render`, write files.
+Thin on purpose: parse, validate, call the Engine (or a server, see `cli_remote`), hand maps
+to `saliency.render`, write files. In-process and remote runs write the same files.
 User errors print one line naming the field at fault and exit with status 2.
 """
 
@@ -14,7 +17,7 @@ import argparse
 import dataclasses
 import sys
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,10 @@ import numpy as np
 
 from saliency import render
 from saliency.errors import InvalidArgument, SaliencyError, require
+
+if typing.TYPE_CHECKING:
+    from saliency.attribution.limits import Limits
+    from saliency.attribution.types import Attribution, Prediction
 
 SAMPLES = ("chelsea", "coffee", "astronaut", "rocket")  # skimage.data photographs
 USAGE_ERROR = 2
@@ -65,15 +72,44 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunk-size", type=int,
         help="samples per model call for deep methods (default: measured once and cached)",
     )
+    _add_server_arguments(explain)
 
-    commands.add_parser("models", help="list models, methods and method parameters")
+    models = commands.add_parser("models", help="list models, methods and method parameters")
+    _add_server_arguments(models)
+
+    serve = commands.add_parser("serve", help="run the gRPC service (blocks until SIGTERM/SIGINT)")
+    from saliency.cli_remote import add_serve_arguments
+
+    add_serve_arguments(serve)
     return parser
+
+
+def _add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    remote = parser.add_argument_group("remote (ask a running `saliency serve` instead)")
+    remote.add_argument("--server", metavar="HOST:PORT", help="the gRPC address of the service")
+    remote.add_argument(
+        "--token", help="bearer token (default: $SALIENCY_TOKEN); prefer the variable, "
+        "command lines are visible to other users",
+    )
+    remote.add_argument("--tls-ca", metavar="FILE", help="PEM CA certificate: connect with TLS")
+    remote.add_argument("--timeout", type=float, metavar="SECONDS", help="deadline of the call")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 for a user error)."""
     try:
         args = build_parser().parse_args(argv)
+        if args.command == "serve":
+            from saliency.cli_remote import serve
+
+            return serve(args)
+        remote_only = [f"--{k.replace('_', '-')}" for k in ("token", "tls_ca", "timeout") if getattr(args, k, None)]
+        # Ignoring them would run locally while the user believes they talk to a server.
+        require(not remote_only or bool(args.server), "server", f"{', '.join(remote_only)} only apply with --server")
+        if getattr(args, "server", None):
+            from saliency import cli_remote
+
+            return cli_remote.list_models(args) if args.command == "models" else cli_remote.explain(args)
         if args.command == "models":
             return list_models()
         return explain(args)
@@ -135,8 +171,15 @@ def _convert(value: str, kind: Any, field: str) -> Any:
     return value
 
 
-def parse_params(methods: Sequence[str], assignments: Sequence[str]) -> dict[str, Any]:
-    """["ig.n_steps=32", ...] -> {method: validated params object} for every listed method."""
+def parse_params(
+    methods: Sequence[str], assignments: Sequence[str], limits: Limits | None = None
+) -> dict[str, Any]:
+    """["ig.n_steps=32", ...] -> {method: validated params object} for every listed method.
+
+    limits: what n_steps and the like are checked against (default: the built-in limits; a
+    remote run passes unbounded ones, as the server applies its own).
+    """
+    from saliency.attribution.limits import DEFAULT_LIMITS
     from saliency.attribution.registry import get_method, make_params
 
     values: dict[str, dict[str, Any]] = {name: {} for name in methods}
@@ -151,7 +194,7 @@ def parse_params(methods: Sequence[str], assignments: Sequence[str]) -> dict[str
     params = {}
     for method, kwargs in values.items():
         try:
-            params[method] = make_params(method, **kwargs)
+            params[method] = make_params(method, limits or DEFAULT_LIMITS, **kwargs)
         except SaliencyError as exc:
             # Some validators name a bare field ("reduction"); say which method's it is.
             if exc.field and not exc.field.startswith(f"{method}."):
@@ -195,14 +238,9 @@ def explain(args: argparse.Namespace) -> int:
     require(args.chunk_size is None or args.chunk_size >= 1, "chunk-size", "must be at least 1")
     name, rgb = read_image(args.image, args.sample)
     x = to_model_input(rgb, spec)
-    out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InvalidArgument(f"cannot create {str(out)!r}: {exc.strerror}", "out") from None
+    out = make_out_dir(args.out)
 
-    infos = all_methods()
-    deep = [m for m in methods if infos[m].kind == "deep"]
+    deep = [m for m in methods if all_methods()[m].kind == "deep"]
     if args.chunk_size is not None:
         chunk_sizes = ChunkSizes(grad=args.chunk_size, forward=args.chunk_size)
     elif not deep:
@@ -212,32 +250,66 @@ def explain(args: argparse.Namespace) -> int:
     engine = Engine(load_model(args.model), chunk_sizes)
     with _ProgressBar(enabled=bool(deep)) as progress:
         result = engine.explain(x, targets, params, progress=progress)
+    return report(
+        spec.name, name, rgb, result.predictions, result.targets, result.attributions,
+        methods, spec.labels.__getitem__, out, args.raw, args.alpha,
+    )
 
-    print(f"{spec.name} on {name} ({rgb.shape[1]}x{rgb.shape[0]}):")
-    for rank, p in enumerate(result.predictions, 1):
+
+def make_out_dir(path: str) -> Path:
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidArgument(f"cannot create {str(out)!r}: {exc.strerror}", "out") from None
+    return out
+
+
+def report(
+    model: str,
+    image_name: str,
+    rgb: np.ndarray,
+    predictions: Sequence[Prediction],
+    targets: Sequence[int],
+    attributions: Sequence[Attribution],
+    methods: Sequence[str],
+    label: Callable[[int], str],
+    out: Path,
+    raw: bool,
+    alpha: float,
+) -> int:
+    """Print the prediction and per-map summary; write overlays, grid.png and (raw) .npy maps.
+
+    rgb: the original photograph uint8 [H0, W0, 3]; maps [H, W] at the model's input size are
+    drawn over it. Shared by in-process and remote runs, so both write the same files.
+    """
+    from saliency.attribution.registry import all_methods
+
+    infos = all_methods()
+    print(f"{model} on {image_name} ({rgb.shape[1]}x{rgb.shape[0]}):")
+    for rank, p in enumerate(predictions, 1):
         print(f"  {rank}. {p.class_index:>4} {p.label:<32} p={p.probability:.4f}  logit={p.logit:.3f}")
 
-    # The engine returns fast maps grouped by target; list them as asked: method, then target.
-    ordered = sorted(
-        result.attributions,
-        key=lambda a: (methods.index(a.method), result.targets.index(a.target)),
-    )
+    # Maps arrive grouped by target (fast) then by method (deep); list them as asked: method,
+    # then target.
+    ordered = sorted(attributions, key=lambda a: (methods.index(a.method), list(targets).index(a.target)))
     tiles, written = [], []
     for a in ordered:
-        label = f"{a.target} {spec.labels[a.target]}"
+        caption = f"{a.target} {label(a.target)}"
         values = a.map.detach().float().cpu().numpy()
         stats = "".join(f" {k}={v:.4g}" for k, v in a.stats.items())
-        print(f"  {a.method:<17} {label:<36} range=[{values.min():.3g}, {values.max():.3g}]{stats}")
-        picture = render.overlay(rgb, values, alpha=args.alpha, signed=infos[a.method].signed)
+        print(f"  {a.method:<17} {caption:<36} range=[{values.min():.3g}, {values.max():.3g}]{stats}")
+        picture = render.overlay(rgb, values, alpha=alpha, signed=infos[a.method].signed)
         stem = f"{a.method}_{a.target}"
         written.append(_write(out / f"{stem}.png", render.encode_png(picture)))
-        if args.raw:
+        if raw:
             written.append(_save_npy(out / f"{stem}.npy", values.astype(np.float32)))
-        tiles.append((f"{a.method} · {label}", picture))
-    # One column per target, so each row compares one method across the classes.
-    columns = len(result.targets) if len(result.targets) > 1 else min(4, len(tiles))
-    sheet = render.grid(tiles, columns, max_side=GRID_TILE_SIDE)
-    written.append(_write(out / "grid.png", render.encode_png(sheet)))
+        tiles.append((f"{a.method} · {caption}", picture))
+    if tiles:  # a server may answer with no maps at all (no methods asked)
+        # One column per target, so each row compares one method across the classes.
+        columns = len(targets) if len(targets) > 1 else min(4, len(tiles))
+        sheet = render.grid(tiles, columns, max_side=GRID_TILE_SIDE)
+        written.append(_write(out / "grid.png", render.encode_png(sheet)))
     print(f"wrote {len(written)} files to {out}")
     return 0
 

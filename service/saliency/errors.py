@@ -31,3 +31,11 @@ def require(condition: bool, field: str, message: str) -> None:
     """Raise InvalidArgument(message, field) unless `condition` holds."""
     if not condition:
         raise InvalidArgument(message, field)
+
+
+class DeadlineExceeded(SaliencyError):
+    """The request's deadline passed before its maps were ready (gRPC DEADLINE_EXCEEDED)."""
+
+
+class Unavailable(SaliencyError):
+    """The backend cannot serve now (gRPC UNAVAILABLE)."""

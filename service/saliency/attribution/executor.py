@@ -7,6 +7,17 @@ arrival order, into chunks of at most `max_chunk` samples, runs the model once p
 (forward-only under `torch.inference_mode` when no stream in it needs an input gradient) and
 scatters the outputs back. Streams are consumed in order, so inputs are generated a chunk at a
 time and memory stays bounded for any sample count.
+
+Three optional stream properties serve methods beyond plain gradients and forwards:
+- `backward_rule` ("guided", "deconvnet"): the chunk's forward runs inside
+  `hooks.backward_rule`, so its input gradient follows the modified ReLU rule. Chunks are
+  grouped by (needs_grad, backward_rule): a rule never touches another stream's samples.
+- `capture_layer`: the chunk also returns the model's CAM-layer activations (and, in gradient
+  chunks, the target logit's gradient with respect to them) — Grad-CAM inside the executor.
+- `after`: the stream is not started before another stream of its task is fully consumed, so
+  a method can plan its second phase from the first phase's outputs (Score-CAM's masks come
+  from the activations of one forward). Its `n_samples` is an upper bound until then: the
+  first phase's consumer may lower it.
 """
 
 from __future__ import annotations
@@ -16,34 +27,70 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
 
+from saliency.attribution.hooks import BACKWARD_RULES, backward_rule, capture_output
 from saliency.attribution.types import Attribution
 from saliency.models import LoadedModel
 
 
 @dataclass
 class ChunkOutput:
-    """Model outputs for a slice of a stream: logits [n, classes], input grads [n, C, H, W]."""
+    """Model outputs for a slice of a stream: logits [n, classes], input grads [n, C, H, W].
+
+    layer: the CAM layer's activations [n, K, h, w] and layer_grads: d(target logit)/d(layer)
+    [n, K, h, w], in chunks that held a `capture_layer` stream (grads only in gradient chunks).
+    """
 
     logits: torch.Tensor
     grads: torch.Tensor | None
+    layer: torch.Tensor | None = None
+    layer_grads: torch.Tensor | None = None
+
+    def rows(self, start: int, stop: int) -> ChunkOutput:
+        """The outputs of samples [start, stop) of the chunk."""
+
+        def cut(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[start:stop]
+
+        return ChunkOutput(cut(self.logits), cut(self.grads), cut(self.layer), cut(self.layer_grads))
 
 
-@dataclass
+@dataclass(eq=False)
 class SampleStream:
     n_samples: int
     needs_grad: bool
     make_inputs: Callable[[int, int], torch.Tensor]  # [start, stop) -> [stop - start, C, H, W]
     consume: Callable[[int, ChunkOutput], None]  # (start, outputs for that slice)
+    backward_rule: str | None = None  # modified ReLU backward for this stream's chunks
+    capture_layer: bool = False  # its outputs carry the CAM layer's activations (and grads)
+    after: SampleStream | None = None  # not started before this stream is fully consumed
     cursor: int = 0  # next sample to generate
     consumed: int = 0  # samples whose outputs were consumed
+
+    def __post_init__(self) -> None:
+        if self.backward_rule is not None:
+            if self.backward_rule not in BACKWARD_RULES:
+                raise ValueError(f"unknown backward rule {self.backward_rule!r}")
+            if not self.needs_grad:
+                raise ValueError("a backward rule only means something for a gradient stream")
 
     @property
     def remaining(self) -> int:
         return self.n_samples - self.cursor
+
+    @property
+    def ready(self) -> bool:
+        """Whether its samples may be generated now (its predecessor, if any, is consumed)."""
+        return self.after is None or self.after.consumed >= self.after.n_samples
+
+    @property
+    def kind(self) -> tuple[bool, str | None]:
+        """Streams of one kind can share a chunk: (needs_grad, backward_rule)."""
+        return self.needs_grad, self.backward_rule
 
 
 _task_ids = itertools.count()
@@ -103,9 +150,10 @@ class ChunkReport:
 
     samples: int
     tasks: int
-    tags: frozenset
+    tags: tuple  # the tag of each distinct task in the chunk
     needs_grad: bool
     seconds: float
+    backward_rule: str | None = None
 
 
 @dataclass
@@ -137,6 +185,9 @@ class ChunkExecutor:
         self._lock = threading.RLock()  # on_done callbacks may submit
 
     def submit(self, task: DeepTask) -> DeepTask:
+        for i, stream in enumerate(task.streams):
+            if stream.after is not None and not any(stream.after is s for s in task.streams[:i]):
+                raise ValueError("a stream can only wait for an earlier stream of its own task")
         task.submitted_at = time.perf_counter()
         with self._lock:
             for stream in task.streams:
@@ -152,10 +203,11 @@ class ChunkExecutor:
         """Run `tasks` to completion; raise the first task error. progress(done, total)."""
         for task in tasks:
             self.submit(task)
-        total, done = sum(t.n_samples for t in tasks), 0
+        done = 0
         while (ran := self.step()) > 0:
             done += ran
             if progress:
+                total = sum(t.n_samples for t in tasks)  # a second phase may have shrunk it
                 progress(min(done, total), total)
         for task in tasks:
             if task.error is not None:
@@ -167,7 +219,13 @@ class ChunkExecutor:
         pieces = self._take_chunk()
         if not pieces:
             return 0
-        needs_grad = pieces[0][1].needs_grad
+        needs_grad, rule = pieces[0][1].kind
+        # Plain chunks call _evaluate exactly as they always did; the extras only when used.
+        extras: dict = {}
+        if rule is not None:
+            extras["backward_rule"] = rule
+        if any(s.capture_layer for _, s, *_ in pieces):
+            extras["capture_layer"] = True
         started = time.perf_counter()
         for task, *_ in pieces:
             if task.started_at is None:
@@ -177,7 +235,7 @@ class ChunkExecutor:
             targets = torch.tensor(
                 [t.target for t, _, start, stop in pieces for _ in range(stop - start)]
             )
-            logits, grads = self._evaluate(inputs, targets, needs_grad)
+            output = self._evaluate(inputs, targets, needs_grad, **extras)
         except Exception as exc:  # a failed chunk fails only the tasks that were in it
             for task, *_ in pieces:
                 self._fail(task, exc)
@@ -189,8 +247,7 @@ class ChunkExecutor:
             task.compute_seconds += elapsed * n / len(targets)
             if not task.done:
                 try:
-                    g = grads[offset : offset + n] if grads is not None else None
-                    stream.consume(start, ChunkOutput(logits[offset : offset + n], g))
+                    stream.consume(start, output.rows(offset, offset + n))
                     stream.consumed += n
                     if all(s.consumed == s.n_samples for s in task.streams):
                         self._finish(task)
@@ -202,52 +259,82 @@ class ChunkExecutor:
         if self.on_chunk:
             tasks = {id(t): t for t, *_ in pieces}.values()
             self.on_chunk(
-                ChunkReport(len(targets), len(tasks), frozenset(t.tag for t in tasks), needs_grad, elapsed)
+                ChunkReport(
+                    len(targets), len(tasks), tuple(t.tag for t in tasks), needs_grad, elapsed, rule
+                )
             )
         return len(targets)
 
     def _take_chunk(self) -> list[tuple[DeepTask, SampleStream, int, int]]:
-        """Slices [start, stop) of pending streams, all of one kind, FIFO, within the budget."""
+        """Slices [start, stop) of ready pending streams, all of one kind, FIFO, within the budget."""
         with self._lock:
             live = deque()
             for task, stream in self._pending:
                 if task.cancelled:
                     self._drop(task)
-                else:
+                elif stream.remaining or not stream.ready:
                     live.append((task, stream))
+                elif not task.done and all(s.consumed == s.n_samples for s in task.streams):
+                    self._finish(task)  # nothing left to compute (e.g. a zero-sample stream)
             if not live:
                 self._pending = live
                 return []
-            needs_grad = live[0][1].needs_grad
-            budget = self.chunk_sizes.for_kind(needs_grad)
+            first = next((s for _, s in live if s.ready), None)
+            if first is None:
+                # Unreachable while predecessors are earlier streams of the same task (checked
+                # in submit): a waiting stream's predecessor is pending or consumed.
+                for task in {id(t): t for t, _ in live}.values():
+                    self._fail(task, RuntimeError("sample stream waits for a stream that never runs"))
+                self._pending = deque()
+                return []
+            kind = first.kind
+            budget = self.chunk_sizes.for_kind(kind[0])
             pieces, still_pending = [], deque()
             for task, stream in live:
-                if budget > 0 and stream.needs_grad == needs_grad:
+                if budget > 0 and stream.ready and stream.kind == kind and stream.remaining:
                     n = min(budget, stream.remaining)
                     pieces.append((task, stream, stream.cursor, stream.cursor + n))
                     stream.cursor += n
                     budget -= n
-                if stream.remaining:
+                if stream.remaining or not stream.ready:
                     still_pending.append((task, stream))
             self._pending = still_pending
             return pieces
 
-    def _evaluate(self, inputs: torch.Tensor, targets: torch.Tensor, needs_grad: bool):
+    def _evaluate(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        needs_grad: bool,
+        backward_rule: str | None = None,
+        capture_layer: bool = False,
+    ) -> ChunkOutput:
+        """One model call on inputs [n, C, H, W]; gradients are of logit[i, targets[i]]."""
         module, device = self.model.module, self.model.device
         x = inputs.to(device, torch.float32)
         if device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
         targets = targets.to(device)
+        capture = capture_output(module, self.model.spec.target_layer) if capture_layer else nullcontext([])
+        rule = _backward_rule_context(backward_rule)
         if not needs_grad:
-            with torch.inference_mode():
-                return module(x).float(), None
+            with capture as captured, torch.inference_mode():
+                logits = module(x).float()
+            return ChunkOutput(logits, None, captured[-1].float() if capture_layer else None)
         x.requires_grad_(True)
-        with torch.enable_grad():
+        with capture as captured, rule, torch.enable_grad():
             logits = module(x)
             # Samples are independent (eval mode), so the sum's gradient is per-sample.
             score = logits.gather(1, targets[:, None]).sum()
-            (grads,) = torch.autograd.grad(score, x)
-        return logits.detach().float(), grads.contiguous()
+            layer = captured[-1] if capture_layer else None
+            wrt = [x] if layer is None else [x, layer]
+            grads = torch.autograd.grad(score, wrt)
+        return ChunkOutput(
+            logits.detach().float(),
+            grads[0].contiguous(),
+            None if layer is None else layer.detach().float(),
+            None if layer is None else grads[1].float(),
+        )
 
     def _finish(self, task: DeepTask) -> None:
         result = task.finish()
@@ -276,3 +363,7 @@ class ChunkExecutor:
         self.stats.tasks_dropped += 1
         if task.on_done:
             task.on_done(task)
+
+
+def _backward_rule_context(rule: str | None) -> AbstractContextManager:
+    return nullcontext() if rule is None else backward_rule(rule)

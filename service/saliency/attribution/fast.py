@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -18,6 +18,7 @@ import torch
 from saliency.attribution import cams
 from saliency.attribution.hooks import capture_output
 from saliency.attribution.limits import Limits
+from saliency.attribution.methods import cam
 from saliency.attribution.reduce import CHANNEL_REDUCTIONS, reduce_channels, upsample
 from saliency.attribution.registry import get_method, register
 from saliency.attribution.types import Attribution, Prediction, Targets
@@ -29,7 +30,7 @@ from saliency.models import LoadedModel
 class GradientParams:
     """Channel reduction of the per-channel map: max |g| (Simonyan et al.), sum, or l2."""
 
-    reduction: str = "max"
+    reduction: str = field(default="max", metadata={"choices": CHANNEL_REDUCTIONS})
 
     def validate(self, limits: Limits) -> None:
         require(
@@ -41,7 +42,7 @@ class GradientParams:
 
 @dataclass(frozen=True)
 class InputXGradientParams(GradientParams):
-    reduction: str = "sum"
+    reduction: str = field(default="sum", metadata={"choices": CHANNEL_REDUCTIONS})
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,8 @@ def fast_pass(
     spec, module = model.spec, model.module
     need_input_grad = bool(_INPUT_GRAD_METHODS & methods.keys())
     need_cam_grad = bool(_CAM_GRAD_METHODS & methods.keys())
-    need_acts = need_cam_grad or "eigencam" in methods
+    need_acts = need_cam_grad or "eigencam" in methods or "cam" in methods
+    cam_classifier = cam.classifier(model) if "cam" in methods else None  # checked before the forward
     need_backward = need_input_grad or need_cam_grad
 
     x = inputs.detach().to(model.device, torch.float32)
@@ -113,6 +115,10 @@ def fast_pass(
                 result.attributions.append(
                     Attribution("eigencam", target, eigen_up[b], eigen_raw[b])
                 )
+    if cam_classifier is not None:
+        per_image = cam.cam_attributions(cam_classifier, acts, logits, per_image_targets, size)
+        for result, maps in zip(results, per_image):
+            result.attributions.extend(maps)
     if not need_backward:
         return results
 

@@ -73,4 +73,12 @@ def make_params(name: str, limits: Limits = DEFAULT_LIMITS, **values: Any) -> An
 def _load_all() -> None:
     # Importing the method modules runs their `register` calls.
     from saliency.attribution import fast  # noqa: F401
-    from saliency.attribution.methods import integrated_gradients, rise, smoothgrad  # noqa: F401
+    from saliency.attribution.methods import (  # noqa: F401
+        cam,
+        guided_backprop,
+        integrated_gradients,
+        occlusion,
+        rise,
+        score_cam,
+        smoothgrad,
+    )

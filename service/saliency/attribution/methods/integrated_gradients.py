@@ -26,11 +26,13 @@ RULES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid",
 
 @dataclass(frozen=True)
 class IntegratedGradientsParams:
-    n_steps: int = 50
-    rule: str = "gausslegendre"
-    baseline: str = "zeros"  # zeros of the model input space; black = normalised black pixel
-    blur_sigma: float = 10.0  # pixels, for baseline="blur"
-    seed: int = 0  # for baseline="uniform"
+    n_steps: int = field(default=50, metadata={"min": 1, "max_limit": "max_ig_steps"})
+    rule: str = field(default="gausslegendre", metadata={"choices": RULES})
+    # zeros of the model input space; black = normalised black pixel
+    baseline: str = field(default="zeros", metadata={"choices": BASELINES})
+    # pixels, for baseline="blur"
+    blur_sigma: float = field(default=10.0, metadata={"min": 0, "max": 100, "exclusive_min": True})
+    seed: int = field(default=0, metadata={"min": 0, "max": 2**63 - 1})  # for baseline="uniform"
     custom_baseline: torch.Tensor | None = field(default=None, compare=False, repr=False)  # [C, H, W]
 
     def validate(self, limits: Limits) -> None:

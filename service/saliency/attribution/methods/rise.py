@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -26,10 +26,12 @@ from saliency.errors import require
 
 @dataclass(frozen=True)
 class RiseParams:
-    n_masks: int = 2000
-    grid_size: int = 7  # s: cells per side of the low-resolution mask
-    p: float = 0.5  # probability that a cell is kept
-    seed: int = 0
+    n_masks: int = field(default=2000, metadata={"min": 1, "max_limit": "max_rise_masks"})
+    # s: cells per side of the low-resolution mask
+    grid_size: int = field(default=7, metadata={"min": 2, "max": 64})
+    # probability that a cell is kept, in the open interval (0, 1)
+    p: float = field(default=0.5, metadata={"min": 0, "max": 1, "exclusive_min": True, "exclusive_max": True})
+    seed: int = field(default=0, metadata={"min": 0, "max": 2**63 - 1})
 
     def validate(self, limits: Limits) -> None:
         require(

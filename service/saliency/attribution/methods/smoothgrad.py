@@ -9,7 +9,7 @@ not depend on how the executor chunks the samples.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -25,11 +25,12 @@ AGGREGATES = ("mean", "square", "variance")
 
 @dataclass(frozen=True)
 class SmoothGradParams:
-    n_samples: int = 50
-    sigma: float = 0.15  # noise std as a fraction of the input's value range
-    aggregate: str = "mean"
-    seed: int = 0
-    reduction: str = "max"
+    n_samples: int = field(default=50, metadata={"min": 1, "max_limit": "max_smoothgrad_samples"})
+    # noise std as a fraction of the input's value range
+    sigma: float = field(default=0.15, metadata={"min": 0, "max": 1})
+    aggregate: str = field(default="mean", metadata={"choices": AGGREGATES})
+    seed: int = field(default=0, metadata={"min": 0, "max": 2**63 - 1})
+    reduction: str = field(default="max", metadata={"choices": CHANNEL_REDUCTIONS})
 
     def validate(self, limits: Limits) -> None:
         require(

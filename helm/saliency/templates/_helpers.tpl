@@ -1,0 +1,124 @@
+{{/* Names and labels. */}}
+{{- define "saliency.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "saliency.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "saliency.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "saliency.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "saliency.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "saliency.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "saliency.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "saliency.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "<appVersion>-cpu" or "<appVersion>-cuda" unless image.tag is set. */}}
+{{- define "saliency.image" -}}
+{{- $flavor := ternary "cuda" "cpu" .Values.gpu.enabled -}}
+{{- $tag := default (printf "%s-%s" .Chart.AppVersion $flavor) .Values.image.tag -}}
+{{- printf "%s:%s" .Values.image.repository $tag -}}
+{{- end -}}
+
+{{/* Secret names: an existing Secret when given, else the chart's own. */}}
+{{- define "saliency.authSecretName" -}}
+{{- default (include "saliency.fullname" .) .Values.auth.existingSecret -}}
+{{- end -}}
+{{- define "saliency.tlsSecretName" -}}
+{{- default (printf "%s-tls" (include "saliency.fullname" .)) .Values.tls.existingSecret -}}
+{{- end -}}
+
+{{/* Paths inside the pod. */}}
+{{- define "saliency.configDir" -}}/etc/saliency{{- end -}}
+{{- define "saliency.authDir" -}}/etc/saliency-auth{{- end -}}
+{{- define "saliency.tlsDir" -}}/etc/saliency-tls{{- end -}}
+{{- define "saliency.cacheDir" -}}/var/cache/saliency{{- end -}}
+{{- define "saliency.torchserveRunDir" -}}/var/run/torchserve{{- end -}}
+{{- define "saliency.modelStore" -}}/opt/saliency/model_store{{- end -}}
+
+{{/* The service config file: .Values.config plus the fields the chart owns. */}}
+{{- define "saliency.serviceConfig" -}}
+{{- $config := deepCopy .Values.config -}}
+{{- $_ := set $config "host" "0.0.0.0" -}}
+{{- $_ := set $config "port" (int .Values.service.grpcPort) -}}
+{{- $_ := set $config "metrics_host" "0.0.0.0" -}}
+{{- $_ := set $config "metrics_port" (int .Values.service.metricsPort) -}}
+{{- $_ := set $config "device" (ternary "cuda" "cpu" (and .Values.gpu.enabled (eq .Values.backend "embedded"))) -}}
+{{- if .Values.auth.enabled -}}
+{{- $_ := set $config "auth_tokens_file" (printf "%s/tokens" (include "saliency.authDir" .)) -}}
+{{- end -}}
+{{- if .Values.tls.enabled -}}
+{{- $_ := set $config "tls_cert_file" (printf "%s/tls.crt" (include "saliency.tlsDir" .)) -}}
+{{- $_ := set $config "tls_key_file" (printf "%s/tls.key" (include "saliency.tlsDir" .)) -}}
+{{- if .Values.tls.mutual -}}
+{{- $_ := set $config "tls_client_ca_file" (printf "%s/ca.crt" (include "saliency.tlsDir" .)) -}}
+{{- end -}}
+{{- end -}}
+{{- if not $config.limits -}}
+{{- $_ := unset $config "limits" -}}
+{{- end -}}
+{{- toYaml $config -}}
+{{- end -}}
+
+{{/* TorchServe's config.properties: every port on loopback, hardened (docs/deploy.md). */}}
+{{- define "saliency.torchserveProperties" -}}
+{{- $ts := .Values.torchserve -}}
+{{- $models := dict -}}
+{{- range .Values.config.models -}}
+{{- $_ := set $models . (dict "1.0" (dict "defaultVersion" true "marName" (printf "%s.mar" .) "minWorkers" (int $ts.fast.workers) "maxWorkers" (int $ts.fast.workers) "batchSize" (int $ts.fast.batchSize) "maxBatchDelay" (int $ts.fast.maxBatchDelayMs) "responseTimeout" (int $ts.responseTimeoutS))) -}}
+{{- $_ := set $models (printf "%s-deep" .) (dict "1.0" (dict "defaultVersion" true "marName" (printf "%s.mar" .) "minWorkers" (int $ts.deep.workers) "maxWorkers" (int $ts.deep.workers) "batchSize" (int $ts.deep.batchSize) "maxBatchDelay" (int $ts.deep.maxBatchDelayMs) "responseTimeout" (int $ts.responseTimeoutS))) -}}
+{{- end -}}
+# Rendered by the saliency chart. Everything binds 127.0.0.1: only the saliency container
+# in the same pod can reach TorchServe.
+inference_address=http://127.0.0.1:8080
+management_address=http://127.0.0.1:8081
+metrics_address=http://127.0.0.1:8082
+grpc_inference_address=127.0.0.1
+grpc_inference_port=7070
+grpc_management_address=127.0.0.1
+grpc_management_port=7071
+# Token authorization stays on (keys in key_file.json in the working directory).
+disable_token_authorization=false
+enable_model_api=false
+allowed_urls=file://{{ include "saliency.modelStore" . }}/.*
+model_store={{ include "saliency.modelStore" . }}
+install_py_dep_per_model=false
+metrics_mode=prometheus
+vmargs=-Xmx{{ $ts.javaHeap }} -XX:+ExitOnOutOfMemoryError -Djava.io.tmpdir=/tmp
+models={{ toJson $models }}
+{{- end -}}
+
+{{/* Every container: non-root, read-only root filesystem, no capabilities, RuntimeDefault seccomp. */}}
+{{- define "saliency.containerSecurityContext" -}}
+runAsNonRoot: true
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+privileged: false
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}

@@ -1,0 +1,1 @@
+"""The gRPC API: protobuf conversion, servicer, server assembly, interceptors."""

@@ -1,0 +1,738 @@
+"""Protobuf <-> domain conversion for `saliency.v1`: the only module that knows both sides.
+
+Server side (called by the servicer, which knows no torch): request messages become validated
+domain values (`Targets`, method params, the model input) and domain results become response
+messages. Client side: the inverse, so `ExplainerClient` speaks in domain types too.
+
+Every value a user controls is checked here or by the params' own `validate`, and every error
+is an `InvalidArgument` (or `ResourceExhausted` for size limits) whose field is the request
+path to fix, e.g. `methods[1].integrated_gradients.n_steps`.
+
+Method parameters are converted generically: each params dataclass field has a proto field of
+the same name; `str` fields map to proto enums through the tables below, `optional` scalars
+fall back to the dataclass default when unset, and enum value 0 (UNSPECIFIED) means default.
+The bounds and choices that `ListModels` reports come from the fields' `metadata`, so the
+params classes are the single source of truth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from saliency import render
+from saliency.attribution.limits import Limits
+from saliency.attribution.registry import get_method
+from saliency.attribution.types import Attribution, Prediction, Targets
+from saliency.errors import InvalidArgument, ResourceExhausted, SaliencyError, require
+from saliency.imaging import ImageLimits, decode_image, to_model_input, validate_input_tensor
+from saliency.models import ModelSpec
+from saliency.v1 import explainer_pb2 as pb
+
+# ------------------------------------------------------------------------------ enum tables
+
+METHOD_NAMES: dict[int, str] = {
+    pb.METHOD_VANILLA: "vanilla",
+    pb.METHOD_INPUT_X_GRADIENT: "input_x_gradient",
+    pb.METHOD_GRADCAM: "gradcam",
+    pb.METHOD_GRADCAM_PP: "gradcam_pp",
+    pb.METHOD_EIGENCAM: "eigencam",
+    pb.METHOD_INTEGRATED_GRADIENTS: "ig",
+    pb.METHOD_SMOOTHGRAD: "smoothgrad",
+    pb.METHOD_RISE: "rise",
+    pb.METHOD_CAM: "cam",
+    pb.METHOD_SCORECAM: "scorecam",
+    pb.METHOD_OCCLUSION: "occlusion",
+    pb.METHOD_GUIDED_BACKPROP: "guided_backprop",
+    pb.METHOD_DECONVNET: "deconvnet",
+    pb.METHOD_GUIDED_GRADCAM: "guided_gradcam",
+}
+_METHOD_VALUES = {name: value for value, name in METHOD_NAMES.items()}
+
+# Which member of MethodRequest's `params` oneof carries each method's parameters.
+PARAMS_ONEOF: dict[str, str] = {
+    "vanilla": "gradient",
+    "input_x_gradient": "gradient",
+    "gradcam": "cam",
+    "gradcam_pp": "cam",
+    "eigencam": "cam",
+    "ig": "integrated_gradients",
+    "smoothgrad": "smoothgrad",
+    "rise": "rise",
+    "cam": "cam",
+    "scorecam": "scorecam",
+    "occlusion": "occlusion",
+    "guided_backprop": "guided_backprop",
+    "deconvnet": "guided_backprop",
+    "guided_gradcam": "guided_gradcam",
+}
+
+# Proto enum (by full name) -> {value: the params field's string}. Value 0 (UNSPECIFIED) is
+# absent on purpose: it means "the dataclass default", which may differ per method.
+ENUM_STRINGS: dict[str, dict[int, str]] = {
+    "saliency.v1.ChannelReduction": {
+        pb.CHANNEL_REDUCTION_MAX: "max",
+        pb.CHANNEL_REDUCTION_SUM: "sum",
+        pb.CHANNEL_REDUCTION_L2: "l2",
+    },
+    "saliency.v1.IntegrationRule": {
+        pb.INTEGRATION_RULE_GAUSS_LEGENDRE: "gausslegendre",
+        pb.INTEGRATION_RULE_RIEMANN_LEFT: "riemann_left",
+        pb.INTEGRATION_RULE_RIEMANN_RIGHT: "riemann_right",
+        pb.INTEGRATION_RULE_RIEMANN_MIDDLE: "riemann_middle",
+        pb.INTEGRATION_RULE_RIEMANN_TRAPEZOID: "riemann_trapezoid",
+    },
+    "saliency.v1.Baseline": {
+        pb.BASELINE_ZEROS: "zeros",
+        pb.BASELINE_BLACK: "black",
+        pb.BASELINE_BLUR: "blur",
+        pb.BASELINE_UNIFORM: "uniform",
+        pb.BASELINE_CUSTOM: "custom",
+    },
+    "saliency.v1.ScoreCamWeighting": {
+        pb.SCORE_CAM_WEIGHTING_CHANNEL_SOFTMAX: "channel_softmax",
+        pb.SCORE_CAM_WEIGHTING_CLASS_PROBABILITY: "class_probability",
+    },
+    "saliency.v1.Interpolation": {
+        pb.INTERPOLATION_BILINEAR: "bilinear",
+        pb.INTERPOLATION_NEAREST: "nearest",
+    },
+    "saliency.v1.SmoothGradAggregate": {
+        pb.SMOOTH_GRAD_AGGREGATE_MEAN: "mean",
+        pb.SMOOTH_GRAD_AGGREGATE_SQUARE: "square",
+        pb.SMOOTH_GRAD_AGGREGATE_VARIANCE: "variance",
+    },
+}
+
+# DType enum -> (name, little-endian numpy dtype). UNSPECIFIED means float32 (see the proto).
+_DTYPES: dict[int, tuple[str, str]] = {
+    pb.DTYPE_UNSPECIFIED: ("float32", "<f4"),
+    pb.DTYPE_FLOAT32: ("float32", "<f4"),
+    pb.DTYPE_FLOAT16: ("float16", "<f2"),
+}
+_DTYPE_VALUES = {"float32": pb.DTYPE_FLOAT32, "float16": pb.DTYPE_FLOAT16}
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+_NORMALIZATIONS: dict[int, str] = {
+    pb.NORMALIZATION_UNSPECIFIED: "none",
+    pb.NORMALIZATION_NONE: "none",
+    pb.NORMALIZATION_MAX_ABS: "max_abs",
+    pb.NORMALIZATION_MIN_MAX: "min_max",
+}
+_NORMALIZATION_VALUES = {
+    "none": pb.NORMALIZATION_NONE,
+    "max_abs": pb.NORMALIZATION_MAX_ABS,
+    "min_max": pb.NORMALIZATION_MIN_MAX,
+}
+
+# A decoded map is at most the largest accepted input (validate_input_tensor: 4096 per side).
+MAX_MAP_ELEMENTS = 4096 * 4096
+
+
+def method_enum(name: str) -> int:
+    """Registry name ("ig") -> `Method` enum value (METHOD_INTEGRATED_GRADIENTS)."""
+    if name not in _METHOD_VALUES:
+        raise InvalidArgument(
+            f"method {name!r} has no saliency.v1 Method value; known: {', '.join(_METHOD_VALUES)}",
+            "methods",
+        )
+    return _METHOD_VALUES[name]
+
+
+def _enum_label(enum_type: Any, value: int) -> str:
+    """The proto name of an enum value, or the number when this stub does not know it."""
+    known = enum_type.values_by_number.get(value)
+    return known.name if known is not None else str(value)
+
+
+# ----------------------------------------------------------------------------------- tensors
+
+
+def tensor_from_proto(t: pb.Tensor, field: str, max_elements: int) -> torch.Tensor:
+    """A `Tensor` message -> a float32 torch tensor of its shape (float16 data is widened).
+
+    Checks, each naming `field`: a known dtype (UNSPECIFIED = float32), non-negative dims,
+    at most `max_elements` elements (ResourceExhausted), and exactly prod(shape) * itemsize
+    bytes of data. Values are not checked for NaN here: callers that need finite values do.
+    """
+    if t.dtype not in _DTYPES:
+        raise InvalidArgument(
+            f"unknown dtype {t.dtype}; use DTYPE_FLOAT32 or DTYPE_FLOAT16", f"{field}.dtype"
+        )
+    _, np_dtype = _DTYPES[t.dtype]
+    shape = [int(d) for d in t.shape]
+    require(all(d >= 0 for d in shape), f"{field}.shape", f"negative dimension in {shape}")
+    n = math.prod(shape)  # Python ints: no overflow on absurd shapes
+    if n > max_elements:
+        raise ResourceExhausted(
+            f"shape {shape} has {n} elements, over the limit of {max_elements}", f"{field}.shape"
+        )
+    itemsize = np.dtype(np_dtype).itemsize
+    require(
+        len(t.data) == n * itemsize,
+        f"{field}.data",
+        f"{len(t.data)} bytes, but shape {shape} of {_DTYPES[t.dtype][0]} needs {n * itemsize}",
+    )
+    array = np.frombuffer(t.data, dtype=np_dtype).reshape(shape)
+    # astype copies: frombuffer's array is read-only and torch warns on those.
+    return torch.from_numpy(array.astype(np.float32))
+
+
+def tensor_to_proto(t: torch.Tensor, dtype: int = pb.DTYPE_FLOAT32) -> pb.Tensor:
+    """Any float tensor -> a little-endian, C-order `Tensor` message of `dtype`.
+
+    For float16, finite values beyond its range saturate at +-65504 rather than becoming Inf.
+    """
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown DType value {dtype}")
+    _, np_dtype = _DTYPES[dtype]
+    array = t.detach().to("cpu", torch.float32).contiguous().numpy()
+    if np_dtype == "<f2":
+        array = np.where(np.isfinite(array), np.clip(array, -_FLOAT16_MAX, _FLOAT16_MAX), array)
+    data = np.ascontiguousarray(array, dtype=np_dtype).tobytes()
+    return pb.Tensor(shape=list(array.shape), dtype=dtype or pb.DTYPE_FLOAT32, data=data)
+
+
+# ------------------------------------------------------------------------------------ input
+
+
+def input_from_request(
+    request: pb.ExplainRequest, spec: ModelSpec, image_limits: ImageLimits
+) -> tuple[torch.Tensor, np.ndarray]:
+    """The request's input -> (x [3, H, W] normalised float32, rgb uint8 [H0, W0, 3]).
+
+    `image`: decoded under `image_limits` and resized to the model's input size; rgb is the
+    decoded photograph. `tensor`: already normalised model input, validated (shape, NaN);
+    rgb is its de-normalisation, for overlays.
+    """
+    which = request.WhichOneof("input")
+    if which == "image":
+        rgb = decode_image(request.image, image_limits, field="image")
+        return to_model_input(rgb, spec), rgb
+    if which == "tensor":
+        # validate_input_tensor allows up to 4096 px per side; never decode more than that.
+        cap = 3 * min(image_limits.max_pixels, 4096 * 4096)
+        x = validate_input_tensor(tensor_from_proto(request.tensor, "tensor", cap), spec, "tensor")
+        return x, _denormalize(x, spec)
+    raise InvalidArgument("set `image` (PNG/JPEG/WebP bytes) or `tensor` (model input)", "input")
+
+
+def _denormalize(x: torch.Tensor, spec: ModelSpec) -> np.ndarray:
+    """Normalised [3, H, W] -> uint8 [H, W, 3] pixels (clipped to the displayable range)."""
+    mean = torch.tensor(spec.mean, dtype=x.dtype)[:, None, None]
+    std = torch.tensor(spec.std, dtype=x.dtype)[:, None, None]
+    pixels = (x * std + mean).clamp(0, 1).mul(255).round().to(torch.uint8)
+    return np.ascontiguousarray(pixels.permute(1, 2, 0).numpy())
+
+
+# ---------------------------------------------------------------------------------- targets
+
+
+def targets_from_proto(targets: pb.Targets | None, num_classes: int, max_targets: int) -> Targets:
+    """`Targets` message (or None) -> validated domain Targets; unset means top_k = 1."""
+    which = targets.WhichOneof("selection") if targets is not None else None
+    if which == "top_k":
+        result = Targets(top_k=targets.top_k)
+    elif which == "classes":
+        indices = tuple(targets.classes.indices)
+        # An empty list would silently fall back to top_k=1 in the domain type.
+        require(bool(indices), "targets.classes", "no class index given; set top_k instead")
+        result = Targets(classes=indices)
+    else:
+        result = Targets()
+    result.validate(num_classes, max_targets)
+    return result
+
+
+def targets_to_proto(targets: Targets) -> pb.Targets:
+    if targets.classes:
+        return pb.Targets(classes=pb.ClassList(indices=list(targets.classes)))
+    return pb.Targets(top_k=targets.top_k)
+
+
+# ----------------------------------------------------------------------------------- methods
+
+
+@functools.cache
+def _field_types(params_type: type) -> dict[str, Any]:
+    # The params modules use `from __future__ import annotations`: resolve the strings.
+    return typing.get_type_hints(params_type)
+
+
+def _float32_decimal(value: float) -> float:
+    """A proto `float` (float32) -> the shortest decimal that rounds to it, as a Python float.
+
+    0.15 travels as 0.150000006; reading it back as 0.15 keeps params equal to what the client
+    wrote, so defaults compare equal and cache keys (RISE mask banks) are shared.
+    """
+    return float(str(np.float32(value)))
+
+
+def _declared_range(f: dataclasses.Field, limits: Limits) -> tuple[float | None, float | None]:
+    """(minimum, maximum) of a params field from its metadata; the maximum may be a Limits key."""
+    low = f.metadata.get("min")
+    high = f.metadata.get("max")
+    if "max_limit" in f.metadata:
+        high = getattr(limits, f.metadata["max_limit"])
+    return low, high
+
+
+def _check_declared_bounds(f: dataclasses.Field, value: float, limits: Limits, where: str) -> None:
+    """Enforce the bounds ListModels advertises (NaN fails every comparison, so it fails)."""
+    low, high = _declared_range(f, limits)
+    low_open, high_open = f.metadata.get("exclusive_min", False), f.metadata.get("exclusive_max", False)
+    ok = True
+    if low is not None:
+        ok = value > low if low_open else value >= low
+    if high is not None:
+        ok = ok and (value < high if high_open else value <= high)
+    if not ok:
+        lo = "(" if low_open else "["
+        hi = ")" if high_open else "]"
+        raise InvalidArgument(f"{value} is outside {lo}{low}, {high}{hi}", where)
+
+
+def _rename(exc: SaliencyError, field: str) -> SaliencyError:
+    """The same error, reported against `field` (the request path) instead of its own field."""
+    message = str(exc)[len(exc.field) + 2 :] if exc.field else str(exc)
+    return type(exc)(message, field)
+
+
+def _params_from_message(
+    name: str, message: Any | None, limits: Limits, input_shape: tuple[int, int, int], path: str
+) -> Any:
+    """One params message (or None: all defaults) -> the method's validated params object."""
+    info = get_method(name)
+    types = _field_types(info.params_type)
+    fields = dataclasses.fields(info.params_type)
+    values: dict[str, Any] = {}
+    if message is not None:
+        descriptor = message.DESCRIPTOR
+        for f in fields:
+            proto_field = descriptor.fields_by_name[f.name]
+            where = f"{path}.{f.name}"
+            if proto_field.enum_type is not None:
+                value = getattr(message, f.name)
+                if value == 0:  # UNSPECIFIED: the method's default
+                    continue
+                table = ENUM_STRINGS[proto_field.enum_type.full_name]
+                if value not in table:
+                    known = ", ".join(_enum_label(proto_field.enum_type, v) for v in table)
+                    raise InvalidArgument(f"unknown value {value}; one of {known}", where)
+                values[f.name] = table[value]
+            elif proto_field.message_type is not None:  # a Tensor: the custom IG baseline
+                if not message.HasField(f.name):
+                    continue
+                t = getattr(message, f.name)
+                require(
+                    list(t.shape) == list(input_shape),
+                    f"{where}.shape",
+                    f"shape {list(t.shape)} != the model input's {list(input_shape)}",
+                )
+                values[f.name] = tensor_from_proto(t, where, math.prod(input_shape))
+            else:
+                if not message.HasField(f.name):  # `optional` left unset: the default
+                    continue
+                value = getattr(message, f.name)
+                if types[f.name] is float:
+                    value = _float32_decimal(value)
+                _check_declared_bounds(f, value, limits, where)
+                values[f.name] = value
+    # The custom baseline's two halves must come together. Silently ignoring a sent tensor
+    # would explain against another baseline than the one the caller chose.
+    if "custom_baseline" in values and values.get("baseline") != "custom":
+        raise InvalidArgument("set only with baseline = BASELINE_CUSTOM", f"{path}.custom_baseline")
+    if values.get("baseline") == "custom" and "custom_baseline" not in values:
+        raise InvalidArgument(
+            f"BASELINE_CUSTOM needs this tensor, shaped like the model input {list(input_shape)}",
+            f"{path}.custom_baseline",
+        )
+    params = info.params_type(**values)
+    try:
+        params.validate(limits)
+    except SaliencyError as exc:
+        # validate names fields as "ig.n_steps" (or bare "reduction"): keep the leaf only.
+        leaf = (exc.field or "").split(".", 1)[-1]
+        raise _rename(exc, f"{path}.{leaf}" if leaf else path) from None
+    return params
+
+
+def methods_from_proto(
+    requests: Sequence[pb.MethodRequest],
+    limits: Limits,
+    max_methods: int,
+    input_shape: tuple[int, int, int],
+) -> dict[str, Any]:
+    """Repeated `MethodRequest` -> {registry name: validated params}, in request order.
+
+    input_shape is the model input's [C, H, W]; a custom IG baseline must match it.
+    Rejects: too many methods, UNSPECIFIED or unknown enum values, a method listed twice, a
+    params message of another method's kind, and any parameter out of range.
+    """
+    require(
+        len(requests) <= max_methods,
+        "methods",
+        f"{len(requests)} methods requested, at most {max_methods} allowed",
+    )
+    result: dict[str, Any] = {}
+    first_index: dict[str, int] = {}
+    method_enum_type = pb.Method.DESCRIPTOR
+    for i, request in enumerate(requests):
+        where = f"methods[{i}]"
+        if request.method == pb.METHOD_UNSPECIFIED:
+            raise InvalidArgument(
+                f"METHOD_UNSPECIFIED: choose one of {', '.join(_enum_label(method_enum_type, v) for v in METHOD_NAMES)}",
+                f"{where}.method",
+            )
+        if request.method not in METHOD_NAMES:
+            raise InvalidArgument(
+                f"unknown method {request.method}; known: "
+                f"{', '.join(_enum_label(method_enum_type, v) for v in METHOD_NAMES)}",
+                f"{where}.method",
+            )
+        name = METHOD_NAMES[request.method]
+        if name in first_index:
+            raise InvalidArgument(
+                f"{_enum_label(method_enum_type, request.method)} already requested in "
+                f"methods[{first_index[name]}]",
+                f"{where}.method",
+            )
+        first_index[name] = i
+        expected = PARAMS_ONEOF[name]
+        given = request.WhichOneof("params")
+        if given is not None and given != expected:
+            raise InvalidArgument(
+                f"`{given}` parameters given for {_enum_label(method_enum_type, request.method)}, "
+                f"which takes `{expected}`",
+                f"{where}.{given}",
+            )
+        message = getattr(request, expected) if given is not None else None
+        result[name] = _params_from_message(name, message, limits, input_shape, f"{where}.{expected}")
+    return result
+
+
+def _coerce_params(name: str, value: Any) -> Any:
+    """A params object, a {field: value} dict or None -> the method's params object.
+
+    Not validated against limits: the server's limits may differ, so it is the judge.
+    """
+    info = get_method(name)
+    if value is None:
+        return info.params_type()
+    if isinstance(value, Mapping):
+        known = {f.name for f in dataclasses.fields(info.params_type)}
+        unknown = sorted(set(value) - known)
+        require(not unknown, f"{name}.params", f"unknown parameter(s) {unknown}; known: {sorted(known)}")
+        return info.params_type(**value)
+    require(
+        isinstance(value, info.params_type),
+        f"{name}.params",
+        f"expected {info.params_type.__name__} or a dict, got {type(value).__name__}",
+    )
+    return value
+
+
+def method_requests_to_proto(methods: Mapping[str, Any]) -> list[pb.MethodRequest]:
+    """{registry name: params | dict | None} -> `MethodRequest`s, every field set explicitly.
+
+    Explicit values (rather than "unset = default") keep the request meaning the same even if
+    the server's defaults change. `methods_from_proto` inverts this exactly.
+    """
+    requests = []
+    for name, value in methods.items():
+        params = _coerce_params(name, value)
+        request = pb.MethodRequest(method=method_enum(name))
+        message = getattr(request, PARAMS_ONEOF[name])
+        message.SetInParent()  # CamParams has no fields: mark the oneof set anyway
+        for f in dataclasses.fields(params):
+            value = getattr(params, f.name)
+            proto_field = message.DESCRIPTOR.fields_by_name[f.name]
+            where = f"{name}.{f.name}"
+            if proto_field.enum_type is not None:
+                table = {s: v for v, s in ENUM_STRINGS[proto_field.enum_type.full_name].items()}
+                require(value in table, where, f"{value!r} is not one of {tuple(table)}")
+                setattr(message, f.name, table[value])
+            elif proto_field.message_type is not None:
+                if value is not None:
+                    getattr(message, f.name).CopyFrom(tensor_to_proto(value))
+            else:
+                try:
+                    setattr(message, f.name, value)
+                except (TypeError, ValueError) as exc:  # wrong type, or over int32/int64
+                    raise InvalidArgument(f"{value!r} cannot be sent: {exc}", where) from None
+        requests.append(request)
+    return requests
+
+
+# ---------------------------------------------------------------------------- output options
+
+MAP_DTYPES = ("float32", "float16")
+NORMALIZATIONS = ("none", "max_abs", "min_max")
+MAX_TOP_PREDICTIONS = 100
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """How maps come back: dtype, normalisation of the values, a PNG overlay, predictions."""
+
+    map_dtype: str = "float32"  # or "float16": half the bytes
+    normalization: str = "none"  # none (raw), max_abs (divide by max |map|), min_max (to [0, 1])
+    include_overlay: bool = False
+    top_predictions: int = 5
+
+    def validate(self) -> None:
+        require(self.map_dtype in MAP_DTYPES, "output.map_dtype", f"{self.map_dtype!r} is not one of {MAP_DTYPES}")
+        require(
+            self.normalization in NORMALIZATIONS,
+            "output.normalization",
+            f"{self.normalization!r} is not one of {NORMALIZATIONS}",
+        )
+        require(
+            1 <= self.top_predictions <= MAX_TOP_PREDICTIONS,
+            "output.top_predictions",
+            f"{self.top_predictions} is outside [1, {MAX_TOP_PREDICTIONS}]",
+        )
+
+
+def output_options_from_proto(options: pb.OutputOptions | None) -> OutputOptions:
+    """`OutputOptions` message (or None) -> validated OutputOptions; unset fields default."""
+    if options is None:
+        return OutputOptions()
+    if options.map_dtype not in _DTYPES:
+        raise InvalidArgument(f"unknown dtype {options.map_dtype}", "output.map_dtype")
+    if options.normalization not in _NORMALIZATIONS:
+        raise InvalidArgument(f"unknown normalization {options.normalization}", "output.normalization")
+    result = OutputOptions(
+        map_dtype=_DTYPES[options.map_dtype][0],
+        normalization=_NORMALIZATIONS[options.normalization],
+        include_overlay=options.include_overlay,
+        top_predictions=options.top_predictions if options.HasField("top_predictions") else 5,
+    )
+    result.validate()
+    return result
+
+
+def output_options_to_proto(options: OutputOptions) -> pb.OutputOptions:
+    options.validate()
+    return pb.OutputOptions(
+        map_dtype=_DTYPE_VALUES[options.map_dtype],
+        normalization=_NORMALIZATION_VALUES[options.normalization],
+        include_overlay=options.include_overlay,
+        top_predictions=options.top_predictions,
+    )
+
+
+# ---------------------------------------------------------------------- results (server side)
+
+
+def normalize_values(m: torch.Tensor, mode: str) -> torch.Tensor:
+    """[H, W] map -> the same map normalised: none | max_abs (to [-1, 1]) | min_max ([0, 1]).
+
+    A map with nothing to scale (all zero, or constant for min_max) becomes zeros, not NaN.
+    """
+    if mode == "none":
+        return m
+    if mode == "max_abs":
+        scale = float(m.abs().max()) if m.numel() else 0.0
+        return m / scale if scale > 0 else torch.zeros_like(m)
+    if mode == "min_max":
+        low, high = (float(m.min()), float(m.max())) if m.numel() else (0.0, 0.0)
+        return (m - low) / (high - low) if high > low else torch.zeros_like(m)
+    raise ValueError(f"unknown normalization {mode!r}")
+
+
+def attribution_to_proto(
+    a: Attribution,
+    options: OutputOptions,
+    rgb: np.ndarray | None,
+    signed: bool,
+    queue_ms: float,
+    compute_ms: float,
+) -> pb.Attribution:
+    """A domain Attribution (map [H, W]) -> `Attribution` message per the output options.
+
+    The overlay (when asked for and `rgb` [H0, W0, 3] is given) is drawn from the raw map at
+    the photograph's size, so it looks the same whatever normalisation the values get.
+    """
+    raw = a.map.detach().to("cpu", torch.float32)
+    message = pb.Attribution(
+        method=method_enum(a.method),
+        target=int(a.target),
+        map=tensor_to_proto(normalize_values(raw, options.normalization), _DTYPE_VALUES[options.map_dtype]),
+        queue_ms=float(queue_ms),
+        compute_ms=float(compute_ms),
+    )
+    for key, value in a.stats.items():
+        message.stats[key] = float(value)
+    if options.include_overlay and rgb is not None:
+        message.overlay_png = render.encode_png(render.overlay(rgb, raw, signed=signed))
+    return message
+
+
+def predictions_to_proto(predictions: Sequence[Prediction]) -> list[pb.Prediction]:
+    return [
+        pb.Prediction(class_index=p.class_index, label=p.label, logit=p.logit, probability=p.probability)
+        for p in predictions
+    ]
+
+
+def predictions_from_proto(predictions: Sequence[pb.Prediction]) -> list[Prediction]:
+    # Logits and probabilities travel as float32; the float32 value is what the server had.
+    return [Prediction(p.class_index, p.label, p.logit, p.probability) for p in predictions]
+
+
+def parameter_infos(params_type: type, limits: Limits) -> list[pb.ParameterInfo]:
+    """One `ParameterInfo` per params dataclass field, from its type, default and metadata."""
+    types = _field_types(params_type)
+    infos = []
+    for f in dataclasses.fields(params_type):
+        kind = types[f.name]
+        if "choices" in f.metadata:
+            type_name = "enum"
+        elif kind in (int, float):
+            type_name = kind.__name__
+        else:
+            type_name = "tensor"
+        default = None if f.default is dataclasses.MISSING else f.default
+        info = pb.ParameterInfo(
+            name=f.name,
+            type=type_name,
+            default_value="" if default is None else str(default),
+            choices=list(f.metadata.get("choices", ())),
+        )
+        low, high = _declared_range(f, limits)
+        if low is not None:
+            info.minimum = float(low)
+        if high is not None:
+            info.maximum = float(high)
+        infos.append(info)
+    return infos
+
+
+def model_info_to_proto(spec: ModelSpec, limits: Limits) -> pb.ModelInfo:
+    """A served model -> `ModelInfo` with every method of the API, its parameters and limits."""
+    height, width = spec.input_size
+    info = pb.ModelInfo(
+        name=spec.name,
+        description=spec.description,
+        height=height,
+        width=width,
+        channels=len(spec.mean),
+        mean=list(spec.mean),
+        std=list(spec.std),
+        num_classes=spec.num_classes,
+        max_targets=min(limits.max_targets, spec.num_classes),
+    )
+    for value, name in sorted(METHOD_NAMES.items()):
+        method = get_method(name)
+        info.methods.append(
+            pb.MethodInfo(
+                method=value,
+                name=name,
+                kind=method.kind,
+                summary=method.summary,
+                parameters=parameter_infos(method.params_type, limits),
+            )
+        )
+    return info
+
+
+# ---------------------------------------------------------------------- results (client side)
+
+
+@dataclass
+class ExplainResult:
+    """What `Explain` returned (or `ExplainStream`'s first event: the fast maps only)."""
+
+    model: str
+    request_id: str
+    predictions: list[Prediction]
+    targets: tuple[int, ...]
+    attributions: list[Attribution]  # stats include queue_ms and compute_ms
+    overlays: dict[tuple[str, int], bytes] = field(default_factory=dict)  # (method, target) -> PNG
+
+
+@dataclass
+class AttributionEvent:
+    """A later `ExplainStream` event: one deep map (and its overlay PNG when asked for)."""
+
+    attribution: Attribution
+    overlay_png: bytes | None = None
+
+
+def attribution_from_proto(message: pb.Attribution) -> Attribution:
+    """`Attribution` message -> domain Attribution with a float32 map [H, W].
+
+    queue_ms and compute_ms go into `stats`. A method this client does not know keeps its
+    enum name, lower-cased, rather than failing the whole response.
+    """
+    method = METHOD_NAMES.get(message.method) or _enum_label(pb.Method.DESCRIPTOR, message.method).lower()
+    stats = dict(message.stats)
+    stats["queue_ms"] = message.queue_ms
+    stats["compute_ms"] = message.compute_ms
+    return Attribution(
+        method=method,
+        target=message.target,
+        map=tensor_from_proto(message.map, "attribution.map", MAX_MAP_ELEMENTS),
+        stats=stats,
+    )
+
+
+def explain_request_to_proto(
+    model: str,
+    image: bytes | torch.Tensor,
+    methods: Mapping[str, Any],
+    targets: Targets | None = None,
+    output: OutputOptions | None = None,
+    request_id: str | None = None,
+) -> pb.ExplainRequest:
+    """Client side: encoded image bytes, or a normalised model input [3, H, W], -> request."""
+    request = pb.ExplainRequest(
+        model=model,
+        targets=targets_to_proto(targets or Targets()),
+        methods=method_requests_to_proto(methods),
+        output=output_options_to_proto(output or OutputOptions()),
+        request_id=request_id or "",
+    )
+    if isinstance(image, torch.Tensor):
+        request.tensor.CopyFrom(tensor_to_proto(image))
+    elif isinstance(image, (bytes, bytearray, memoryview)):
+        request.image = bytes(image)
+    else:
+        raise InvalidArgument(f"expected encoded image bytes or a tensor, got {type(image).__name__}", "input")
+    return request
+
+
+def explain_response_from_proto(response: pb.ExplainResponse) -> ExplainResult:
+    attributions, overlays = [], {}
+    for message in response.attributions:
+        a = attribution_from_proto(message)
+        attributions.append(a)
+        if message.overlay_png:
+            overlays[(a.method, a.target)] = message.overlay_png
+    return ExplainResult(
+        model=response.model,
+        request_id=response.request_id,
+        predictions=predictions_from_proto(response.predictions),
+        targets=tuple(response.targets),
+        attributions=attributions,
+        overlays=overlays,
+    )
+
+
+def explain_event_from_proto(event: pb.ExplainEvent) -> ExplainResult | AttributionEvent:
+    """First stream event -> ExplainResult (fast maps); later ones -> AttributionEvent."""
+    which = event.WhichOneof("event")
+    if which == "prediction":
+        return explain_response_from_proto(event.prediction)
+    if which == "attribution":
+        return AttributionEvent(attribution_from_proto(event.attribution), event.attribution.overlay_png or None)
+    raise ValueError("empty ExplainEvent (a newer server?)")

@@ -1,0 +1,118 @@
+"""Assembling and running the gRPC server: `start_service(config)` (tests bind port 0) is kept
+apart from `run_server(config)` (the `saliency serve` main loop with SIGTERM draining)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter
+
+from saliency.api.auth import BearerTokenInterceptor
+from saliency.api.servicer import ExplainerServicer
+from saliency.runtime.config import ServiceConfig
+from saliency.runtime.explainer import Runtime
+from saliency.runtime.metrics import Metrics
+from saliency.runtime.tracing import make_tracer_provider, tracer_from
+from saliency.v1 import explainer_pb2 as pb
+from saliency.v1 import explainer_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Explainer"].full_name
+
+
+@dataclass
+class RunningService:
+    server: grpc.aio.Server
+    port: int
+    metrics_port: int
+    runtime: Runtime
+    metrics: Metrics
+    health: health.aio.HealthServicer
+    tracer_provider: TracerProvider
+    _metrics_http: object
+
+    async def stop(self, grace: float) -> None:
+        """Report NOT_SERVING, let in-flight RPCs finish within `grace`, then release all."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        self.runtime.close()
+        self._metrics_http.shutdown()
+        self.tracer_provider.shutdown()
+
+
+def _server_credentials(config: ServiceConfig) -> grpc.ServerCredentials | None:
+    if not config.tls_cert_file:
+        return None
+    key = Path(config.tls_key_file).read_bytes()
+    cert = Path(config.tls_cert_file).read_bytes()
+    client_ca = Path(config.tls_client_ca_file).read_bytes() if config.tls_client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
+async def start_service(config: ServiceConfig, span_exporter: SpanExporter | None = None) -> RunningService:
+    """Load the models, start gRPC and /metrics; return once the service is SERVING."""
+    metrics = Metrics()
+    provider = make_tracer_provider(config.otlp_endpoint, span_exporter)
+    tracer = tracer_from(provider)
+    # Models load (and chunk sizes are measured) before the port opens: nothing half-ready
+    # is ever reachable.
+    runtime = await asyncio.get_running_loop().run_in_executor(None, Runtime, config, metrics, tracer)
+    health_servicer = health.aio.HealthServicer()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    interceptors = []
+    tokens = config.auth_tokens()
+    if tokens:
+        interceptors.append(BearerTokenInterceptor(tokens, metrics))
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=[
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+        ],
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    pb_grpc.add_ExplainerServicer_to_server(ExplainerServicer(runtime, config, metrics, tracer), server)
+    if config.reflection:
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+
+    address = f"{config.host}:{config.port}"
+    credentials = _server_credentials(config)
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"could not bind gRPC on {address}")
+    await server.start()
+    metrics_http, metrics_port = metrics.serve(config.metrics_host, config.metrics_port)
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("saliency serving %s on %s:%d (metrics :%d)", ", ".join(config.models), config.host, port, metrics_port)
+    return RunningService(server, port, metrics_port, runtime, metrics, health_servicer, provider, metrics_http)
+
+
+def run_server(config: ServiceConfig) -> int:
+    """Serve until SIGTERM/SIGINT, then drain in-flight requests within config.grace_s."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        service = await start_service(config)
+        print(f"saliency: serving on {config.host}:{service.port}, metrics on {config.metrics_host}:{service.metrics_port}", flush=True)
+        await stop.wait()
+        log.info("draining (grace %.1fs)", config.grace_s)
+        await service.stop(config.grace_s)
+
+    asyncio.run(main())
+    return 0

@@ -1,0 +1,170 @@
+"""The saliency.v1.Explainer servicer: protobuf in, domain calls, protobuf out.
+
+Validation happens here, before any work is queued; errors map to status codes in one place
+(`_status_for`). A bad request never reaches a worker and never affects another request.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from contextlib import aclosing, asynccontextmanager
+
+import grpc
+from opentelemetry import trace
+from opentelemetry.propagate import extract
+
+from saliency.api import convert
+from saliency.attribution.registry import get_method
+from saliency.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    SaliencyError,
+    Unavailable,
+)
+from saliency.imaging import ImageLimits
+from saliency.models import get_spec
+from saliency.runtime.config import ServiceConfig
+from saliency.runtime.explainer import DeepEvent, ExplainJob, FastEvent, Runtime
+from saliency.runtime.metrics import Metrics
+from saliency.v1 import explainer_pb2 as pb
+from saliency.v1 import explainer_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+DEADLINE_MARGIN_S = 0.05
+
+_STATUS = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def _status_for(exc: BaseException) -> grpc.StatusCode:
+    for kind, code in _STATUS.items():
+        if isinstance(exc, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+class ExplainerServicer(pb_grpc.ExplainerServicer):
+    def __init__(self, runtime: Runtime, config: ServiceConfig, metrics: Metrics, tracer: trace.Tracer):
+        self.runtime = runtime
+        self.config = config
+        self.metrics = metrics
+        self.tracer = tracer
+        self.image_limits = ImageLimits(config.max_image_bytes, config.max_image_pixels)
+
+    async def Explain(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext) -> pb.ExplainResponse:
+        async with self._rpc("Explain", request, context) as prepared:
+            job, options, rgb = prepared
+            response = pb.ExplainResponse(model=job.model, request_id=job.request_id)
+            # aclosing: a cancelled RPC closes the flow at once, dropping its queued deep work.
+            async with aclosing(self.runtime.explain(job, self._timeout(context))) as events:
+                async for event in events:
+                    self._add_event(response, event, options, rgb)
+            return response
+
+    async def ExplainStream(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext):
+        async with self._rpc("ExplainStream", request, context) as prepared:
+            job, options, rgb = prepared
+            async with aclosing(self.runtime.explain(job, self._timeout(context))) as events:
+                async for event in events:
+                    if isinstance(event, FastEvent):
+                        first = pb.ExplainResponse(model=job.model, request_id=job.request_id)
+                        self._add_event(first, event, options, rgb)
+                        yield pb.ExplainEvent(prediction=first)
+                    else:
+                        yield pb.ExplainEvent(attribution=self._deep_proto(event, options, rgb))
+
+    async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
+        self.metrics.requests.labels("ListModels", "", "OK").inc()
+        return pb.ListModelsResponse(
+            models=[convert.model_info_to_proto(w.model.spec, self.config.limits) for w in self.runtime.workers.values()]
+        )
+
+    # ---- helpers -----------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _rpc(self, rpc: str, request: pb.ExplainRequest, context: grpc.aio.ServicerContext):
+        """Span, validation, metrics and error mapping around one Explain-type RPC."""
+        model_label = request.model if request.model in self.runtime.workers else ""
+        parent = extract(dict(context.invocation_metadata() or ()))
+        code = grpc.StatusCode.OK
+        with self.tracer.start_as_current_span(f"saliency.v1.Explainer/{rpc}", context=parent) as span:
+            try:
+                prepared = self._prepare(request)
+                span.set_attribute("saliency.request_id", prepared[0].request_id)
+                span.set_attribute("saliency.model", prepared[0].model)
+                yield prepared
+            except SaliencyError as exc:
+                code = _status_for(exc)
+                if code == grpc.StatusCode.INVALID_ARGUMENT:
+                    self.metrics.rejected.labels(model_label, "invalid_argument").inc()
+                span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))
+                await context.abort(code, str(exc))
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:  # a bug: report it without details, keep serving
+                code = grpc.StatusCode.INTERNAL
+                log.exception("internal error in %s", rpc)
+                span.record_exception(exc)
+                await context.abort(code, f"internal error ({type(exc).__name__}); see server logs")
+            finally:
+                if context.cancelled() and code == grpc.StatusCode.OK:
+                    code = grpc.StatusCode.CANCELLED
+                self.metrics.requests.labels(rpc, model_label, code.name).inc()
+
+    def _prepare(self, request: pb.ExplainRequest):
+        """Validate everything a user controls and build the domain job."""
+        if not request.model:
+            raise InvalidArgument(f"name a model; served: {', '.join(sorted(self.runtime.workers))}", "model")
+        self.runtime.worker(request.model)  # NOT_FOUND before any decoding
+        spec = get_spec(request.model)
+        request_id = request.request_id or uuid.uuid4().hex
+        if len(request_id) > 128 or not request_id.isprintable():
+            raise InvalidArgument("must be at most 128 printable characters", "request_id")
+        x, rgb = convert.input_from_request(request, spec, self.image_limits)
+        targets = convert.targets_from_proto(
+            request.targets if request.HasField("targets") else None,
+            spec.num_classes,
+            self.config.limits.max_targets,
+        )
+        methods = convert.methods_from_proto(
+            request.methods, self.config.limits, self.config.max_methods, tuple(x.shape)
+        )
+        options = convert.output_options_from_proto(request.output if request.HasField("output") else None)
+        job = ExplainJob(request.model, x, targets, methods, options.top_predictions, request_id)
+        return job, options, rgb
+
+    def _timeout(self, context: grpc.aio.ServicerContext) -> float:
+        """Our own deadline, a little inside the client's, so that we (not gRPC's cancellation)
+        end the call: the response says what was still running and the metrics count it."""
+        remaining = context.time_remaining()
+        if remaining is None:
+            return self.config.default_deadline_s
+        return max(remaining - DEADLINE_MARGIN_S, 0.0)
+
+    def _add_event(self, response: pb.ExplainResponse, event, options, rgb) -> None:
+        if isinstance(event, FastEvent):
+            result = event.result
+            response.predictions.extend(convert.predictions_to_proto(result.predictions))
+            response.targets.extend(result.targets)
+            for a in result.attributions:
+                response.attributions.append(
+                    convert.attribution_to_proto(
+                        a, options, rgb, get_method(a.method).signed, 0.0, event.seconds * 1000
+                    )
+                )
+        else:
+            response.attributions.append(self._deep_proto(event, options, rgb))
+
+    def _deep_proto(self, event: DeepEvent, options, rgb) -> pb.Attribution:
+        a = event.attribution
+        return convert.attribution_to_proto(
+            a, options, rgb, get_method(a.method).signed, event.queue_seconds * 1000, event.compute_seconds * 1000
+        )

@@ -1,0 +1,134 @@
+"""Score-CAM (Wang et al. 2020): channel weights from forward passes on masked inputs.
+
+Phase 1 (one forward-only sample, packed with other work): the CAM layer's activations A
+[K, h, w]. Phase 2 (one forward-only sample per kept channel k): the input times the mask
+M_k = minmax(upsample(A_k)) in [0, 1] (bilinear, align_corners=False, as our other CAM maps;
+pytorch-grad-cam uses align_corners=True). Masked-out pixels become 0 in the model's input
+space, the dataset's mean colour, as in RISE. Then map = ReLU(sum_k w_k A_k) at feature
+resolution, upsampled like Grad-CAM.
+
+Weights (`weighting`):
+- "channel_softmax" (default): w = softmax over the kept channels of the target *logit* of each
+  masked input. This is the paper's Algorithm 1 and pytorch-grad-cam's ScoreCAM. The paper's
+  "increase of confidence" f(X o M_k) - f(X_b) subtracts one baseline score from every
+  channel, which a softmax over channels cancels, so no baseline forward is needed.
+- "class_probability": w_k = softmax over classes of the masked input's logits, at the target,
+  as the authors' released code (haofanwang/Score-CAM) does.
+
+Cost is one forward per kept channel, so `max_channels` keeps the N channels with the largest
+mean activation (1280 on EfficientNet-Lite0's head is ~1280 forwards); channels constant over
+the map carry no spatial information and are skipped, as in the authors' code. Channels left
+out get weight 0, so under "channel_softmax" the softmax runs over the kept ones only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from saliency.attribution.executor import ChunkOutput, DeepTask, SampleStream
+from saliency.attribution.hooks import resolve_layer
+from saliency.attribution.limits import Limits
+from saliency.attribution.reduce import upsample
+from saliency.attribution.registry import register
+from saliency.attribution.types import Attribution
+from saliency.errors import InvalidArgument, require
+from saliency.models import LoadedModel
+
+WEIGHTINGS = ("channel_softmax", "class_probability")
+
+
+@dataclass(frozen=True)
+class ScoreCamParams:
+    # channels kept (largest mean activation first); one forward each
+    max_channels: int = field(default=256, metadata={"min": 1, "max_limit": "max_scorecam_channels"})
+    weighting: str = field(default="channel_softmax", metadata={"choices": WEIGHTINGS})
+
+    def validate(self, limits: Limits) -> None:
+        require(
+            1 <= self.max_channels <= limits.max_scorecam_channels,
+            "scorecam.max_channels",
+            f"{self.max_channels} is outside [1, {limits.max_scorecam_channels}]",
+        )
+        require(
+            self.weighting in WEIGHTINGS,
+            "scorecam.weighting",
+            f"{self.weighting!r} is not one of {WEIGHTINGS}",
+        )
+
+
+def select_channels(acts: torch.Tensor, max_channels: int) -> torch.Tensor:
+    """acts [K, h, w] -> indices of the channels kept: not constant over the map, the
+    `max_channels` largest by mean activation, ties by channel index."""
+    flat = acts.reshape(acts.shape[0], -1)
+    varying = (flat.amax(1) > flat.amin(1)).nonzero()[:, 0]
+    means = flat[varying].mean(1)
+    order = torch.sort(means, descending=True, stable=True).indices
+    return varying[order[:max_channels]]
+
+
+def channel_masks(acts: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """acts [n, h, w] (no constant channel) -> masks [n, H, W], each min-max scaled to [0, 1]."""
+    up = upsample(acts, size)
+    low = up.amin(dim=(1, 2), keepdim=True)
+    high = up.amax(dim=(1, 2), keepdim=True)
+    return (up - low) / (high - low)
+
+
+def _channel_bound(model: LoadedModel, params: ScoreCamParams) -> int:
+    """How many masked inputs to reserve before the activations are known: max_channels, or
+    fewer when the spec's CAM classifier reveals the layer's channel count K (queue admission
+    counts this; the first phase sets the exact number)."""
+    try:
+        layer = resolve_layer(model.module, model.spec.classifier_layer)
+    except InvalidArgument:
+        return params.max_channels
+    if isinstance(layer, nn.Linear):
+        return min(params.max_channels, layer.in_features)
+    return params.max_channels
+
+
+@register("scorecam", "deep", ScoreCamParams, "Score-CAM: channels weighted by masked-input scores (Wang et al. 2020)")
+def plan_score_cam(model: LoadedModel, x: torch.Tensor, target: int, params: ScoreCamParams) -> DeepTask:
+    """x [C, H, W] normalised input -> a DeepTask whose map is Score-CAM [H, W] (raw [h, w])."""
+    x = x.detach().float().cpu()
+    size = tuple(x.shape[-2:])
+    state: dict[str, torch.Tensor] = {}
+
+    def the_input(start: int, stop: int) -> torch.Tensor:
+        return x[None]
+
+    def keep_activations(start: int, out: ChunkOutput) -> None:
+        acts = out.layer[0].detach().float().cpu().clone()  # [K, h, w]
+        kept = select_channels(acts, params.max_channels)
+        state["acts"], state["kept"] = acts, kept
+        state["scores"] = torch.zeros(len(kept), dtype=torch.float64)
+        masked.n_samples = len(kept)  # the upper bound becomes the real count
+
+    def masked_inputs(start: int, stop: int) -> torch.Tensor:
+        channels = state["kept"][start:stop]
+        return x[None] * channel_masks(state["acts"][channels], size)[:, None]
+
+    def record(start: int, out: ChunkOutput) -> None:
+        if params.weighting == "class_probability":
+            score = out.logits.double().softmax(-1)[:, target]
+        else:
+            score = out.logits[:, target].double()
+        state["scores"][start : start + len(score)] = score.cpu()
+
+    def finish() -> Attribution:
+        acts, kept, scores = state["acts"], state["kept"], state["scores"]
+        if params.weighting == "channel_softmax":
+            weights = scores.softmax(0)
+        else:
+            weights = scores
+        raw = torch.relu(torch.einsum("k,khw->hw", weights.float(), acts[kept]))
+        return Attribution(
+            "scorecam", target, upsample(raw, size), raw, {"channels": float(len(kept))}
+        )
+
+    first = SampleStream(1, False, the_input, keep_activations, capture_layer=True)
+    masked = SampleStream(_channel_bound(model, params), False, masked_inputs, record, after=first)
+    return DeepTask("scorecam", target, [first, masked], finish)

@@ -1,0 +1,248 @@
+"""Python clients for the saliency gRPC service, speaking domain types.
+
+    with ExplainerClient("127.0.0.1:50051", token="...") as client:
+        result = client.explain(png_bytes, "efficientnet_lite0", {"gradcam": None, "ig": {"n_steps": 32}},
+                                Targets(top_k=2))
+        result.attributions[0].map  # float32 [H, W]
+
+`AsyncExplainerClient` has the same methods as coroutines / async iterators (grpc.aio).
+Parameters are converted by `saliency.api.convert` but not range-checked here: the server's
+limits may differ from the defaults, so the server is the judge. RPC failures surface as
+`grpc.RpcError` (`.code()`, `.details()`): the status code says whether to fix the request
+(INVALID_ARGUMENT, NOT_FOUND, ...) or retry (UNAVAILABLE, RESOURCE_EXHAUSTED).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any
+
+import grpc
+import grpc.aio
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from saliency.api import convert
+from saliency.api.convert import AttributionEvent, ExplainResult, OutputOptions
+from saliency.attribution.types import Targets
+from saliency.v1 import explainer_pb2 as pb
+from saliency.v1 import explainer_pb2_grpc as pb_grpc
+
+__all__ = [
+    "AsyncExplainerClient",
+    "AttributionEvent",
+    "ExplainResult",
+    "ExplainerClient",
+    "OutputOptions",
+    "Targets",
+]
+
+SERVICE_NAME = "saliency.v1.Explainer"
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # maps of several methods x targets add up fast
+CHANNEL_OPTIONS = (
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+)
+
+Image = bytes | torch.Tensor  # encoded PNG/JPEG/WebP, or a normalised model input [3, H, W]
+Event = ExplainResult | AttributionEvent
+
+
+def _call_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
+    # Plain metadata rather than call credentials: those need TLS, and a loopback
+    # deployment with a token but no TLS is legitimate.
+    return (("authorization", f"Bearer {token}"),) if token else None
+
+
+def _health_status(response: health_pb2.HealthCheckResponse) -> str:
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+
+class _Base:
+    """What the sync and async clients share: settings and request building."""
+
+    def __init__(self, token: str | None, timeout: float | None):
+        self._metadata = _call_metadata(token)
+        self.timeout = timeout
+
+    def _timeout(self, timeout: float | None) -> float | None:
+        return self.timeout if timeout is None else timeout
+
+    @staticmethod
+    def _request(
+        image: Image,
+        model: str,
+        methods: Mapping[str, Any],
+        targets: Targets | None,
+        output: OutputOptions | None,
+        request_id: str | None,
+    ) -> pb.ExplainRequest:
+        return convert.explain_request_to_proto(model, image, methods, targets, output, request_id)
+
+
+class ExplainerClient(_Base):
+    """Blocking client on one gRPC channel; use as a context manager or call close().
+
+    target: "host:port". token: sent as `authorization: Bearer <token>`. root_certificates:
+    PEM bytes of the CA that signed the server's certificate; set, the channel uses TLS.
+    timeout: default deadline in seconds for every call (None: no deadline).
+    """
+
+    def __init__(
+        self,
+        target: str,
+        token: str | None = None,
+        root_certificates: bytes | None = None,
+        timeout: float | None = None,
+    ):
+        super().__init__(token, timeout)
+        if root_certificates is not None:
+            credentials = grpc.ssl_channel_credentials(root_certificates)
+            self._channel = grpc.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
+        else:
+            self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._stub = pb_grpc.ExplainerStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def explain(
+        self,
+        image: Image,
+        model: str,
+        methods: Mapping[str, Any],
+        targets: Targets | None = None,
+        output: OutputOptions | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> ExplainResult:
+        """The prediction and every requested map in one response.
+
+        methods: {registry name: params object | {field: value} | None for defaults}, in
+        the order wanted. targets: default top-1. Maps come back float32 [H, W].
+        """
+        request = self._request(image, model, methods, targets, output, request_id)
+        response = self._stub.Explain(request, timeout=self._timeout(timeout), metadata=self._metadata)
+        return convert.explain_response_from_proto(response)
+
+    def explain_stream(
+        self,
+        image: Image,
+        model: str,
+        methods: Mapping[str, Any],
+        targets: Targets | None = None,
+        output: OutputOptions | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[Event]:
+        """First an ExplainResult (prediction and fast maps), then an AttributionEvent per deep
+        map as it completes. Leaving the loop early cancels the call, so the server stops."""
+        request = self._request(image, model, methods, targets, output, request_id)
+        call = self._stub.ExplainStream(request, timeout=self._timeout(timeout), metadata=self._metadata)
+        try:
+            for event in call:
+                yield convert.explain_event_from_proto(event)
+        finally:
+            call.cancel()  # a no-op once the stream has finished
+
+    def list_models(self, timeout: float | None = None) -> list[pb.ModelInfo]:
+        """Served models with their input specs and methods (parameters, defaults, limits)."""
+        response = self._stub.ListModels(
+            pb.ListModelsRequest(), timeout=self._timeout(timeout), metadata=self._metadata
+        )
+        return list(response.models)
+
+    def health(self, service: str = SERVICE_NAME, timeout: float | None = None) -> str:
+        """grpc.health.v1 status of `service`: "SERVING", "NOT_SERVING", ..."""
+        response = self._health.Check(
+            health_pb2.HealthCheckRequest(service=service),
+            timeout=self._timeout(timeout),
+            metadata=self._metadata,
+        )
+        return _health_status(response)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> ExplainerClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class AsyncExplainerClient(_Base):
+    """The same API as ExplainerClient on a grpc.aio channel (create it inside the loop)."""
+
+    def __init__(
+        self,
+        target: str,
+        token: str | None = None,
+        root_certificates: bytes | None = None,
+        timeout: float | None = None,
+    ):
+        super().__init__(token, timeout)
+        if root_certificates is not None:
+            credentials = grpc.ssl_channel_credentials(root_certificates)
+            self._channel = grpc.aio.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
+        else:
+            self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._stub = pb_grpc.ExplainerStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    async def explain(
+        self,
+        image: Image,
+        model: str,
+        methods: Mapping[str, Any],
+        targets: Targets | None = None,
+        output: OutputOptions | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> ExplainResult:
+        """See ExplainerClient.explain."""
+        request = self._request(image, model, methods, targets, output, request_id)
+        response = await self._stub.Explain(
+            request, timeout=self._timeout(timeout), metadata=self._metadata
+        )
+        return convert.explain_response_from_proto(response)
+
+    async def explain_stream(
+        self,
+        image: Image,
+        model: str,
+        methods: Mapping[str, Any],
+        targets: Targets | None = None,
+        output: OutputOptions | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Event]:
+        """See ExplainerClient.explain_stream."""
+        request = self._request(image, model, methods, targets, output, request_id)
+        call = self._stub.ExplainStream(request, timeout=self._timeout(timeout), metadata=self._metadata)
+        try:
+            async for event in call:
+                yield convert.explain_event_from_proto(event)
+        finally:
+            call.cancel()
+
+    async def list_models(self, timeout: float | None = None) -> list[pb.ModelInfo]:
+        response = await self._stub.ListModels(
+            pb.ListModelsRequest(), timeout=self._timeout(timeout), metadata=self._metadata
+        )
+        return list(response.models)
+
+    async def health(self, service: str = SERVICE_NAME, timeout: float | None = None) -> str:
+        response = await self._health.Check(
+            health_pb2.HealthCheckRequest(service=service),
+            timeout=self._timeout(timeout),
+            metadata=self._metadata,
+        )
+        return _health_status(response)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncExplainerClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

@@ -1,0 +1,207 @@
+"""One model's workers: a fast pool for prediction + cheap maps, and one batched deep worker.
+
+The deep worker thread owns the model's ChunkExecutor: it waits for pending samples, lets a
+partial chunk fill for at most `max_batch_delay` (so concurrent requests share model calls),
+then runs one chunk. Chunks are small (measured per model), so a fast request never waits
+behind a whole IG batch, and a cancelled request's samples are dropped before they are made.
+Everything here is domain types: no protobuf, no gRPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import torch
+from opentelemetry import trace
+
+from saliency.attribution.executor import ChunkExecutor, ChunkReport, ChunkSizes, DeepTask
+from saliency.attribution.fast import FastResult, fast_pass
+from saliency.attribution.registry import get_method
+from saliency.attribution.tuning import chunk_sizes_for
+from saliency.attribution.types import Targets
+from saliency.errors import ResourceExhausted
+from saliency.models import LoadedModel
+from saliency.runtime.config import ServiceConfig
+from saliency.runtime.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class ModelWorker:
+    def __init__(self, model: LoadedModel, config: ServiceConfig, metrics: Metrics, tracer: trace.Tracer):
+        self.model = model
+        self.tracer = tracer
+        self.name = model.spec.name
+        self.config = config
+        self.metrics = metrics
+        measured = None
+        if not (config.max_chunk and config.max_chunk_forward):
+            measured = chunk_sizes_for(model)
+        sizes = ChunkSizes(
+            grad=config.max_chunk or measured.grad,
+            forward=config.max_chunk_forward or measured.forward,
+        )
+        self.executor = ChunkExecutor(model, sizes, on_chunk=self._record_chunk)
+        self._fast_pool = ThreadPoolExecutor(config.fast_workers, thread_name_prefix=f"fast-{self.name}")
+        self._fast_waiting = 0
+        self._fast_lock = threading.Lock()
+        self._wakeup = threading.Condition()
+        self._stopping = False
+        self._deep_thread = threading.Thread(target=self._deep_loop, name=f"deep-{self.name}", daemon=True)
+        self._deep_thread.start()
+
+    # ---- fast pool -------------------------------------------------------------------------
+
+    async def run_fast(self, x: torch.Tensor, targets: Targets, methods: Mapping[str, Any], n_predictions: int) -> FastResult:
+        """Prediction and fast maps for one image, on the fast pool."""
+        with self._fast_lock:
+            if self._fast_waiting >= self.config.max_fast_queue:
+                self.metrics.rejected.labels(self.name, "fast_queue_full").inc()
+                raise ResourceExhausted(
+                    f"fast queue of {self.name} is full ({self.config.max_fast_queue} waiting); retry later",
+                    "model",
+                )
+            self._fast_waiting += 1
+            self.metrics.queue_depth.labels(self.name, "fast").set(self._fast_waiting)
+        queued = time.perf_counter()
+
+        def compute() -> FastResult:
+            self._fast_started(queued)
+            result = fast_pass(self.model, x[None], [targets], methods, n_predictions)[0]
+            self.metrics.batch_samples.labels(self.name, "fast").observe(1)
+            self.metrics.batch_requests.labels(self.name, "fast").observe(1)
+            return result
+
+        return await asyncio.get_running_loop().run_in_executor(self._fast_pool, compute)
+
+    def _fast_started(self, queued: float) -> None:
+        self.metrics.queue_wait.labels(self.name, "fast").observe(time.perf_counter() - queued)
+        with self._fast_lock:
+            self._fast_waiting -= 1
+            self.metrics.queue_depth.labels(self.name, "fast").set(self._fast_waiting)
+
+    # ---- deep worker -----------------------------------------------------------------------
+
+    def submit_deep(
+        self, x: torch.Tensor, targets: tuple[int, ...], methods: Mapping[str, Any], request_id: str
+    ) -> list[tuple[DeepTask, asyncio.Future]]:
+        """Plan every (deep method, target) and queue it; futures resolve on the event loop."""
+        loop = asyncio.get_running_loop()
+        tasks = [
+            get_method(name).plan(self.model, x, target, params)
+            for name, params in methods.items()
+            for target in targets
+        ]
+        needed = sum(t.n_samples for t in tasks)
+        pending = self.executor.pending_samples
+        if pending + needed > self.config.max_queue_samples:
+            self.metrics.rejected.labels(self.name, "deep_queue_full").inc()
+            raise ResourceExhausted(
+                f"deep queue of {self.name} holds {pending} samples; this request needs {needed} "
+                f"and the limit is {self.config.max_queue_samples}; retry later or ask for fewer samples",
+                "methods",
+            )
+        # The request's span context rides along so each batch span can link the requests it served.
+        span_context = trace.get_current_span().get_span_context()
+        pairs = []
+        for task in tasks:
+            future = loop.create_future()
+            task.tag = (request_id, span_context)
+            task.on_done = _resolver(loop, future)
+            pairs.append((task, future))
+        for task, _ in pairs:
+            self.executor.submit(task)
+        self._notify()
+        return pairs
+
+    def cancel(self, tasks: list[DeepTask]) -> None:
+        """Drop tasks nobody waits for any more; their remaining samples are never computed."""
+        dropped = 0
+        for task in tasks:
+            if not task.done:
+                task.cancelled = True
+                dropped += sum(s.remaining for s in task.streams)
+        if dropped:
+            self.metrics.dropped_samples.labels(self.name).inc(dropped)
+        self._notify()
+
+    def _notify(self) -> None:
+        with self._wakeup:
+            self._wakeup.notify_all()
+
+    def _deep_loop(self) -> None:
+        torch.set_grad_enabled(False)  # the executor enables grad where a chunk needs it
+        while True:
+            with self._wakeup:
+                while not self._stopping and self.executor.pending_samples == 0:
+                    self._wakeup.wait(timeout=1.0)
+                if self._stopping:
+                    return
+                self._wait_for_a_fuller_chunk()
+            try:
+                self.executor.step()
+            except Exception:  # the worker must outlive any bug: log it and keep serving
+                log.exception("deep worker of %s: chunk failed", self.name)
+            self.metrics.queue_depth.labels(self.name, "deep").set(self.executor.pending_samples)
+
+    def _wait_for_a_fuller_chunk(self) -> None:
+        """Hold a partial chunk up to max_batch_delay so concurrent requests share a call."""
+        deadline = time.monotonic() + self.config.max_batch_delay_ms / 1000
+        full = min(self.executor.chunk_sizes.grad, self.executor.chunk_sizes.forward)
+        while self.executor.pending_samples < full and (left := deadline - time.monotonic()) > 0:
+            self._wakeup.wait(timeout=left)
+
+    def _record_chunk(self, report: ChunkReport) -> None:
+        requests = dict(report.tags)  # request id -> its span context, one entry per request
+        self.metrics.batch_samples.labels(self.name, "deep").observe(report.samples)
+        self.metrics.batch_requests.labels(self.name, "deep").observe(len(requests))
+        end = time.time_ns()
+        links = [trace.Link(ctx) for ctx in requests.values() if ctx is not None and ctx.is_valid]
+        span = self.tracer.start_span(
+            "deep_batch",
+            context=trace.set_span_in_context(trace.INVALID_SPAN),  # a root: it serves many requests
+            links=links,
+            start_time=end - int(report.seconds * 1e9),
+            attributes={
+                "saliency.model": self.name,
+                "saliency.samples": report.samples,
+                "saliency.requests": len(report.tags),
+                "saliency.needs_grad": report.needs_grad,
+            },
+        )
+        span.end(end_time=end)
+
+    def close(self) -> None:
+        with self._wakeup:
+            self._stopping = True
+            self._wakeup.notify_all()
+        self._deep_thread.join(timeout=30)
+        self._fast_pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _resolver(loop: asyncio.AbstractEventLoop, future: asyncio.Future):
+    """on_done for a DeepTask: hand its result or error to `future` on the event loop."""
+
+    def settle(task: DeepTask) -> None:
+        def apply() -> None:
+            if future.done():
+                return
+            if task.cancelled:
+                future.cancel()  # whoever cancelled it stopped waiting: nothing to report
+            elif task.error is not None:
+                future.set_exception(task.error)
+            else:
+                future.set_result(task.result)
+
+        try:
+            loop.call_soon_threadsafe(apply)
+        except RuntimeError:
+            pass  # the loop is closed: nobody is waiting any more
+
+    return settle

