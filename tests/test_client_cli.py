@@ -432,7 +432,7 @@ def test_serve_runs_the_server_with_the_config(clean_env, fake_server):
         (["--reflection", "maybe"], "reflection"),
         (["--max-ig-steps", "1.5"], "max_ig_steps"),
         (["--config", "/nonexistent/saliency.yaml"], "saliency.yaml"),
-        (["--backend", "torchserve"], "--backend"),
+        (["--backend", "triton"], "backend"),
     ],
 )
 def test_serve_config_errors_exit_2_without_serving(clean_env, fake_server, capsys, argv, needle):

@@ -26,7 +26,7 @@ TORCHSERVE_PORTS = {7070, 7071, 8080, 8081, 8082}
 SERVICE_PORTS = {50051, 9464}
 # ServiceConfig fields the chart sets itself (values.yaml `config` may not).
 CHART_OWNED = {
-    "host", "port", "metrics_host", "metrics_port", "device",
+    "host", "port", "metrics_host", "metrics_port", "backend", "device",
     "auth_tokens_file", "tls_cert_file", "tls_key_file", "tls_client_ca_file",
 }
 
@@ -236,11 +236,13 @@ def test_secret_holds_tokens_and_tls(rendered):
     assert volumes["tls"]["secret"]["secretName"] == "saliency-grpc-tls"
 
 
-def test_torchserve_backend_is_a_loopback_sidecar(rendered):
+def test_torchserve_backend_is_a_loopback_sidecar(rendered, tmp_path):
     docs = rendered["torchserve"]
+    assert service_config(docs, tmp_path).backend == "torchserve"
+    assert service_config(rendered["default"], tmp_path).backend == "embedded"
     pod = containers(docs)
     assert set(pod) == {"saliency", "torchserve"}
-    assert pod["saliency"]["args"][-2:] == ["--backend", "torchserve"]
+    assert pod["saliency"]["args"] == ["serve", "--config", "/etc/saliency/config.yaml"]
     assert "ports" not in pod["torchserve"], "TorchServe declares no pod ports"
     assert "efficientnet_lite0-deep=efficientnet_lite0.mar" in pod["torchserve"]["args"]
     properties = next(d for d in kinds(docs, "ConfigMap") if "config.properties" in d["data"])

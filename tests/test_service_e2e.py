@@ -169,7 +169,7 @@ def test_concurrent_ig_requests_share_batches_and_match_unbatched(service):
 def test_deadline_drops_queued_deep_work_without_computing_it(service):
     stub = service.stub()
     dropped_before = service.metric("saliency_dropped_samples_total", {"model": "efficientnet_lite0"})
-    samples_before = service.service.runtime.workers["efficientnet_lite0"].executor.stats.samples
+    samples_before = service.service.backend.workers["efficientnet_lite0"].executor.stats.samples
     blocker = stub.Explain.future(
         pb.ExplainRequest(
             model="efficientnet_lite0",
@@ -190,7 +190,7 @@ def test_deadline_drops_queued_deep_work_without_computing_it(service):
         )
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     blocker.cancel()
-    worker = service.service.runtime.workers["efficientnet_lite0"]
+    worker = service.service.backend.workers["efficientnet_lite0"]
     for _ in range(100):
         if worker.executor.pending_samples == 0:
             break

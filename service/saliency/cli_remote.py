@@ -166,6 +166,7 @@ _SERVE_HELP = {
     "port": "gRPC port (0: pick a free one)",
     "metrics_port": "Prometheus /metrics port",
     "models": "comma-separated models to load, e.g. efficientnet_lite0,tinycnn",
+    "backend": "embedded (the engine in-process) or torchserve",
     "device": "torch device, e.g. cpu or cuda:0",
     "max_chunk": "samples per model call with gradient (0: measured per model)",
     "max_chunk_forward": "samples per forward-only model call (0: measured)",
@@ -204,19 +205,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--config", metavar="FILE",
         help="YAML of config fields; precedence: flags > SALIENCY_<FIELD> env > file > defaults",
     )
-    names = set()
     for name, default in _serve_fields():
-        names.add(name)
         shown = ",".join(default) if isinstance(default, tuple) else default
         shown = "none" if shown == "" else shown
         parser.add_argument(
             f"--{name.replace('_', '-')}", dest=name, metavar=_metavar(default),
             help=f"{_SERVE_HELP.get(name, name.replace('_', ' '))} (default: {shown!s})".replace("%", "%%"),
-        )
-    if "backend" not in names:  # the config grows a field once there is a second backend
-        parser.add_argument(
-            "--backend", choices=("embedded",), default="embedded",
-            help="embedded: the engine runs in-process (default)",
         )
 
 

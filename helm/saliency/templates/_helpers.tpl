@@ -59,13 +59,15 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "saliency.torchserveRunDir" -}}/var/run/torchserve{{- end -}}
 {{- define "saliency.modelStore" -}}/opt/saliency/model_store{{- end -}}
 
-{{/* The service config file: .Values.config plus the fields the chart owns. */}}
+{{/* The service config file: .Values.config plus the fields the chart owns (host, ports,
+backend, device, auth and TLS file paths). */}}
 {{- define "saliency.serviceConfig" -}}
 {{- $config := deepCopy .Values.config -}}
 {{- $_ := set $config "host" "0.0.0.0" -}}
 {{- $_ := set $config "port" (int .Values.service.grpcPort) -}}
 {{- $_ := set $config "metrics_host" "0.0.0.0" -}}
 {{- $_ := set $config "metrics_port" (int .Values.service.metricsPort) -}}
+{{- $_ := set $config "backend" .Values.backend -}}
 {{- $_ := set $config "device" (ternary "cuda" "cpu" (and .Values.gpu.enabled (eq .Values.backend "embedded"))) -}}
 {{- if .Values.auth.enabled -}}
 {{- $_ := set $config "auth_tokens_file" (printf "%s/tokens" (include "saliency.authDir" .)) -}}

@@ -17,8 +17,8 @@ from opentelemetry.sdk.trace.export import SpanExporter
 
 from saliency.api.auth import BearerTokenInterceptor
 from saliency.api.servicer import ExplainerServicer
+from saliency.runtime.backend import Backend, make_backend
 from saliency.runtime.config import ServiceConfig
-from saliency.runtime.explainer import Runtime
 from saliency.runtime.metrics import Metrics
 from saliency.runtime.tracing import make_tracer_provider, tracer_from
 from saliency.v1 import explainer_pb2 as pb
@@ -33,7 +33,7 @@ class RunningService:
     server: grpc.aio.Server
     port: int
     metrics_port: int
-    runtime: Runtime
+    backend: Backend
     metrics: Metrics
     health: health.aio.HealthServicer
     tracer_provider: TracerProvider
@@ -43,7 +43,7 @@ class RunningService:
         """Report NOT_SERVING, let in-flight RPCs finish within `grace`, then release all."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
-        self.runtime.close()
+        self.backend.close()
         self._metrics_http.shutdown()
         self.tracer_provider.shutdown()
 
@@ -66,7 +66,7 @@ async def start_service(config: ServiceConfig, span_exporter: SpanExporter | Non
     tracer = tracer_from(provider)
     # Models load (and chunk sizes are measured) before the port opens: nothing half-ready
     # is ever reachable.
-    runtime = await asyncio.get_running_loop().run_in_executor(None, Runtime, config, metrics, tracer)
+    backend = await asyncio.get_running_loop().run_in_executor(None, make_backend, config, metrics, tracer)
     health_servicer = health.aio.HealthServicer()
     await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
 
@@ -82,7 +82,7 @@ async def start_service(config: ServiceConfig, span_exporter: SpanExporter | Non
         ],
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    pb_grpc.add_ExplainerServicer_to_server(ExplainerServicer(runtime, config, metrics, tracer), server)
+    pb_grpc.add_ExplainerServicer_to_server(ExplainerServicer(backend, config, metrics, tracer), server)
     if config.reflection:
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
 
@@ -96,7 +96,7 @@ async def start_service(config: ServiceConfig, span_exporter: SpanExporter | Non
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("saliency serving %s on %s:%d (metrics :%d)", ", ".join(config.models), config.host, port, metrics_port)
-    return RunningService(server, port, metrics_port, runtime, metrics, health_servicer, provider, metrics_http)
+    return RunningService(server, port, metrics_port, backend, metrics, health_servicer, provider, metrics_http)
 
 
 def run_server(config: ServiceConfig) -> int:

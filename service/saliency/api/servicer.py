@@ -25,9 +25,8 @@ from saliency.errors import (
     Unavailable,
 )
 from saliency.imaging import ImageLimits
-from saliency.models import get_spec
+from saliency.runtime.backend import Backend, DeepEvent, ExplainJob, FastEvent, check_model
 from saliency.runtime.config import ServiceConfig
-from saliency.runtime.explainer import DeepEvent, ExplainJob, FastEvent, Runtime
 from saliency.runtime.metrics import Metrics
 from saliency.v1 import explainer_pb2 as pb
 from saliency.v1 import explainer_pb2_grpc as pb_grpc
@@ -52,8 +51,8 @@ def _status_for(exc: BaseException) -> grpc.StatusCode:
 
 
 class ExplainerServicer(pb_grpc.ExplainerServicer):
-    def __init__(self, runtime: Runtime, config: ServiceConfig, metrics: Metrics, tracer: trace.Tracer):
-        self.runtime = runtime
+    def __init__(self, backend: Backend, config: ServiceConfig, metrics: Metrics, tracer: trace.Tracer):
+        self.backend = backend
         self.config = config
         self.metrics = metrics
         self.tracer = tracer
@@ -64,7 +63,7 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
             job, options, rgb = prepared
             response = pb.ExplainResponse(model=job.model, request_id=job.request_id)
             # aclosing: a cancelled RPC closes the flow at once, dropping its queued deep work.
-            async with aclosing(self.runtime.explain(job, self._timeout(context))) as events:
+            async with aclosing(self.backend.explain(job, self._timeout(context))) as events:
                 async for event in events:
                     self._add_event(response, event, options, rgb)
             return response
@@ -72,7 +71,7 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
     async def ExplainStream(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext):
         async with self._rpc("ExplainStream", request, context) as prepared:
             job, options, rgb = prepared
-            async with aclosing(self.runtime.explain(job, self._timeout(context))) as events:
+            async with aclosing(self.backend.explain(job, self._timeout(context))) as events:
                 async for event in events:
                     if isinstance(event, FastEvent):
                         first = pb.ExplainResponse(model=job.model, request_id=job.request_id)
@@ -84,7 +83,7 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
         self.metrics.requests.labels("ListModels", "", "OK").inc()
         return pb.ListModelsResponse(
-            models=[convert.model_info_to_proto(w.model.spec, self.config.limits) for w in self.runtime.workers.values()]
+            models=[convert.model_info_to_proto(spec, self.config.limits) for spec in self.backend.models.values()]
         )
 
     # ---- helpers -----------------------------------------------------------------------------
@@ -92,7 +91,7 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
     @asynccontextmanager
     async def _rpc(self, rpc: str, request: pb.ExplainRequest, context: grpc.aio.ServicerContext):
         """Span, validation, metrics and error mapping around one Explain-type RPC."""
-        model_label = request.model if request.model in self.runtime.workers else ""
+        model_label = request.model if request.model in self.backend.models else ""
         parent = extract(dict(context.invocation_metadata() or ()))
         code = grpc.StatusCode.OK
         with self.tracer.start_as_current_span(f"saliency.v1.Explainer/{rpc}", context=parent) as span:
@@ -122,9 +121,8 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
     def _prepare(self, request: pb.ExplainRequest):
         """Validate everything a user controls and build the domain job."""
         if not request.model:
-            raise InvalidArgument(f"name a model; served: {', '.join(sorted(self.runtime.workers))}", "model")
-        self.runtime.worker(request.model)  # NOT_FOUND before any decoding
-        spec = get_spec(request.model)
+            raise InvalidArgument(f"name a model; served: {', '.join(sorted(self.backend.models))}", "model")
+        spec = check_model(self.backend, request.model)  # NOT_FOUND before any decoding
         request_id = request.request_id or uuid.uuid4().hex
         if len(request_id) > 128 or not request_id.isprintable():
             raise InvalidArgument("must be at most 128 printable characters", "request_id")

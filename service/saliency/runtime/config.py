@@ -16,6 +16,8 @@ import yaml
 
 from saliency.attribution.limits import Limits
 
+BACKENDS = ("embedded", "torchserve")
+
 
 @dataclass(frozen=True)
 class ServiceConfig:
@@ -24,6 +26,7 @@ class ServiceConfig:
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464
     models: tuple[str, ...] = ("efficientnet_lite0",)
+    backend: str = "embedded"  # embedded (in-process engine) or torchserve
     device: str = "cpu"
     # Limits on what one request may ask for.
     max_message_bytes: int = 32 * 1024 * 1024
@@ -107,4 +110,7 @@ def load_config(
     if unknown:
         raise ValueError(f"unknown config key(s) {unknown}")
     typed = {name: _coerce(name, value, getattr(base, name)) for name, value in values.items()}
-    return dataclasses.replace(base, limits=Limits(**limits), **typed)
+    config = dataclasses.replace(base, limits=Limits(**limits), **typed)
+    if config.backend not in BACKENDS:
+        raise ValueError(f"config backend: {config.backend!r} is not one of {BACKENDS}")
+    return config

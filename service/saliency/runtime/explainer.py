@@ -1,24 +1,19 @@
-"""The serving flow for one request, in domain types: fast pass first, then deep maps as they
-complete. The gRPC servicer converts protobuf to an ExplainJob and events back; this module
-knows nothing of either."""
+"""The embedded backend: the serving flow for one request in this process, in domain types:
+fast pass first, then deep maps as they complete (see runtime/backend.py for the interface)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any
 
-import torch
 from opentelemetry import trace
 
 from saliency.attribution.executor import TaskCancelled
-from saliency.attribution.fast import FastResult
 from saliency.attribution.registry import get_method
-from saliency.attribution.types import Attribution, Targets
-from saliency.errors import DeadlineExceeded, NotFound
+from saliency.errors import DeadlineExceeded
 from saliency.models import load_model
+from saliency.runtime.backend import DeepEvent, ExplainJob, FastEvent, check_model
 from saliency.runtime.config import ServiceConfig
 from saliency.runtime.metrics import Metrics
 from saliency.runtime.worker import ModelWorker
@@ -26,31 +21,10 @@ from saliency.runtime.worker import ModelWorker
 BACKEND = "embedded"
 
 
-@dataclass(frozen=True)
-class ExplainJob:
-    model: str
-    x: torch.Tensor  # [3, H, W] normalised, validated
-    targets: Targets
-    methods: dict[str, Any]  # name -> validated params, in request order
-    n_predictions: int
-    request_id: str
-
-
-@dataclass(frozen=True)
-class FastEvent:
-    result: FastResult
-    seconds: float  # request start -> fast maps ready
-
-
-@dataclass(frozen=True)
-class DeepEvent:
-    attribution: Attribution
-    queue_seconds: float
-    compute_seconds: float
-
-
 class Runtime:
-    """Loaded models and their workers."""
+    """The embedded backend: models loaded in this process, each with its workers."""
+
+    name = BACKEND
 
     def __init__(self, config: ServiceConfig, metrics: Metrics, tracer: trace.Tracer):
         self.config = config
@@ -61,12 +35,10 @@ class Runtime:
             for name in config.models
         }
 
+        self.models = {name: worker.model.spec for name, worker in self.workers.items()}
+
     def worker(self, name: str) -> ModelWorker:
-        if name not in self.workers:
-            raise NotFound(
-                f"model {name!r} is not served here; served models: {', '.join(sorted(self.workers))}",
-                "model",
-            )
+        check_model(self, name)
         return self.workers[name]
 
     async def explain(self, job: ExplainJob, timeout: float) -> AsyncIterator[FastEvent | DeepEvent]:
