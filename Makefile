@@ -96,6 +96,6 @@ loadtest: $(STAMP)
 	  SALIENCY_METRICS_PORT=$(LOADTEST_METRICS_PORT) \
 	  $(BIN)/saliency serve > $(OUT)/loadtest/server.log 2>&1 & server=$$!; \
 	  trap 'kill $$server 2>/dev/null; wait $$server' EXIT; \
-	  $(BIN)/python -m saliency.loadtest --server 127.0.0.1:$(LOADTEST_PORT) \
+	  $(BIN)/saliency loadtest --server 127.0.0.1:$(LOADTEST_PORT) \
 	    --model $(LOADTEST_MODEL) --users 4 --spawn-rate 4 --duration 20s \
 	    --out $(OUT)/loadtest --wait-ready 120

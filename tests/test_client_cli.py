@@ -447,3 +447,10 @@ def test_serve_rejects_unknown_config_keys(clean_env, fake_server, tmp_path, cap
     path.write_text("prot: 1\n")
     assert main(["serve", "--config", str(path)]) == 2
     assert "prot" in capsys.readouterr().err and fake_server == []
+
+
+def test_loadtest_is_a_subcommand(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["loadtest", "--help"])
+    assert info.value.code == 0
+    assert "--users" in capsys.readouterr().out

@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     from saliency.cli_remote import add_serve_arguments
 
     add_serve_arguments(serve)
+
+    # Listed for --help only: main() hands everything after the word to saliency/loadtest.py.
+    commands.add_parser("loadtest", help="load-test a running service with locust (see --help)")
     return parser
 
 
@@ -97,6 +100,11 @@ def _add_server_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 for a user error)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["loadtest"]:
+        from saliency.loadtest import main as loadtest_main
+
+        return loadtest_main(argv[1:])
     try:
         args = build_parser().parse_args(argv)
         if args.command == "serve":
