@@ -29,14 +29,14 @@ demo: $(STAMP)
 	    --top-k 2 --out $(OUT)/chelsea --raw
 
 test: $(STAMP)
-	$(BIN)/ruff check service tests bench
+	$(BIN)/ruff check service tests bench handlers
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
 lint: $(STAMP)
-	$(BIN)/ruff check service tests bench
+	$(BIN)/ruff check service tests bench handlers
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache
@@ -99,3 +99,18 @@ loadtest: $(STAMP)
 	  $(BIN)/saliency loadtest --server 127.0.0.1:$(LOADTEST_PORT) \
 	    --model $(LOADTEST_MODEL) --users 4 --spawn-rate 4 --duration 20s \
 	    --out $(OUT)/loadtest --wait-ready 120
+
+# ---- TorchServe model archives (docs/torchserve.md) ---------------------------------------
+# One archive per model: the handler and its model-config.yaml (the weights come from the
+# installed saliency package). TorchServe registers each twice: <model> and <model>-deep.
+MODEL_STORE ?= model_store
+ARCHIVED_MODELS ?= efficientnet_lite0 tinycnn
+
+.PHONY: models
+
+models: $(STAMP) $(ARCHIVED_MODELS:%=$(MODEL_STORE)/%.mar)
+
+$(MODEL_STORE)/%.mar: $(MODEL_STORE)/%/model-config.yaml handlers/saliency_handler.py | $(STAMP)
+	$(BIN)/torch-model-archiver --model-name $* --version 1.0 \
+	    --handler handlers/saliency_handler.py --config-file $< \
+	    --export-path $(MODEL_STORE) --force

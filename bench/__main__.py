@@ -7,10 +7,12 @@ import time
 
 import torch
 
-from bench.report import Table, log, write_results
+from bench.progress import log
+from bench.quiet import cpu_pressure, seconds_waited
+from bench.report import Table, write_results
 from bench.settings import Settings
 from bench.suite import BENCHMARKS
-from bench.workload import cpu_pressure, machine_info
+from bench.workload import machine_info
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -50,9 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     for i, name in enumerate(names, 1):
         bench = BENCHMARKS[name]
         log(f"[{i}/{len(names)}] {name}: {bench.summary}")
-        started = time.perf_counter()
+        started, waited = time.perf_counter(), seconds_waited()
         tables = bench.run(settings)
-        seconds = time.perf_counter() - started
+        seconds, waited = time.perf_counter() - started, seconds_waited() - waited
         for table in tables:
             print("\n" + table.render() + "\n", flush=True)
             goals += [(name, table)]
@@ -60,10 +62,14 @@ def main(argv: list[str] | None = None) -> int:
             "settings": vars(args),
             "machine": machine,
             "seconds": seconds,
+            "seconds_waiting_for_quiet": waited,
             "cpu_pressure_after": cpu_pressure(),
         }
         path = write_results(name, tables, context)
-        log(f"[{i}/{len(names)}] {name} done in {seconds:.0f}s -> {path}  {cpu_pressure()}")
+        log(
+            f"[{i}/{len(names)}] {name} done in {seconds:.0f}s ({waited:.0f}s waiting for a quiet "
+            f"CPU) -> {path}  {cpu_pressure()}"
+        )
     _print_goals(goals)
     return 0
 

@@ -23,7 +23,7 @@ from captum.attr import (
     Saliency,
 )
 
-from bench.report import log
+from bench.progress import log
 from bench.workload import Workload
 from saliency.attribution.executor import ChunkExecutor, ChunkSizes
 from saliency.attribution.fast import FastResult, fast_pass

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from bench.report import Goal, Table, log, time_rows
+from bench.progress import log
+from bench.report import Goal, Table, time_rows
 from bench.settings import Settings
 from bench.timing import fastest, interleaved
 from bench.workload import Workload

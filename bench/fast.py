@@ -4,7 +4,8 @@ forward+backward and against Captum, for the top-1 and the top-3 classes."""
 from __future__ import annotations
 
 from bench import contenders as c
-from bench.report import Table, at_least, log, time_rows
+from bench.progress import log
+from bench.report import Table, at_least, time_rows
 from bench.settings import Settings
 from bench.timing import fastest, interleaved
 from bench.workload import Workload, reference_workload

@@ -8,7 +8,8 @@ import functools
 
 from bench import contenders as c
 from bench.deep import sweep_captum, versus_captum
-from bench.report import Table, at_least, log, time_rows
+from bench.progress import log
+from bench.report import Table, at_least, time_rows
 from bench.settings import Settings
 from bench.timing import interleaved
 from bench.workload import Workload, reference_workload

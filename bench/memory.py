@@ -13,7 +13,8 @@ from pathlib import Path
 
 from bench import contenders as c
 from bench.ig import captum_best_batch
-from bench.report import Row, Table, at_least, log
+from bench.progress import log
+from bench.report import Row, Table, at_least
 from bench.settings import Settings
 from bench.workload import reference_workload
 

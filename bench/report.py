@@ -1,4 +1,4 @@
-"""Result tables (contender, median, ratio against a reference, goal), progress lines and JSON.
+"""Result tables (contender, median, ratio against a reference, goal) and their JSON.
 
 A table's ratio is `value / reference value` for every row, so with "ours" as the reference a
 ratio above 1 means ours is that many times faster (or smaller) than the row's contender.
@@ -7,7 +7,6 @@ ratio above 1 means ours is that many times faster (or smaller) than the row's c
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,12 +14,6 @@ from pathlib import Path
 from bench.timing import Timing
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-_STARTED = time.perf_counter()
-
-
-def log(message: str) -> None:
-    """A progress line, stamped with the seconds since the suite started."""
-    print(f"[{time.perf_counter() - _STARTED:6.1f}s] {message}", flush=True)
 
 
 @dataclass(frozen=True)

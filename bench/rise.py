@@ -4,7 +4,8 @@ and the bank build alone."""
 from __future__ import annotations
 
 from bench import contenders as c
-from bench.report import Table, log, time_rows
+from bench.progress import log
+from bench.report import Table, time_rows
 from bench.settings import Settings
 from bench.timing import interleaved
 from bench.workload import reference_workload

@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from bench.quiet import wait_for_quiet
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -43,10 +45,13 @@ def interleaved(
     repeats: int,
     warmup: int = 1,
     sync: Callable[[], None] = _no_sync,
+    before_round: Callable[[], None] = wait_for_quiet,
 ) -> dict[str, Timing]:
     """Time each contender `repeats` times, interleaved, after `warmup` untimed rounds.
 
-    `sync` waits for queued device work (e.g. torch.cuda.synchronize) inside the timed region.
+    `sync` waits for queued device work (e.g. torch.cuda.synchronize) inside the timed region;
+    `before_round` runs untimed before each timed round (by default: wait out other processes'
+    CPU bursts, see bench.quiet).
     """
     names = list(contenders)
     for _ in range(warmup):
@@ -55,6 +60,7 @@ def interleaved(
             sync()
     samples: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
+        before_round()
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
             gc.collect()  # outside the timed region: no contender pays for another's garbage

@@ -68,17 +68,6 @@ def machine_info(device: str) -> dict[str, object]:
     return info
 
 
-def cpu_pressure() -> str:
-    """The kernel's CPU pressure ("some" avg10/avg60, % of time a task waited for a CPU): how
-    contended the machine was while a benchmark ran. Empty where /proc/pressure is absent."""
-    try:
-        with open("/proc/pressure/cpu") as f:
-            fields = dict(kv.split("=") for kv in f.readline().split()[1:])
-    except (OSError, ValueError):
-        return ""
-    return f"cpu pressure avg10={fields.get('avg10')}% avg60={fields.get('avg60')}%"
-
-
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:

@@ -4,6 +4,9 @@
                      --out DIR [--raw] [--param METHOD.FIELD=VALUE ...]
                      [--server HOST:PORT [--token T] [--tls-ca FILE]]
     saliency models [--server HOST:PORT ...]
+    saliency sanity IMAGE|--sample NAME --model M [--methods a,b] [--layers l1,l2]
+                    [--randomizations cascading,independent] [--server HOST:PORT ...]
+    saliency report sanity --model M --images N --out DIR
     saliency serve [--config FILE] [--host H] [--port P] [--models a,b] [...]
 
 Thin on purpose: parse, validate, call the Engine (or a server, see `cli_remote`), hand maps
@@ -82,6 +85,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_serve_arguments(serve)
 
+    sanity = commands.add_parser(
+        "sanity", help="model-randomisation sanity check of one image (Adebayo et al. 2018)"
+    )
+    source = sanity.add_mutually_exclusive_group(required=True)
+    source.add_argument("image", nargs="?", metavar="IMAGE", help="PNG, JPEG or WebP file")
+    source.add_argument("--sample", choices=SAMPLES, help="a bundled skimage.data photograph")
+    sanity.add_argument("--model", default="efficientnet_lite0", help="see `saliency models`")
+    sanity.add_argument(
+        "--methods", default="vanilla,gradcam,guided_backprop", help="comma-separated method names"
+    )
+    sanity.add_argument("--layers", help="comma-separated module paths, e.g. _fc,_blocks.7 "
+                        "(default: the model's checkpoints)")
+    sanity.add_argument("--randomizations", default="cascading,independent",
+                        help="cascading and/or independent (default: both)")
+    sanity.add_argument("--target", type=int, help="class to explain (default: the predicted one)")
+    sanity.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    sanity.add_argument("--param", action="append", default=[], metavar="METHOD.FIELD=VALUE",
+                        help="a method parameter, e.g. ig.n_steps=16 (repeatable)")
+    _add_server_arguments(sanity)
+
+    report = commands.add_parser("report", help="generate a report: `saliency report sanity`")
+    reports = report.add_subparsers(dest="report", required=True, parser_class=_Parser)
+    sanity_report = reports.add_parser(
+        "sanity", help="sanity checks of a model: Markdown pass/fail table and plots"
+    )
+    sanity_report.add_argument("--model", default="efficientnet_lite0", help="see `saliency models`")
+    sanity_report.add_argument("--images", type=int, default=4, help="bundled photographs to use, 1-4")
+    sanity_report.add_argument("--out", default="docs/sanity", help="output directory")
+    sanity_report.add_argument("--layers", help="comma-separated module paths (default: checkpoints)")
+    sanity_report.add_argument("--epochs", type=int, default=100,
+                               help="data randomisation: tinycnn training epochs on digits")
+    sanity_report.add_argument("--seed", type=int, default=0)
+
     # Listed for --help only: main() hands everything after the word to saliency/loadtest.py.
     commands.add_parser("loadtest", help="load-test a running service with locust (see --help)")
     return parser
@@ -117,9 +153,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "server", None):
             from saliency import cli_remote
 
-            return cli_remote.list_models(args) if args.command == "models" else cli_remote.explain(args)
+            remote = {"models": cli_remote.list_models, "sanity": cli_remote.sanity}
+            return remote.get(args.command, cli_remote.explain)(args)
         if args.command == "models":
             return list_models()
+        if args.command == "sanity":
+            return sanity(args)
+        if args.command == "report":
+            return report_sanity(args)
         return explain(args)
     except _UsageError as exc:
         return _fail(str(exc))
@@ -361,6 +402,77 @@ class _ProgressBar:
     def __exit__(self, *exc_info: object) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def parse_list(text: str | None, field: str) -> tuple[str, ...]:
+    """"a,b" -> ("a", "b"); None -> (); an empty item is an error naming `field`."""
+    if text is None:
+        return ()
+    items = tuple(item.strip() for item in text.split(","))
+    require(all(items), field, f"{text!r} has an empty item")
+    return items
+
+
+def parse_randomizations(text: str) -> tuple[str, ...]:
+    from saliency.quality.sanity import MODES
+
+    modes = parse_list(text, "randomizations")
+    bad = [m for m in modes if m not in MODES]
+    require(bool(modes) and not bad, "randomizations", f"{bad or text!r}: choose from {', '.join(MODES)}")
+    require(len(set(modes)) == len(modes), "randomizations", "listed twice")
+    return modes
+
+
+def sanity(args: argparse.Namespace) -> int:
+    """`saliency sanity`: cascading / independent randomisation of one image, in-process."""
+    from saliency.attribution.tuning import chunk_sizes_for
+    from saliency.imaging import to_model_input
+    from saliency.models import get_spec, load_model
+    from saliency.quality.report import format_sanity_rows
+    from saliency.quality.sanity import model_randomisation
+
+    spec = get_spec(args.model)
+    params = parse_params(parse_methods(args.methods), args.param)
+    layers = parse_list(args.layers, "layers") or None
+    modes = parse_randomizations(args.randomizations)
+    require(args.target is None or 0 <= args.target < spec.num_classes, "target",
+            f"{args.target} is outside [0, {spec.num_classes})")
+    require(args.seed >= 0, "seed", "must be non-negative")
+    name, rgb = read_image(args.image, args.sample)
+    model = load_model(args.model)
+    result = model_randomisation(
+        model, [to_model_input(rgb, spec)], params, layers, modes,
+        None if args.target is None else [args.target], args.seed, chunk_sizes_for(model),
+        progress=lambda done, total, what: print(f"[{done}/{total}] {what}", file=sys.stderr, flush=True),
+    )
+    target = result.targets[0]
+    print(f"{spec.name} on {name}: class {target} {spec.labels[target]}; similarity of each map to the "
+          "original model's (1 = unchanged)")
+    print(format_sanity_rows(result.rows()))
+    return 0
+
+
+def report_sanity(args: argparse.Namespace) -> int:
+    """`saliency report sanity`: every sanity check, written as Markdown and PNGs to --out."""
+    from saliency.models import get_spec
+    from saliency.quality.report import SAMPLES as REPORT_SAMPLES
+    from saliency.quality.report import run_report, summary_rows, write_report
+
+    get_spec(args.model)
+    require(1 <= args.images <= len(REPORT_SAMPLES), "images", f"{args.images} is outside [1, {len(REPORT_SAMPLES)}]")
+    require(args.epochs >= 1, "epochs", "must be at least 1")
+    require(args.seed >= 0, "seed", "must be non-negative")
+    layers = parse_list(args.layers, "layers") or None
+    out = make_out_dir(args.out)
+    result = run_report(
+        args.model, args.images, layers, args.epochs, seed=args.seed,
+        progress=lambda message: print(message, file=sys.stderr, flush=True),
+    )
+    for row in summary_rows(result):
+        print("  " + " | ".join(row))
+    written = write_report(result, out)
+    print(f"wrote {len(written)} files to {out}: {', '.join(p.name for p in written)}")
+    return 0
 
 
 def list_models() -> int:

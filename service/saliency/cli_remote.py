@@ -115,6 +115,30 @@ def explain(args: argparse.Namespace) -> int:
     )
 
 
+def sanity(args: argparse.Namespace) -> int:
+    """`saliency sanity ... --server HOST:PORT`: the SanityCheck RPC; prints the same table."""
+    import grpc
+
+    from saliency.cli import parse_list, parse_randomizations
+    from saliency.quality.report import format_sanity_rows
+
+    params = parse_params(parse_methods(args.methods), args.param, UNBOUNDED_LIMITS)
+    layers = parse_list(args.layers, "layers")
+    modes = parse_randomizations(args.randomizations)
+    require(args.seed >= 0, "seed", "must be non-negative")
+    name, _, encoded = read_image_bytes(args.image, args.sample)
+    with connect(args) as client:
+        try:
+            result = client.sanity_check(encoded, args.model, params, layers, modes, args.target, args.seed)
+        except grpc.RpcError as exc:
+            return _rpc_failed(exc, args.server)
+    label = _local_label(result.model, result.target)
+    print(f"{result.model} on {name}: class {result.target} {label}; similarity of each map to the "
+          f"original model's (1 = unchanged); served weights sha256 {result.weights_sha256[:16]}")
+    print(format_sanity_rows(result.rows))
+    return 0
+
+
 def list_models(args: argparse.Namespace) -> int:
     """`saliency models --server HOST:PORT`: what the service serves, with parameter limits."""
     import grpc
@@ -181,6 +205,7 @@ _SERVE_HELP = {
     "reflection": "serve gRPC server reflection",
     "max_methods": "methods one request may ask for",
     "max_targets": "target classes one request may ask for",
+    "quality_sample_rate": "fraction of requests scored for saliency_explanation_quality (0-1)",
 }
 
 

@@ -23,8 +23,9 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from saliency.api import convert
-from saliency.api.convert import AttributionEvent, ExplainResult, OutputOptions
+from saliency.api.convert import AttributionEvent, ExplainResult, OutputOptions, QualityReport
 from saliency.attribution.types import Targets
+from saliency.quality.policy import PolicyDecision
 from saliency.v1 import explainer_pb2 as pb
 from saliency.v1 import explainer_pb2_grpc as pb_grpc
 
@@ -45,7 +46,7 @@ CHANNEL_OPTIONS = (
 )
 
 Image = bytes | torch.Tensor  # encoded PNG/JPEG/WebP, or a normalised model input [3, H, W]
-Event = ExplainResult | AttributionEvent
+Event = ExplainResult | AttributionEvent | PolicyDecision | QualityReport
 
 
 def _call_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
@@ -76,8 +77,10 @@ class _Base:
         targets: Targets | None,
         output: OutputOptions | None,
         request_id: str | None,
+        quality: Mapping[str, Any] | None = None,
     ) -> pb.ExplainRequest:
-        return convert.explain_request_to_proto(model, image, methods, targets, output, request_id)
+        """quality: the optional `evaluate`, `ground_truth` and `policy` keywords of explain."""
+        return convert.explain_request_to_proto(model, image, methods, targets, output, request_id, **(quality or {}))
 
 
 class ExplainerClient(_Base):
@@ -113,15 +116,36 @@ class ExplainerClient(_Base):
         output: OutputOptions | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
+        **quality: Any,
     ) -> ExplainResult:
         """The prediction and every requested map in one response.
 
         methods: {registry name: params object | {field: value} | None for defaults}, in
         the order wanted. targets: default top-1. Maps come back float32 [H, W].
+        quality (optional): evaluate=quality.evaluate.EvaluateOptions (scores come back in
+        `.quality`), ground_truth=(x_min, y_min, x_max, y_max) or a mask [H0, W0] in pixels of
+        the image sent, policy=quality.policy.PolicyOptions (what it chose: `.policy`).
         """
-        request = self._request(image, model, methods, targets, output, request_id)
+        request = self._request(image, model, methods, targets, output, request_id, quality)
         response = self._stub.Explain(request, timeout=self._timeout(timeout), metadata=self._metadata)
         return convert.explain_response_from_proto(response)
+
+    def sanity_check(
+        self,
+        image: Image,
+        model: str,
+        methods: Mapping[str, Any] | None = None,
+        layers: tuple[str, ...] = (),
+        randomizations: tuple[str, ...] = (),
+        target: int | None = None,
+        seed: int | None = None,
+        timeout: float | None = None,
+    ) -> convert.SanityCheckResult:
+        """Model-randomisation check of one image on the server (default methods: vanilla,
+        gradcam, guided_backprop; default layers: the model's checkpoints; both schedules)."""
+        request = convert.sanity_request_to_proto(model, image, methods or {}, layers, randomizations, target, seed)
+        response = self._stub.SanityCheck(request, timeout=self._timeout(timeout), metadata=self._metadata)
+        return convert.sanity_response_from_proto(response)
 
     def explain_stream(
         self,
@@ -132,10 +156,12 @@ class ExplainerClient(_Base):
         output: OutputOptions | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
+        **quality: Any,
     ) -> Iterator[Event]:
         """First an ExplainResult (prediction and fast maps), then an AttributionEvent per deep
-        map as it completes. Leaving the loop early cancels the call, so the server stops."""
-        request = self._request(image, model, methods, targets, output, request_id)
+        map as it completes, then a PolicyDecision and a QualityReport when asked for (see
+        explain). Leaving the loop early cancels the call, so the server stops."""
+        request = self._request(image, model, methods, targets, output, request_id, quality)
         call = self._stub.ExplainStream(request, timeout=self._timeout(timeout), metadata=self._metadata)
         try:
             for event in call:

@@ -39,3 +39,7 @@ class DeadlineExceeded(SaliencyError):
 
 class Unavailable(SaliencyError):
     """The backend cannot serve now (gRPC UNAVAILABLE)."""
+
+
+class Unimplemented(SaliencyError):
+    """The serving backend lacks a feature the request asks for (gRPC UNIMPLEMENTED)."""

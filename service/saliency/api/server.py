@@ -26,6 +26,7 @@ from saliency.v1 import explainer_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Explainer"].full_name
+HEALTH_POLL_S = 1.0  # how often a backend with `healthy()` is asked
 
 
 @dataclass
@@ -38,9 +39,12 @@ class RunningService:
     health: health.aio.HealthServicer
     tracer_provider: TracerProvider
     _metrics_http: object
+    _health_watch: asyncio.Task | None = None
 
     async def stop(self, grace: float) -> None:
         """Report NOT_SERVING, let in-flight RPCs finish within `grace`, then release all."""
+        if self._health_watch is not None:
+            self._health_watch.cancel()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         self.backend.close()
@@ -93,10 +97,36 @@ async def start_service(config: ServiceConfig, span_exporter: SpanExporter | Non
         raise OSError(f"could not bind gRPC on {address}")
     await server.start()
     metrics_http, metrics_port = metrics.serve(config.metrics_host, config.metrics_port)
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    probe = getattr(backend, "healthy", None)
+    watch = None
+    if probe is None:
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    else:
+        watch = asyncio.create_task(_watch_backend(probe, health_servicer), name="backend-health")
     log.info("saliency serving %s on %s:%d (metrics :%d)", ", ".join(config.models), config.host, port, metrics_port)
-    return RunningService(server, port, metrics_port, backend, metrics, health_servicer, provider, metrics_http)
+    return RunningService(
+        server, port, metrics_port, backend, metrics, health_servicer, provider, metrics_http, _health_watch=watch
+    )
+
+
+async def _watch_backend(probe, health_servicer: health.aio.HealthServicer) -> None:
+    """SERVING while the backend's `healthy()` says so, NOT_SERVING otherwise; every HEALTH_POLL_S."""
+    serving = None
+    while True:
+        try:
+            ok = bool(await probe())
+        except Exception:  # a failing probe is an unhealthy backend, never a dead watcher
+            log.exception("backend health probe failed")
+            ok = False
+        if ok != serving:
+            status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in ("", SERVICE_NAME):
+                await health_servicer.set(name, status)
+            if serving is not None or not ok:
+                log.warning("backend is %s", "serving again" if ok else "NOT serving")
+            serving = ok
+        await asyncio.sleep(HEALTH_POLL_S)
 
 
 def run_server(config: ServiceConfig) -> int:

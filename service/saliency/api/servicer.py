@@ -23,9 +23,23 @@ from saliency.errors import (
     ResourceExhausted,
     SaliencyError,
     Unavailable,
+    Unimplemented,
 )
 from saliency.imaging import ImageLimits
-from saliency.runtime.backend import Backend, DeepEvent, ExplainJob, FastEvent, check_model
+from saliency.runtime.backend import (
+    EVALUATE,
+    POLICY,
+    SANITY_CHECK,
+    Backend,
+    DeepEvent,
+    ExplainJob,
+    FastEvent,
+    PolicyEvent,
+    QualityEvent,
+    SanityJob,
+    check_model,
+    require_feature,
+)
 from saliency.runtime.config import ServiceConfig
 from saliency.runtime.metrics import Metrics
 from saliency.v1 import explainer_pb2 as pb
@@ -40,6 +54,7 @@ _STATUS = {
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
+    Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
 }
 
 
@@ -77,8 +92,20 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
                         first = pb.ExplainResponse(model=job.model, request_id=job.request_id)
                         self._add_event(first, event, options, rgb)
                         yield pb.ExplainEvent(prediction=first)
+                    elif isinstance(event, PolicyEvent):
+                        yield pb.ExplainEvent(policy=convert.policy_decision_to_proto(event.decision))
+                    elif isinstance(event, QualityEvent):
+                        scores = [convert.quality_score_to_proto(s) for s in event.scores]
+                        yield pb.ExplainEvent(quality=pb.QualityReport(scores=scores))
                     else:
                         yield pb.ExplainEvent(attribution=self._deep_proto(event, options, rgb))
+
+    async def SanityCheck(
+        self, request: pb.SanityCheckRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SanityCheckResponse:
+        async with self._rpc("SanityCheck", request, context, self._prepare_sanity) as job:
+            outcome = await self.backend.sanity_check(job, self._timeout(context))
+            return convert.sanity_response_to_proto(outcome)
 
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
         self.metrics.requests.labels("ListModels", "", "OK").inc()
@@ -89,16 +116,19 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
     # ---- helpers -----------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def _rpc(self, rpc: str, request: pb.ExplainRequest, context: grpc.aio.ServicerContext):
-        """Span, validation, metrics and error mapping around one Explain-type RPC."""
+    async def _rpc(self, rpc: str, request, context: grpc.aio.ServicerContext, prepare=None):
+        """Span, validation (`prepare`, default: an Explain request's), metrics and error
+        mapping around one RPC that names a model."""
         model_label = request.model if request.model in self.backend.models else ""
         parent = extract(dict(context.invocation_metadata() or ()))
         code = grpc.StatusCode.OK
         with self.tracer.start_as_current_span(f"saliency.v1.Explainer/{rpc}", context=parent) as span:
             try:
-                prepared = self._prepare(request)
-                span.set_attribute("saliency.request_id", prepared[0].request_id)
-                span.set_attribute("saliency.model", prepared[0].model)
+                prepared = (prepare or self._prepare)(request)
+                job = prepared[0] if isinstance(prepared, tuple) else prepared
+                if getattr(job, "request_id", None):
+                    span.set_attribute("saliency.request_id", job.request_id)
+                span.set_attribute("saliency.model", job.model)
                 yield prepared
             except SaliencyError as exc:
                 code = _status_for(exc)
@@ -136,8 +166,29 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
             request.methods, self.config.limits, self.config.max_methods, tuple(x.shape)
         )
         options = convert.output_options_from_proto(request.output if request.HasField("output") else None)
-        job = ExplainJob(request.model, x, targets, methods, options.top_predictions, request_id)
+        evaluate = None
+        if request.HasField("evaluate"):
+            require_feature(self.backend, EVALUATE, "evaluate")
+            evaluate = convert.evaluate_from_proto(request.evaluate, rgb.shape[:2], tuple(x.shape[-2:]))
+            evaluate.groups(list(methods), targets)  # a listed metric that cannot apply is an error
+        policy = convert.policy_from_request(request)
+        if policy is not None:
+            field = next(f for f in ("latency_budget_ms", "completeness_target", "explain_if") if request.HasField(f))
+            require_feature(self.backend, POLICY, field)
+        job = ExplainJob(
+            request.model, x, targets, methods, options.top_predictions, request_id, evaluate, policy
+        )
         return job, options, rgb
+
+    def _prepare_sanity(self, request: pb.SanityCheckRequest) -> SanityJob:
+        if not request.model:
+            raise InvalidArgument(f"name a model; served: {', '.join(sorted(self.backend.models))}", "model")
+        spec = check_model(self.backend, request.model)
+        require_feature(self.backend, SANITY_CHECK, "SanityCheck")
+        r = convert.sanity_request_from_proto(
+            request, spec, self.config.limits, self.config.max_methods, self.image_limits
+        )
+        return SanityJob(request.model, r.x, r.methods, r.layers, r.modes, r.target, r.seed)
 
     def _timeout(self, context: grpc.aio.ServicerContext) -> float:
         """Our own deadline, a little inside the client's, so that we (not gRPC's cancellation)
@@ -148,7 +199,11 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
         return max(remaining - DEADLINE_MARGIN_S, 0.0)
 
     def _add_event(self, response: pb.ExplainResponse, event, options, rgb) -> None:
-        if isinstance(event, FastEvent):
+        if isinstance(event, PolicyEvent):
+            response.policy.CopyFrom(convert.policy_decision_to_proto(event.decision))
+        elif isinstance(event, QualityEvent):
+            response.quality.extend(convert.quality_score_to_proto(s) for s in event.scores)
+        elif isinstance(event, FastEvent):
             result = event.result
             response.predictions.extend(convert.predictions_to_proto(result.predictions))
             response.targets.extend(result.targets)

@@ -16,8 +16,11 @@ from opentelemetry import trace
 
 from saliency.attribution.fast import FastResult
 from saliency.attribution.types import Attribution, Targets
-from saliency.errors import NotFound
+from saliency.errors import NotFound, Unimplemented
 from saliency.models import ModelSpec
+from saliency.quality.evaluate import EvaluateOptions, QualityScore
+from saliency.quality.policy import PolicyDecision, PolicyOptions
+from saliency.quality.sanity import SanityResult
 from saliency.runtime.config import BACKENDS, ServiceConfig
 from saliency.runtime.metrics import Metrics
 
@@ -30,6 +33,34 @@ class ExplainJob:
     methods: dict[str, Any]  # name -> validated params, in request order
     n_predictions: int
     request_id: str
+    evaluate: EvaluateOptions | None = None  # set: yield a QualityEvent last
+    policy: PolicyOptions | None = None  # latency budget / explain_if
+
+
+@dataclass(frozen=True)
+class SanityJob:
+    """A model-randomisation check of one image (quality/sanity.py), validated."""
+
+    model: str
+    x: torch.Tensor  # [3, H, W] normalised
+    methods: dict[str, Any]  # name -> validated params
+    layers: tuple[str, ...] | None  # None: the model's default checkpoints
+    modes: tuple[str, ...]  # cascading and/or independent
+    target: int | None  # None: the predicted class
+    seed: int
+
+
+@dataclass(frozen=True)
+class SanityOutcome:
+    result: SanityResult
+    weights_sha256: str  # of the served model, checked unchanged after the run
+
+
+# Optional capabilities a backend lists in `features`; the servicer refuses requests that need
+# one the backend lacks with UNIMPLEMENTED (see `require_feature`).
+EVALUATE = "evaluate"  # ExplainJob.evaluate
+POLICY = "policy"  # ExplainJob.policy
+SANITY_CHECK = "sanity_check"  # Backend.sanity_check
 
 
 @dataclass(frozen=True)
@@ -45,16 +76,52 @@ class DeepEvent:
     compute_seconds: float
 
 
+@dataclass(frozen=True)
+class PolicyEvent:
+    """What the explain policy chose and why; after the maps (job.policy set)."""
+
+    decision: PolicyDecision
+
+
+@dataclass(frozen=True)
+class QualityEvent:
+    """The quality scores of the delivered maps; last (job.evaluate set)."""
+
+    scores: list[QualityScore]
+
+
+Event = FastEvent | DeepEvent | PolicyEvent | QualityEvent
+
+
 class Backend(Protocol):
+    """What the servicer calls. A backend that can become unable to serve (a remote one) may
+    also define `async def healthy(self) -> bool`; api/server.py then polls it and reports the
+    service NOT_SERVING on grpc.health.v1 while it returns False."""
+
     name: str  # the `backend` label of saliency_method_latency_seconds
     models: dict[str, ModelSpec]  # the models served, by name
+    # Optional capabilities (EVALUATE, POLICY, SANITY_CHECK); absent means none.
+    features: frozenset[str]
 
-    def explain(self, job: ExplainJob, timeout: float) -> AsyncIterator[FastEvent | DeepEvent]:
-        """Yield one FastEvent, then one DeepEvent per deep map as it completes; raise
+    def explain(self, job: ExplainJob, timeout: float) -> AsyncIterator[Event]:
+        """Yield one FastEvent, then one DeepEvent per deep map as it completes, then a
+        PolicyEvent (job.policy set) and a QualityEvent (job.evaluate set); raise
         DeadlineExceeded after `timeout` seconds. Closing the iterator drops queued work."""
         ...
 
+    async def sanity_check(self, job: SanityJob, timeout: float) -> SanityOutcome:
+        """Only with SANITY_CHECK in `features`."""
+        ...
+
     def close(self) -> None: ...
+
+
+def require_feature(backend: Backend, feature: str, field: str) -> None:
+    """Raise Unimplemented naming `field` unless the backend has `feature`."""
+    if feature not in getattr(backend, "features", frozenset()):
+        raise Unimplemented(
+            f"the {backend.name} backend does not support this; the embedded backend does", field
+        )
 
 
 def check_model(backend: Backend, name: str) -> ModelSpec:

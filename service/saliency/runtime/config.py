@@ -51,6 +51,16 @@ class ServiceConfig:
     # Introspection and telemetry.
     reflection: bool = True
     otlp_endpoint: str = ""  # empty = no trace export
+    # Fraction of Explain requests without `evaluate` whose maps are scored in the background
+    # for saliency_explanation_quality (deletion/insertion cost 2 x 17 forwards per map).
+    quality_sample_rate: float = 0.0
+    # The torchserve backend (docs/torchserve.md).
+    torchserve_address: str = ""  # host:port of a running TorchServe's gRPC inference API; empty = start one
+    torchserve_key_file: str = ""  # that TorchServe's key_file.json (token authorization)
+    torchserve_management_address: str = "127.0.0.1:8081"  # that TorchServe's management API: key renewal
+    torchserve_model_store: str = "model_store"  # when starting one: the archives (`make models`)
+    torchserve_config: str = "deploy/torchserve/config.properties"  # when starting one: the base config
+    torchserve_startup_timeout_s: float = 180.0  # when starting one: until every worker is loaded
 
     def auth_tokens(self) -> frozenset[str]:
         """Tokens from SALIENCY_AUTH_TOKENS (comma-separated) and the tokens file."""
@@ -113,4 +123,6 @@ def load_config(
     config = dataclasses.replace(base, limits=Limits(**limits), **typed)
     if config.backend not in BACKENDS:
         raise ValueError(f"config backend: {config.backend!r} is not one of {BACKENDS}")
+    if not 0.0 <= config.quality_sample_rate <= 1.0:
+        raise ValueError(f"config quality_sample_rate: {config.quality_sample_rate} is outside [0, 1]")
     return config

@@ -1,30 +1,93 @@
 """The embedded backend: the serving flow for one request in this process, in domain types:
-fast pass first, then deep maps as they complete (see runtime/backend.py for the interface)."""
+fast pass first, then deep maps as they complete (see runtime/backend.py for the interface).
+
+Optional stages, each after the one before:
+- policy (quality/policy.py): after the prediction, `explain_if` may skip the deep maps; a
+  latency budget keeps the deep methods that fit, runs fallbacks in a second fast pass, and
+  runs IG in adaptive rounds. A PolicyEvent reports the outcome after the maps.
+- evaluate (quality/evaluate.py): the delivered maps are scored (perturbation curves on the
+  deep executor, the rest on a thread) and a QualityEvent comes last. Requests without
+  `evaluate` are scored in the background at `quality_sample_rate`, for the metrics only.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
+import random
+import threading
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any
 
 from opentelemetry import trace
 
-from saliency.attribution.executor import TaskCancelled
-from saliency.attribution.registry import get_method
-from saliency.errors import DeadlineExceeded
+from saliency.attribution.executor import DeepTask, TaskCancelled
+from saliency.attribution.fast import FastResult
+from saliency.attribution.registry import get_method, make_params
+from saliency.attribution.types import Attribution, Targets
+from saliency.errors import DeadlineExceeded, ResourceExhausted, SaliencyError
 from saliency.models import load_model
-from saliency.runtime.backend import DeepEvent, ExplainJob, FastEvent, check_model
+from saliency.quality.evaluate import (
+    EvaluateOptions,
+    QualityScore,
+    curve_scores,
+    map_scores,
+    plan_curve_tasks,
+)
+from saliency.quality.policy import (
+    FALLBACKS,
+    IG_START_STEPS,
+    Costs,
+    CostTracker,
+    MethodChoice,
+    PolicyDecision,
+    next_ig_round,
+    plan_within_budget,
+)
+from saliency.quality.sanity import model_randomisation, weights_hash
+from saliency.runtime.backend import (
+    EVALUATE,
+    POLICY,
+    SANITY_CHECK,
+    DeepEvent,
+    Event,
+    ExplainJob,
+    FastEvent,
+    PolicyEvent,
+    QualityEvent,
+    SanityJob,
+    SanityOutcome,
+    check_model,
+)
 from saliency.runtime.config import ServiceConfig
 from saliency.runtime.metrics import Metrics
 from saliency.runtime.worker import ModelWorker
 
 BACKEND = "embedded"
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Plan:
+    """What runs after the prediction: deep methods as requested, fallbacks for a second fast
+    pass, IG in adaptive rounds (params, step schedule), and the decision to report."""
+
+    deep: dict[str, Any]
+    fast_extra: dict[str, Any]
+    ig: tuple[Any, tuple[int, ...]] | None = None
+    decision: PolicyDecision | None = None
 
 
 class Runtime:
     """The embedded backend: models loaded in this process, each with its workers."""
 
     name = BACKEND
+    features = frozenset({EVALUATE, POLICY, SANITY_CHECK})
 
     def __init__(self, config: ServiceConfig, metrics: Metrics, tracer: trace.Tracer):
         self.config = config
@@ -36,13 +99,18 @@ class Runtime:
         }
 
         self.models = {name: worker.model.spec for name, worker in self.workers.items()}
+        self.costs = {name: CostTracker() for name in self.workers}
+        self._background: set[asyncio.Task] = set()  # sampled quality scoring
+        self._sanity_pool = ThreadPoolExecutor(1, thread_name_prefix="sanity")
+        self._sanity_running = threading.Lock()  # one sanity check at a time
 
     def worker(self, name: str) -> ModelWorker:
         check_model(self, name)
         return self.workers[name]
 
-    async def explain(self, job: ExplainJob, timeout: float) -> AsyncIterator[FastEvent | DeepEvent]:
-        """Yield the FastEvent, then one DeepEvent per deep map as each completes.
+    async def explain(self, job: ExplainJob, timeout: float) -> AsyncIterator[Event]:
+        """Yield the FastEvent, then one DeepEvent per deep map as each completes, then the
+        PolicyEvent and QualityEvent when asked for.
 
         Raises DeadlineExceeded after `timeout` seconds; queued deep work of this request is
         then dropped, as it is when the caller goes away (the generator is closed).
@@ -54,28 +122,42 @@ class Runtime:
         deep = {n: p for n, p in job.methods.items() if get_method(n).kind == "deep"}
         labels = {"model": job.model, "backend": BACKEND}
         self.metrics.inflight.labels(job.model).inc()
-        pairs = []
+        submitted: list[DeepTask] = []  # every task queued for this request, dropped on exit
         try:
             with self.tracer.start_as_current_span("fast_pass", attributes={"methods": list(fast)}):
                 result = await _within(deadline, worker.run_fast(job.x, job.targets, fast, job.n_predictions))
             fast_seconds = time.perf_counter() - started
+            self.costs[job.model].observe_fast(fast_seconds)
             for attribution in result.attributions:
                 self.metrics.method_latency.labels(method=attribution.method, **labels).observe(fast_seconds)
-            if deep:
-                pairs = worker.submit_deep(job.x, result.targets, deep, job.request_id)
+            delivered = list(result.attributions)
             yield FastEvent(result, fast_seconds)
-            pending = {future: task for task, future in pairs}
-            while pending:
-                done, _ = await _wait_first(deadline, set(pending))
-                for future in done:
-                    task = pending.pop(future)
-                    attribution = future.result()
-                    self.metrics.method_latency.labels(method=task.method, **labels).observe(
+
+            plan = self._plan(worker, job, result, deep, fast_seconds)
+            if plan.fast_extra:  # the policy's fallbacks: one more cheap pass
+                extra_started = time.perf_counter()
+                extra = await _within(
+                    deadline,
+                    worker.run_fast(job.x, Targets(classes=result.targets), plan.fast_extra, job.n_predictions),
+                )
+                for attribution in extra.attributions:
+                    self.metrics.method_latency.labels(method=attribution.method, **labels).observe(
                         time.perf_counter() - started
                     )
-                    self.metrics.queue_wait.labels(job.model, "deep").observe(task.queue_seconds)
-                    self._method_span(task, started)
-                    yield DeepEvent(attribution, task.queue_seconds, task.compute_seconds)
+                    delivered.append(attribution)
+                    yield DeepEvent(attribution, 0.0, time.perf_counter() - extra_started)
+            deep_maps = self._deep_maps(worker, job, result.targets, plan, started, deadline, submitted)
+            async with aclosing(deep_maps) as events:  # closed at once if the caller goes away
+                async for event in events:
+                    delivered.append(event.attribution)
+                    yield event
+            if plan.decision is not None:
+                yield PolicyEvent(plan.decision)
+            if job.evaluate is not None:
+                scores = await self._evaluate(worker, job, result, delivered, job.evaluate, deadline, submitted)
+                yield QualityEvent(scores)
+            elif self.config.quality_sample_rate > random.random():
+                self._evaluate_in_background(worker, job, result, delivered)
         except DeadlineExceeded:
             self.metrics.rejected.labels(job.model, "deadline").inc()
             raise
@@ -85,8 +167,226 @@ class Runtime:
         except TaskCancelled as exc:
             raise DeadlineExceeded(str(exc)) from None
         finally:
-            worker.cancel([task for task, _ in pairs])
+            worker.cancel(submitted)
             self.metrics.inflight.labels(job.model).dec()
+
+    # ---- deep maps -----------------------------------------------------------------------------
+
+    async def _deep_maps(
+        self,
+        worker: ModelWorker,
+        job: ExplainJob,
+        targets: tuple[int, ...],
+        plan: _Plan,
+        started: float,
+        deadline: float,
+        submitted: list[DeepTask],
+    ) -> AsyncIterator[DeepEvent]:
+        """DeepEvents of the planned deep maps (and adaptive IG rounds) as each completes."""
+        pairs = worker.submit_deep(job.x, targets, plan.deep, job.request_id) if plan.deep else []
+        submitted.extend(task for task, _ in pairs)
+        pending: dict[asyncio.Future, DeepTask | None] = {future: task for task, future in pairs}
+        if plan.ig is not None:
+            for target in targets:
+                rounds = self._adaptive_ig(worker, job, target, plan, started, submitted)
+                pending[asyncio.ensure_future(rounds)] = None
+        labels = {"model": job.model, "backend": BACKEND}
+        try:
+            while pending:
+                done, _ = await _wait_first(deadline, set(pending))
+                for future in done:
+                    task = pending.pop(future)
+                    if task is None:  # the adaptive IG rounds of one target
+                        attribution, queue_seconds, compute_seconds = future.result()
+                    else:
+                        attribution = future.result()
+                        queue_seconds, compute_seconds = task.queue_seconds, task.compute_seconds
+                        self._task_done(job.model, task, started)
+                    self.metrics.method_latency.labels(method=attribution.method, **labels).observe(
+                        time.perf_counter() - started
+                    )
+                    self.metrics.queue_wait.labels(job.model, "deep").observe(queue_seconds)
+                    yield DeepEvent(attribution, queue_seconds, compute_seconds)
+        finally:
+            for future in pending:
+                future.cancel()
+
+    async def _adaptive_ig(
+        self,
+        worker: ModelWorker,
+        job: ExplainJob,
+        target: int,
+        plan: _Plan,
+        started: float,
+        submitted: list[DeepTask],
+    ) -> tuple[Attribution, float, float]:
+        """IG for `target` in Gauss-Legendre rounds of growing step counts (quality/policy.py):
+        returns the last round's map and the queue / compute seconds of all rounds."""
+        params, steps = plan.ig
+        completeness_target = job.policy.target
+        budget_end = started + job.policy.latency_budget_ms / 1000
+        n, rounds, queue_seconds, compute_seconds = steps[0], 0, 0.0, 0.0
+        while True:
+            ig = dataclasses.replace(params, n_steps=n, rule="gausslegendre")
+            ((task, future),) = worker.submit_deep(job.x, (target,), {"ig": ig}, job.request_id)
+            submitted.append(task)
+            attribution = await future
+            rounds += 1
+            queue_seconds += task.queue_seconds
+            compute_seconds += task.compute_seconds
+            self._task_done(job.model, task, started)
+            error = attribution.stats["completeness_error"]
+            costs = Costs(self.costs[job.model].sample_seconds, worker.executor.pending_samples, 0.0)
+            nxt, why = next_ig_round(
+                steps, n, error, completeness_target, budget_end - time.perf_counter(), costs
+            )
+            if nxt is None:
+                attribution.stats["policy_rounds"] = float(rounds)
+                plan.decision.choices.append(
+                    MethodChoice("ig", "ig", f"target {target}: {why} ({rounds} round(s))", n, error, target)
+                )
+                return attribution, queue_seconds, compute_seconds
+            n = nxt
+
+    def _task_done(self, model: str, task: DeepTask, request_started: float) -> None:
+        self.costs[model].observe_samples(task.compute_seconds, task.n_samples)
+        self._method_span(task, request_started)
+
+    # ---- policy ----------------------------------------------------------------------------
+
+    def _plan(
+        self, worker: ModelWorker, job: ExplainJob, result: FastResult, deep: dict[str, Any], spent: float
+    ) -> _Plan:
+        """Decide what runs after the prediction (everything requested when no policy is set)."""
+        policy = job.policy
+        if policy is None or not (policy.explain_if or policy.latency_budget_ms):
+            return _Plan(deep, {})
+        uncertain = ""
+        if policy.explain_if is not None:
+            explain, why = policy.explain_if.holds(result.predictions)
+            if not explain:
+                choices = [MethodChoice(name, "", why) for name in deep]
+                return _Plan({}, {}, None, PolicyDecision(False, why, choices))
+            uncertain = why
+        if policy.latency_budget_ms is None:
+            return _Plan(deep, {}, None, PolicyDecision(True, uncertain))
+        kinds = {name: get_method(name).kind for name in job.methods}
+        samples = {name: self._samples_per_target(worker, job, result, name, p) for name, p in deep.items()}
+        tracker = self.costs[job.model]
+        costs = Costs(tracker.sample_seconds, worker.executor.pending_samples, spent)
+        fallbacks = {FALLBACKS[name] for name in deep}
+        budget = plan_within_budget(
+            job.methods,
+            kinds,
+            samples,
+            len(result.targets),
+            policy.latency_budget_ms,
+            costs,
+            {name: make_params(name, self.config.limits) for name in fallbacks},
+        )
+        decision = budget.decision
+        if uncertain:
+            decision.reason = f"{uncertain}; {decision.reason}"
+        if budget.ig_params is not None:
+            # The adaptive rounds report per target; drop the plan's provisional IG line.
+            decision.choices = [c for c in decision.choices if not (c.requested == c.chosen == "ig")]
+        ig = (budget.ig_params, budget.ig_steps) if budget.ig_params is not None else None
+        return _Plan(budget.deep, budget.fast_extra, ig, decision)
+
+    def _samples_per_target(self, worker: ModelWorker, job: ExplainJob, result: FastResult, name: str, params: Any) -> int:
+        """Deep samples one target's map of `name` needs (IG: its smallest round)."""
+        if name == "ig":
+            return min(IG_START_STEPS, params.n_steps) + 2
+        counts = {"smoothgrad": lambda p: p.n_samples, "rise": lambda p: p.n_masks}
+        if name in counts:
+            return counts[name](params)
+        return get_method(name).plan(worker.model, job.x, result.targets[0], params).n_samples
+
+    # ---- evaluate --------------------------------------------------------------------------
+
+    async def _evaluate(
+        self,
+        worker: ModelWorker,
+        job: ExplainJob,
+        result: FastResult,
+        delivered: list[Attribution],
+        options: EvaluateOptions,
+        deadline: float,
+        submitted: list[DeepTask],
+    ) -> list[QualityScore]:
+        """Score the delivered maps: curves on the deep executor, the rest on a thread."""
+        groups = options.groups(list(job.methods), job.targets)
+        tasks = plan_curve_tasks(job.x, delivered, groups, options.perturbation_steps)
+        pairs = worker.submit_tasks(tasks, job.request_id) if tasks else []
+        submitted.extend(task for task, _ in pairs)
+        loop = asyncio.get_running_loop()
+        on_maps = loop.run_in_executor(None, map_scores, delivered, result.predictions, groups, options)
+        curves = await _within(deadline, asyncio.gather(*(f for _, f in pairs)), "the quality curves were done")
+        scores = await _within(deadline, on_maps, "the quality scores were done") + curve_scores(curves, groups)
+        for score in scores:
+            self.metrics.quality.labels(job.model, score.label, score.metric).observe(score.value)
+        return scores
+
+    def _evaluate_in_background(
+        self, worker: ModelWorker, job: ExplainJob, result: FastResult, delivered: list[Attribution]
+    ) -> None:
+        """Score a sampled request's maps for the metrics only; the response is already done."""
+
+        async def score() -> None:
+            submitted: list[DeepTask] = []
+            try:
+                deadline = time.monotonic() + self.config.default_deadline_s
+                await self._evaluate(worker, job, result, delivered, EvaluateOptions(), deadline, submitted)
+            except (SaliencyError, TaskCancelled) as exc:  # e.g. a full queue: skip this sample
+                log.info("sampled quality scoring of %s skipped: %s", job.request_id, exc)
+            finally:
+                worker.cancel(submitted)
+
+        task = asyncio.get_running_loop().create_task(score())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ---- sanity check ----------------------------------------------------------------------
+
+    async def sanity_check(self, job: SanityJob, timeout: float) -> SanityOutcome:
+        """Model randomisation on a copy of the served model, on a thread of its own; one at
+        a time per service (RESOURCE_EXHAUSTED while another runs)."""
+        worker = self.worker(job.model)
+        if not self._sanity_running.acquire(blocking=False):
+            raise ResourceExhausted("a sanity check is already running on this service; retry later", "model")
+        stop = threading.Event()
+        deadline = time.monotonic() + timeout
+
+        def run() -> SanityOutcome:
+            try:
+                before = weights_hash(worker.model.module)
+                result = model_randomisation(
+                    worker.model,
+                    [job.x],
+                    job.methods,
+                    job.layers,
+                    job.modes,
+                    None if job.target is None else [job.target],
+                    job.seed,
+                    worker.executor.chunk_sizes,
+                    should_stop=lambda: stop.is_set() or time.monotonic() > deadline,
+                )
+                after = weights_hash(worker.model.module)
+                if after != before:  # a bug, never a user error: say so loudly
+                    raise RuntimeError("the served model's weights changed during a sanity check")
+                return SanityOutcome(result, after)
+            finally:
+                self._sanity_running.release()
+
+        future = asyncio.get_running_loop().run_in_executor(self._sanity_pool, run)
+        # Whoever stopped waiting (deadline, cancelled call), the thread's outcome is consumed.
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        try:
+            return await _within(deadline, asyncio.shield(future), "the sanity check was done")
+        finally:
+            stop.set()  # a deadline or a cancelled call stops the thread at its next state
+
+    # ---- helpers ---------------------------------------------------------------------------
 
     def _method_span(self, task, request_started: float) -> None:
         """A child span per deep method, covering its queue wait and compute."""
@@ -106,16 +406,19 @@ class Runtime:
         span.end(end_time=end)
 
     def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
         for worker in self.workers.values():
             worker.close()
+        self._sanity_pool.shutdown(wait=False, cancel_futures=True)
 
 
-async def _within(deadline: float, awaitable):
+async def _within(deadline: float, awaitable, what: str = "the prediction was ready"):
     left = deadline - time.monotonic()
     try:
         return await asyncio.wait_for(awaitable, timeout=max(left, 0))
     except asyncio.TimeoutError:
-        raise DeadlineExceeded("the deadline passed before the prediction was ready") from None
+        raise DeadlineExceeded(f"the deadline passed before {what}") from None
 
 
 async def _wait_first(deadline: float, futures: set):

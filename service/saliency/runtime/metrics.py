@@ -6,6 +6,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+# Quality scores: correlations in [-1, 1], AUCs / IoUs / hits in [0, 1], completeness error >= 0.
+QUALITY_BUCKETS = (-0.5, 0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1, 2, 5)
 
 
 class Metrics:
@@ -48,6 +50,14 @@ class Metrics:
             "saliency_dropped_samples",
             "Deep samples never computed because their request was cancelled or timed out",
             ["model"],
+            registry=r,
+        )
+        self.quality = Histogram(
+            "saliency_explanation_quality",
+            "Quality scores of delivered maps (evaluate requests and sampled traffic); "
+            "metric names in docs/faithfulness.md",
+            ["model", "method", "metric"],
+            buckets=QUALITY_BUCKETS,
             registry=r,
         )
 

@@ -92,12 +92,17 @@ class ModelWorker:
         self, x: torch.Tensor, targets: tuple[int, ...], methods: Mapping[str, Any], request_id: str
     ) -> list[tuple[DeepTask, asyncio.Future]]:
         """Plan every (deep method, target) and queue it; futures resolve on the event loop."""
-        loop = asyncio.get_running_loop()
         tasks = [
             get_method(name).plan(self.model, x, target, params)
             for name, params in methods.items()
             for target in targets
         ]
+        return self.submit_tasks(tasks, request_id)
+
+    def submit_tasks(self, tasks: list[DeepTask], request_id: str) -> list[tuple[DeepTask, asyncio.Future]]:
+        """Queue planned tasks (deep maps, quality curves) under the queue limit; futures
+        resolve on the event loop."""
+        loop = asyncio.get_running_loop()
         needed = sum(t.n_samples for t in tasks)
         pending = self.executor.pending_samples
         if pending + needed > self.config.max_queue_samples:

@@ -81,6 +81,22 @@ class Normalization(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     NORMALIZATION_NONE: _ClassVar[Normalization]
     NORMALIZATION_MAX_ABS: _ClassVar[Normalization]
     NORMALIZATION_MIN_MAX: _ClassVar[Normalization]
+
+class QualityMetric(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    QUALITY_METRIC_UNSPECIFIED: _ClassVar[QualityMetric]
+    QUALITY_METRIC_DELETION: _ClassVar[QualityMetric]
+    QUALITY_METRIC_INSERTION: _ClassVar[QualityMetric]
+    QUALITY_METRIC_POINTING_GAME: _ClassVar[QualityMetric]
+    QUALITY_METRIC_AGREEMENT: _ClassVar[QualityMetric]
+    QUALITY_METRIC_CONTRAST: _ClassVar[QualityMetric]
+    QUALITY_METRIC_COMPLETENESS: _ClassVar[QualityMetric]
+
+class Randomization(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RANDOMIZATION_UNSPECIFIED: _ClassVar[Randomization]
+    RANDOMIZATION_CASCADING: _ClassVar[Randomization]
+    RANDOMIZATION_INDEPENDENT: _ClassVar[Randomization]
 METHOD_UNSPECIFIED: Method
 METHOD_VANILLA: Method
 METHOD_INPUT_X_GRADIENT: Method
@@ -129,6 +145,16 @@ NORMALIZATION_UNSPECIFIED: Normalization
 NORMALIZATION_NONE: Normalization
 NORMALIZATION_MAX_ABS: Normalization
 NORMALIZATION_MIN_MAX: Normalization
+QUALITY_METRIC_UNSPECIFIED: QualityMetric
+QUALITY_METRIC_DELETION: QualityMetric
+QUALITY_METRIC_INSERTION: QualityMetric
+QUALITY_METRIC_POINTING_GAME: QualityMetric
+QUALITY_METRIC_AGREEMENT: QualityMetric
+QUALITY_METRIC_CONTRAST: QualityMetric
+QUALITY_METRIC_COMPLETENESS: QualityMetric
+RANDOMIZATION_UNSPECIFIED: Randomization
+RANDOMIZATION_CASCADING: Randomization
+RANDOMIZATION_INDEPENDENT: Randomization
 
 class Tensor(_message.Message):
     __slots__ = ("shape", "dtype", "data")
@@ -275,7 +301,7 @@ class OutputOptions(_message.Message):
     def __init__(self, map_dtype: _Optional[_Union[DType, str]] = ..., normalization: _Optional[_Union[Normalization, str]] = ..., include_overlay: _Optional[bool] = ..., top_predictions: _Optional[int] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("model", "image", "tensor", "targets", "methods", "output", "request_id")
+    __slots__ = ("model", "image", "tensor", "targets", "methods", "output", "request_id", "evaluate", "latency_budget_ms", "completeness_target", "explain_if")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     TENSOR_FIELD_NUMBER: _ClassVar[int]
@@ -283,6 +309,10 @@ class ExplainRequest(_message.Message):
     METHODS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    EVALUATE_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_BUDGET_MS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETENESS_TARGET_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_IF_FIELD_NUMBER: _ClassVar[int]
     model: str
     image: bytes
     tensor: Tensor
@@ -290,7 +320,53 @@ class ExplainRequest(_message.Message):
     methods: _containers.RepeatedCompositeFieldContainer[MethodRequest]
     output: OutputOptions
     request_id: str
-    def __init__(self, model: _Optional[str] = ..., image: _Optional[bytes] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Targets, _Mapping]] = ..., methods: _Optional[_Iterable[_Union[MethodRequest, _Mapping]]] = ..., output: _Optional[_Union[OutputOptions, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    evaluate: EvaluateOptions
+    latency_budget_ms: float
+    completeness_target: float
+    explain_if: ExplainCondition
+    def __init__(self, model: _Optional[str] = ..., image: _Optional[bytes] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Union[Targets, _Mapping]] = ..., methods: _Optional[_Iterable[_Union[MethodRequest, _Mapping]]] = ..., output: _Optional[_Union[OutputOptions, _Mapping]] = ..., request_id: _Optional[str] = ..., evaluate: _Optional[_Union[EvaluateOptions, _Mapping]] = ..., latency_budget_ms: _Optional[float] = ..., completeness_target: _Optional[float] = ..., explain_if: _Optional[_Union[ExplainCondition, _Mapping]] = ...) -> None: ...
+
+class Box(_message.Message):
+    __slots__ = ("x_min", "y_min", "x_max", "y_max")
+    X_MIN_FIELD_NUMBER: _ClassVar[int]
+    Y_MIN_FIELD_NUMBER: _ClassVar[int]
+    X_MAX_FIELD_NUMBER: _ClassVar[int]
+    Y_MAX_FIELD_NUMBER: _ClassVar[int]
+    x_min: float
+    y_min: float
+    x_max: float
+    y_max: float
+    def __init__(self, x_min: _Optional[float] = ..., y_min: _Optional[float] = ..., x_max: _Optional[float] = ..., y_max: _Optional[float] = ...) -> None: ...
+
+class GroundTruth(_message.Message):
+    __slots__ = ("box", "mask")
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    MASK_FIELD_NUMBER: _ClassVar[int]
+    box: Box
+    mask: Tensor
+    def __init__(self, box: _Optional[_Union[Box, _Mapping]] = ..., mask: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class EvaluateOptions(_message.Message):
+    __slots__ = ("metrics", "perturbation_steps", "top_fraction", "ground_truth", "pointing_tolerance")
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    PERTURBATION_STEPS_FIELD_NUMBER: _ClassVar[int]
+    TOP_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    GROUND_TRUTH_FIELD_NUMBER: _ClassVar[int]
+    POINTING_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    metrics: _containers.RepeatedScalarFieldContainer[QualityMetric]
+    perturbation_steps: int
+    top_fraction: float
+    ground_truth: GroundTruth
+    pointing_tolerance: int
+    def __init__(self, metrics: _Optional[_Iterable[_Union[QualityMetric, str]]] = ..., perturbation_steps: _Optional[int] = ..., top_fraction: _Optional[float] = ..., ground_truth: _Optional[_Union[GroundTruth, _Mapping]] = ..., pointing_tolerance: _Optional[int] = ...) -> None: ...
+
+class ExplainCondition(_message.Message):
+    __slots__ = ("margin_below", "probability_below")
+    MARGIN_BELOW_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_BELOW_FIELD_NUMBER: _ClassVar[int]
+    margin_below: float
+    probability_below: float
+    def __init__(self, margin_below: _Optional[float] = ..., probability_below: _Optional[float] = ...) -> None: ...
 
 class Prediction(_message.Message):
     __slots__ = ("class_index", "label", "logit", "probability")
@@ -330,26 +406,138 @@ class Attribution(_message.Message):
     def __init__(self, method: _Optional[_Union[Method, str]] = ..., target: _Optional[int] = ..., map: _Optional[_Union[Tensor, _Mapping]] = ..., overlay_png: _Optional[bytes] = ..., stats: _Optional[_Mapping[str, float]] = ..., queue_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("model", "request_id", "predictions", "targets", "attributions")
+    __slots__ = ("model", "request_id", "predictions", "targets", "attributions", "quality", "policy")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTIONS_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
     model: str
     request_id: str
     predictions: _containers.RepeatedCompositeFieldContainer[Prediction]
     targets: _containers.RepeatedScalarFieldContainer[int]
     attributions: _containers.RepeatedCompositeFieldContainer[Attribution]
-    def __init__(self, model: _Optional[str] = ..., request_id: _Optional[str] = ..., predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., targets: _Optional[_Iterable[int]] = ..., attributions: _Optional[_Iterable[_Union[Attribution, _Mapping]]] = ...) -> None: ...
+    quality: _containers.RepeatedCompositeFieldContainer[QualityScore]
+    policy: PolicyDecision
+    def __init__(self, model: _Optional[str] = ..., request_id: _Optional[str] = ..., predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., targets: _Optional[_Iterable[int]] = ..., attributions: _Optional[_Iterable[_Union[Attribution, _Mapping]]] = ..., quality: _Optional[_Iterable[_Union[QualityScore, _Mapping]]] = ..., policy: _Optional[_Union[PolicyDecision, _Mapping]] = ...) -> None: ...
+
+class QualityScore(_message.Message):
+    __slots__ = ("metric", "method", "target", "value", "other_method", "other_target")
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    OTHER_METHOD_FIELD_NUMBER: _ClassVar[int]
+    OTHER_TARGET_FIELD_NUMBER: _ClassVar[int]
+    metric: str
+    method: Method
+    target: int
+    value: float
+    other_method: Method
+    other_target: int
+    def __init__(self, metric: _Optional[str] = ..., method: _Optional[_Union[Method, str]] = ..., target: _Optional[int] = ..., value: _Optional[float] = ..., other_method: _Optional[_Union[Method, str]] = ..., other_target: _Optional[int] = ...) -> None: ...
+
+class QualityReport(_message.Message):
+    __slots__ = ("scores",)
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    scores: _containers.RepeatedCompositeFieldContainer[QualityScore]
+    def __init__(self, scores: _Optional[_Iterable[_Union[QualityScore, _Mapping]]] = ...) -> None: ...
+
+class MethodChoice(_message.Message):
+    __slots__ = ("requested", "chosen", "reason", "n_steps", "completeness_error", "target")
+    REQUESTED_FIELD_NUMBER: _ClassVar[int]
+    CHOSEN_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    N_STEPS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETENESS_ERROR_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    requested: Method
+    chosen: Method
+    reason: str
+    n_steps: int
+    completeness_error: float
+    target: int
+    def __init__(self, requested: _Optional[_Union[Method, str]] = ..., chosen: _Optional[_Union[Method, str]] = ..., reason: _Optional[str] = ..., n_steps: _Optional[int] = ..., completeness_error: _Optional[float] = ..., target: _Optional[int] = ...) -> None: ...
+
+class PolicyDecision(_message.Message):
+    __slots__ = ("deep_maps", "reason", "choices", "budget_ms", "sample_ms")
+    DEEP_MAPS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    CHOICES_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_MS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_MS_FIELD_NUMBER: _ClassVar[int]
+    deep_maps: bool
+    reason: str
+    choices: _containers.RepeatedCompositeFieldContainer[MethodChoice]
+    budget_ms: float
+    sample_ms: float
+    def __init__(self, deep_maps: _Optional[bool] = ..., reason: _Optional[str] = ..., choices: _Optional[_Iterable[_Union[MethodChoice, _Mapping]]] = ..., budget_ms: _Optional[float] = ..., sample_ms: _Optional[float] = ...) -> None: ...
 
 class ExplainEvent(_message.Message):
-    __slots__ = ("prediction", "attribution")
+    __slots__ = ("prediction", "attribution", "policy", "quality")
     PREDICTION_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FIELD_NUMBER: _ClassVar[int]
     prediction: ExplainResponse
     attribution: Attribution
-    def __init__(self, prediction: _Optional[_Union[ExplainResponse, _Mapping]] = ..., attribution: _Optional[_Union[Attribution, _Mapping]] = ...) -> None: ...
+    policy: PolicyDecision
+    quality: QualityReport
+    def __init__(self, prediction: _Optional[_Union[ExplainResponse, _Mapping]] = ..., attribution: _Optional[_Union[Attribution, _Mapping]] = ..., policy: _Optional[_Union[PolicyDecision, _Mapping]] = ..., quality: _Optional[_Union[QualityReport, _Mapping]] = ...) -> None: ...
+
+class SanityCheckRequest(_message.Message):
+    __slots__ = ("model", "image", "tensor", "methods", "layers", "randomizations", "target", "seed")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_FIELD_NUMBER: _ClassVar[int]
+    METHODS_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    RANDOMIZATIONS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    image: bytes
+    tensor: Tensor
+    methods: _containers.RepeatedCompositeFieldContainer[MethodRequest]
+    layers: _containers.RepeatedScalarFieldContainer[str]
+    randomizations: _containers.RepeatedScalarFieldContainer[Randomization]
+    target: int
+    seed: int
+    def __init__(self, model: _Optional[str] = ..., image: _Optional[bytes] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., methods: _Optional[_Iterable[_Union[MethodRequest, _Mapping]]] = ..., layers: _Optional[_Iterable[str]] = ..., randomizations: _Optional[_Iterable[_Union[Randomization, str]]] = ..., target: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class LayerSimilarity(_message.Message):
+    __slots__ = ("randomization", "layer", "method", "spearman_abs", "spearman_signed", "ssim", "hog")
+    RANDOMIZATION_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    SPEARMAN_ABS_FIELD_NUMBER: _ClassVar[int]
+    SPEARMAN_SIGNED_FIELD_NUMBER: _ClassVar[int]
+    SSIM_FIELD_NUMBER: _ClassVar[int]
+    HOG_FIELD_NUMBER: _ClassVar[int]
+    randomization: Randomization
+    layer: str
+    method: Method
+    spearman_abs: float
+    spearman_signed: float
+    ssim: float
+    hog: float
+    def __init__(self, randomization: _Optional[_Union[Randomization, str]] = ..., layer: _Optional[str] = ..., method: _Optional[_Union[Method, str]] = ..., spearman_abs: _Optional[float] = ..., spearman_signed: _Optional[float] = ..., ssim: _Optional[float] = ..., hog: _Optional[float] = ...) -> None: ...
+
+class SanityCheckResponse(_message.Message):
+    __slots__ = ("model", "target", "layers", "similarities", "weights_sha256")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITIES_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_SHA256_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    target: int
+    layers: _containers.RepeatedScalarFieldContainer[str]
+    similarities: _containers.RepeatedCompositeFieldContainer[LayerSimilarity]
+    weights_sha256: str
+    def __init__(self, model: _Optional[str] = ..., target: _Optional[int] = ..., layers: _Optional[_Iterable[str]] = ..., similarities: _Optional[_Iterable[_Union[LayerSimilarity, _Mapping]]] = ..., weights_sha256: _Optional[str] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

@@ -49,6 +49,11 @@ class ExplainerStub:
                 request_serializer=saliency_dot_v1_dot_explainer__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=saliency_dot_v1_dot_explainer__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.SanityCheck = channel.unary_unary(
+                '/saliency.v1.Explainer/SanityCheck',
+                request_serializer=saliency_dot_v1_dot_explainer__pb2.SanityCheckRequest.SerializeToString,
+                response_deserializer=saliency_dot_v1_dot_explainer__pb2.SanityCheckResponse.FromString,
+                _registered_method=True)
 
 
 class ExplainerServicer:
@@ -75,6 +80,14 @@ class ExplainerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SanityCheck(self, request, context):
+        """Model-randomisation sanity checks (Adebayo et al. 2018) on a copy of a served model: how
+        alike each method's maps stay as layers are randomised. The served model is never changed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExplainerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +105,11 @@ def add_ExplainerServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=saliency_dot_v1_dot_explainer__pb2.ListModelsRequest.FromString,
                     response_serializer=saliency_dot_v1_dot_explainer__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'SanityCheck': grpc.unary_unary_rpc_method_handler(
+                    servicer.SanityCheck,
+                    request_deserializer=saliency_dot_v1_dot_explainer__pb2.SanityCheckRequest.FromString,
+                    response_serializer=saliency_dot_v1_dot_explainer__pb2.SanityCheckResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +193,33 @@ class Explainer:
             '/saliency.v1.Explainer/ListModels',
             saliency_dot_v1_dot_explainer__pb2.ListModelsRequest.SerializeToString,
             saliency_dot_v1_dot_explainer__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SanityCheck(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/saliency.v1.Explainer/SanityCheck',
+            saliency_dot_v1_dot_explainer__pb2.SanityCheckRequest.SerializeToString,
+            saliency_dot_v1_dot_explainer__pb2.SanityCheckResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,365 @@
+"""The torchserve backend: the service's requests answered by TorchServe's workers.
+
+Each model's archive is registered twice in TorchServe (model_store/, `make models`): `<m>` runs
+the fast pass and `<m>-deep` the deep methods, each with its own batch size, batch delay and
+workers (handlers/saliency_handler.py; the work is in torchserve_batch.py). For one request:
+
+1. `<m>` gets the input tensor (already validated and normalised by the servicer), the targets
+   and the fast methods, and answers predictions, resolved targets and fast maps: FastEvent.
+2. `<m>-deep` gets the deep methods for those resolved classes: one DeepEvent per map. When the
+   request names its classes, both calls go out at once.
+
+Calls go over TorchServe's gRPC inference API with its inference key (key_file.json), the
+request's deadline (as the gRPC timeout and, for the handler to drop expired rows between
+chunks, in the row's `deadline_unix_ms`), its trace context (`traceparent` metadata and row key)
+and its request id. Maps come back raw and the servicer applies the output options, so a
+response equals the embedded backend's. TorchServe down, a worker dying, or a refused key is
+UNAVAILABLE; `healthy()` (polled by api/server.py) turns the service's health NOT_SERVING while
+TorchServe cannot serve.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import json
+import logging
+import time
+import urllib.error
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import grpc
+import torch
+from google.protobuf import empty_pb2
+from google.protobuf.message import DecodeError
+from opentelemetry import trace
+from opentelemetry.propagate import inject
+
+from saliency.api import convert
+from saliency.attribution.fast import FastResult
+from saliency.attribution.registry import get_method
+from saliency.attribution.types import Attribution, Targets
+from saliency.backends.torchserve_batch import (
+    DEADLINE_KEY,
+    DEEP_SUFFIX,
+    OK,
+    TRACEPARENT_KEY,
+    error_for,
+)
+from saliency.backends.torchserve_process import KeyFile, TorchServeProcess, describe, workers_ready
+from saliency.errors import DeadlineExceeded, SaliencyError, Unavailable
+from saliency.models import get_spec
+from saliency.runtime.backend import DeepEvent, ExplainJob, FastEvent, check_model
+from saliency.runtime.config import ServiceConfig
+from saliency.runtime.metrics import Metrics
+from saliency.torchserve_api import inference_pb2 as ts_pb
+from saliency.torchserve_api import inference_pb2_grpc as ts_grpc
+from saliency.v1 import explainer_pb2 as pb
+from saliency.v1 import torchserve_pb2 as reply_pb
+
+log = logging.getLogger(__name__)
+
+BACKEND = "torchserve"
+HEALTH_TIMEOUT_S = 2.0
+_KEY_REFUSED = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+
+
+class TorchServeBackend:
+    """Forwards ExplainJobs to TorchServe: one it starts, or one at `torchserve_address`."""
+
+    name = BACKEND
+    features: frozenset[str] = frozenset()  # no evaluate / policy / sanity_check (embedded only)
+
+    def __init__(self, config: ServiceConfig, metrics: Metrics, tracer: trace.Tracer):
+        self.config = config
+        self.metrics = metrics
+        self.tracer = tracer
+        self.models = {name: get_spec(name) for name in config.models}
+        self.process: TorchServeProcess | None = None
+        if config.torchserve_address:
+            # Attach: TorchServe may still be starting (a sidecar); health says when it serves.
+            if not config.torchserve_key_file:
+                raise ValueError("config torchserve_key_file: set it with torchserve_address (TorchServe's key_file.json)")
+            self.address = config.torchserve_address
+            self.keys = KeyFile(Path(config.torchserve_key_file), config.torchserve_management_address)
+        else:
+            self.process = TorchServeProcess.start(
+                config.torchserve_model_store,
+                config.torchserve_config,
+                config.models,
+                config.torchserve_startup_timeout_s,
+            )
+            atexit.register(self.process.stop)  # never leave a TorchServe behind
+            self.address = self.process.grpc_address
+            self.keys = KeyFile(self.process.key_file, self.process.management_address)
+        self._warned_management = False
+        self._failures = 0  # calls that failed for TorchServe's sake (not the request's)
+        self._failures_seen = 0  # ... as of the last health probe
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: ts_grpc.InferenceAPIsServiceStub | None = None
+        log.info("torchserve backend: %s for %s", self.address, ", ".join(self.models))
+
+    # ---- the Backend interface ---------------------------------------------------------------
+
+    async def explain(self, job: ExplainJob, timeout: float) -> AsyncIterator[FastEvent | DeepEvent]:
+        """Yield the FastEvent from `<m>`, then one DeepEvent per map from `<m>-deep`."""
+        check_model(self, job.model)
+        started = time.perf_counter()
+        deadline = time.monotonic() + timeout
+        fast = {n: p for n, p in job.methods.items() if get_method(n).kind == "fast"}
+        deep = {n: p for n, p in job.methods.items() if get_method(n).kind == "deep"}
+        labels = {"model": job.model, "backend": BACKEND}
+        self.metrics.inflight.labels(job.model).inc()
+        deep_call: asyncio.Task | None = None
+        try:
+            if deep and job.targets.classes:  # the classes are known: no need to wait for the fast pass
+                deep_call = asyncio.ensure_future(self._deep(job, deep, job.targets.classes, deadline))
+            with self.tracer.start_as_current_span("fast_pass", attributes={"methods": list(fast)}):
+                reply = await self._predict(job.model, self._request(job, fast, job.targets), deadline, "the fast pass")
+            result = _fast_result(reply)
+            fast_seconds = time.perf_counter() - started
+            for a in result.attributions:
+                self.metrics.method_latency.labels(method=a.method, **labels).observe(fast_seconds)
+            yield FastEvent(result, fast_seconds)
+            if not deep:
+                return
+            if deep_call is None:
+                deep_call = asyncio.ensure_future(self._deep(job, deep, result.targets, deadline))
+            events = await deep_call
+            for event in events:
+                a = event.attribution
+                self.metrics.method_latency.labels(method=a.method, **labels).observe(time.perf_counter() - started)
+                self.metrics.queue_wait.labels(job.model, "deep").observe(event.queue_seconds)
+                self._method_span(event, started)
+                yield event
+        except DeadlineExceeded:
+            self.metrics.rejected.labels(job.model, "deadline").inc()
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            self.metrics.rejected.labels(job.model, "cancelled").inc()
+            raise
+        finally:
+            if deep_call is not None:
+                if not deep_call.done():
+                    deep_call.cancel()
+                elif not deep_call.cancelled():
+                    deep_call.exception()  # retrieved: its error (if any) was superseded
+            self.metrics.inflight.labels(job.model).dec()
+
+    async def healthy(self) -> bool:
+        """Whether TorchServe answers Ping with "Healthy" and every registration's workers have
+        their model loaded (a worker being restarted is not); also renews the inference key
+        when it is about to expire.
+
+        A call that failed for TorchServe's sake since the last probe makes this probe False
+        whatever TorchServe says now: a worker that died and came back between two probes is
+        still reported (for one poll).
+        """
+        failed, self._failures_seen = self._failures != self._failures_seen, self._failures
+        if failed or (self.process is not None and not self.process.alive()):
+            return False
+        try:
+            key = self.keys.inference_key()
+        except (OSError, ValueError, KeyError):
+            return False
+        try:
+            reply = await self._stub_now().Ping(
+                empty_pb2.Empty(), metadata=[("authorization", f"Bearer {key}")], timeout=HEALTH_TIMEOUT_S
+            )
+            status = json.loads(reply.health).get("status")
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in _KEY_REFUSED:
+                self.keys.reload()
+            return False
+        except ValueError:
+            return False
+        if self.keys.renewal_due():
+            await asyncio.to_thread(self.keys.renew_if_due)
+        return status == "Healthy" and await asyncio.to_thread(self._workers_ready)
+
+    def _workers_ready(self) -> bool:
+        """Every `<m>` and `<m>-deep` has its workers READY, per the management API. Blocking.
+
+        When the management API cannot be reached (attach mode, another address) this check is
+        skipped with a warning, and Ping alone decides.
+        """
+        try:
+            key = self.keys.management_key()
+            for model in self.models:
+                for name in (model, model + DEEP_SUFFIX):
+                    if not workers_ready(describe(self.keys.management_address, key, name, timeout=HEALTH_TIMEOUT_S)):
+                        return False
+        except urllib.error.HTTPError as exc:  # e.g. 404: a registration is missing
+            log.warning("TorchServe's management API: %s", exc)
+            return False
+        except (OSError, ValueError, KeyError) as exc:
+            if not self._warned_management:
+                log.warning("cannot check TorchServe's workers at %s (%s); health relies on Ping",
+                            self.keys.management_address, exc)
+                self._warned_management = True
+        return True
+
+    def close(self) -> None:
+        if self._channel is not None:
+            channel, self._channel = self._channel, None
+            try:
+                asyncio.get_running_loop().create_task(channel.close())
+            except RuntimeError:
+                pass  # no loop any more: the channel goes with the process
+        if self.process is not None:
+            self.process.stop()
+            atexit.unregister(self.process.stop)
+
+    # ---- calls ---------------------------------------------------------------------------------
+
+    def _stub_now(self) -> ts_grpc.InferenceAPIsServiceStub:
+        """The stub, on a channel made on the running event loop at first use."""
+        if self._stub is None or self._channel is None:
+            size = self.config.max_message_bytes
+            self._channel = grpc.aio.insecure_channel(
+                self.address,
+                options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)],
+            )
+            self._stub = ts_grpc.InferenceAPIsServiceStub(self._channel)
+        return self._stub
+
+    async def _deep(
+        self, job: ExplainJob, methods: Mapping[str, Any], classes: tuple[int, ...], deadline: float
+    ) -> list[DeepEvent]:
+        """The deep maps for `classes`, from `<m>-deep`; queue time includes TorchServe's."""
+        sent = time.perf_counter()
+        request = self._request(job, methods, Targets(classes=tuple(classes)))
+        reply = await self._predict(job.model + DEEP_SUFFIX, request, deadline, "the deep methods")
+        # Before the handler started on its batch: TorchServe's queue, batch delay, transport.
+        outside = max(time.perf_counter() - sent - reply.handler_ms / 1000, 0.0)
+        return [
+            DeepEvent(_attribution(m), outside + m.queue_ms / 1000, m.compute_ms / 1000)
+            for m in reply.response.attributions
+        ]
+
+    def _request(self, job: ExplainJob, methods: Mapping[str, Any], targets: Targets) -> pb.ExplainRequest:
+        """What one registration gets: the validated input as a tensor, raw float32 maps out."""
+        return pb.ExplainRequest(
+            model=job.model,
+            tensor=convert.tensor_to_proto(job.x),
+            targets=convert.targets_to_proto(targets),
+            methods=convert.method_requests_to_proto(methods),
+            output=pb.OutputOptions(
+                map_dtype=pb.DTYPE_FLOAT32, normalization=pb.NORMALIZATION_NONE, top_predictions=job.n_predictions
+            ),
+            request_id=job.request_id,
+        )
+
+    async def _predict(
+        self, registration: str, request: pb.ExplainRequest, deadline: float, what: str
+    ) -> reply_pb.HandlerReply:
+        """One Predictions call with key, deadline and trace context; the row's reply, or its
+        status as a SaliencyError. A refused key is re-read (TorchServe rotated it) once."""
+        for attempt in (1, 2):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DeadlineExceeded(f"the deadline passed before {what} could be sent to TorchServe")
+            attributes = {"rpc.system": "grpc", "torchserve.model": registration, "saliency.request_id": request.request_id}
+            with self.tracer.start_as_current_span(
+                f"torchserve {registration}", kind=trace.SpanKind.CLIENT, attributes=attributes
+            ) as span:
+                carrier: dict[str, str] = {}
+                inject(carrier)  # this span's context: TorchServe's handler logs it per row
+                try:
+                    key = self.keys.inference_key()
+                except (OSError, ValueError, KeyError) as exc:
+                    raise Unavailable(f"TorchServe's key file {self.keys.path} cannot be read ({exc})") from None
+                inputs = {
+                    "body": request.SerializeToString(),
+                    DEADLINE_KEY: str(int((time.time() + remaining) * 1000)).encode(),
+                    TRACEPARENT_KEY: carrier.get("traceparent", "").encode(),
+                }
+                metadata = [("authorization", f"Bearer {key}"), ("x-request-id", request.request_id)]
+                metadata += [(k.lower(), v) for k, v in carrier.items()]
+                try:
+                    response = await self._stub_now().Predictions(
+                        ts_pb.PredictionsRequest(model_name=registration, input=inputs),
+                        timeout=remaining,
+                        metadata=metadata,
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() in _KEY_REFUSED and attempt == 1 and await self._refresh_key():
+                        continue
+                    error = self._error(exc, request.model, registration, what)
+                    span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
+                    raise error from None
+                try:
+                    reply = reply_pb.HandlerReply.FromString(response.prediction)
+                except DecodeError:
+                    raise Unavailable(f"TorchServe's {registration} answered something that is not a HandlerReply") from None
+                span.set_attribute("torchserve.batch_rows", reply.batch_rows)
+                span.set_attribute("torchserve.handler_ms", reply.handler_ms)
+                if reply.code != OK:
+                    span.set_status(trace.Status(trace.StatusCode.ERROR, reply.message))
+                    raise error_for(reply.code, reply.message)
+                return reply
+        raise AssertionError("unreachable")
+
+    async def _refresh_key(self) -> bool:
+        """After a refused key: re-read the key file, else renew the key; True if it changed."""
+        if self.keys.reload():
+            return True
+        return await asyncio.to_thread(self.keys.renew_if_due)
+
+    def _error(self, exc: grpc.aio.AioRpcError, model: str, registration: str, what: str) -> SaliencyError:
+        code = exc.code()
+        details = (exc.details() or "").splitlines()[0] if exc.details() else code.name
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return DeadlineExceeded(f"the deadline passed while TorchServe computed {what}")
+        self.metrics.rejected.labels(model, "backend_unavailable").inc()
+        self._failures += 1
+        if code == grpc.StatusCode.UNAVAILABLE:
+            message = f"TorchServe at {self.address} cannot be reached ({details}); retry later"
+        elif code in _KEY_REFUSED:
+            message = f"TorchServe refused the inference key from {self.keys.path} ({details})"
+        else:  # e.g. "Worker died." (the worker is being restarted), "Model not found"
+            message = f"TorchServe could not run {registration} ({code.name}: {details}); retry later"
+        log.warning("%s", message)
+        return Unavailable(message)
+
+    def _method_span(self, event: DeepEvent, request_started: float) -> None:
+        """A child span per deep map, covering its queue wait and compute."""
+        end = time.time_ns()
+        span = self.tracer.start_span(
+            f"method {event.attribution.method}",
+            start_time=end - int((time.perf_counter() - request_started) * 1e9),
+            attributes={
+                "saliency.method": event.attribution.method,
+                "saliency.target": event.attribution.target,
+                "saliency.queue_ms": event.queue_seconds * 1000,
+                "saliency.compute_ms": event.compute_seconds * 1000,
+            },
+        )
+        span.end(end_time=end)
+
+
+def _fast_result(reply: reply_pb.HandlerReply) -> FastResult:
+    response = reply.response
+    logits = (
+        convert.tensor_from_proto(reply.logits, "logits", convert.MAX_MAP_ELEMENTS)
+        if reply.HasField("logits")
+        else torch.empty(0)
+    )
+    return FastResult(
+        logits,
+        convert.predictions_from_proto(response.predictions),
+        tuple(response.targets),
+        [_attribution(m) for m in response.attributions],
+    )
+
+
+def _attribution(message: pb.Attribution) -> Attribution:
+    """A map as the handler computed it (its stats as they were: no timing folded in)."""
+    return Attribution(
+        method=convert.METHOD_NAMES[message.method],
+        target=message.target,
+        map=convert.tensor_from_proto(message.map, "attribution.map", convert.MAX_MAP_ELEMENTS),
+        stats=dict(message.stats),
+    )
