@@ -258,6 +258,12 @@ def test_torchserve_backend_is_a_loopback_sidecar(rendered, tmp_path):
     assert settings["disable_token_authorization"] == "false"
     models = json.loads(settings["models"])
     assert models["tinycnn-deep"]["1.0"]["batchSize"] == 32 and models["tinycnn"]["1.0"]["batchSize"] == 4
+    # Loaded at start only, sized like the service's messages, with the handler's metrics.
+    loaded = set(settings["load_models"].split(","))
+    assert {f"{name}={spec['1.0']['marName']}" for name, spec in models.items()} == loaded
+    limit = str(service_config(docs, tmp_path).max_message_bytes)
+    assert settings["max_request_size"] == settings["max_response_size"] == limit
+    assert settings["metrics_config"].endswith("/model_store/metrics.yaml")
 
 
 def test_schema_covers_exactly_the_service_config():

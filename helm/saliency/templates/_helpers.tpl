@@ -108,7 +108,17 @@ enable_model_api=false
 allowed_urls=file://{{ include "saliency.modelStore" . }}/.*
 model_store={{ include "saliency.modelStore" . }}
 install_py_dep_per_model=false
+{{- $loads := list -}}
+{{- range .Values.config.models -}}
+{{- $loads = append $loads (printf "%s=%s.mar,%s-deep=%s.mar" . . . .) -}}
+{{- end }}
+load_models={{ join "," $loads }}
+# Request/response limits match the service's max_message_bytes.
+max_request_size={{ int (.Values.config.max_message_bytes | default 33554432) }}
+max_response_size={{ int (.Values.config.max_message_bytes | default 33554432) }}
 metrics_mode=prometheus
+# Declares the handler's per-method and batching metrics (model_store/metrics.yaml).
+metrics_config={{ include "saliency.modelStore" . }}/metrics.yaml
 vmargs=-Xmx{{ $ts.javaHeap }} -XX:+ExitOnOutOfMemoryError -Djava.io.tmpdir=/tmp
 models={{ toJson $models }}
 {{- end -}}
