@@ -238,6 +238,25 @@ def _denormalize(x: torch.Tensor, spec: ModelSpec) -> np.ndarray:
 # ---------------------------------------------------------------------------------- targets
 
 
+def request_inputs_from_proto(
+    request: pb.ExplainRequest,
+    spec: ModelSpec,
+    image_limits: ImageLimits,
+    limits: Limits,
+    max_methods: int,
+) -> tuple[torch.Tensor, np.ndarray, Targets, dict[str, Any]]:
+    """An ExplainRequest's input, targets and methods, each validated: (x, rgb, targets, methods).
+
+    The one decoder of a request's payload, for the servicer and the TorchServe handler alike.
+    """
+    x, rgb = input_from_request(request, spec, image_limits)
+    targets = targets_from_proto(
+        request.targets if request.HasField("targets") else None, spec.num_classes, limits.max_targets
+    )
+    methods = methods_from_proto(request.methods, limits, max_methods, tuple(x.shape))
+    return x, rgb, targets, methods
+
+
 def targets_from_proto(targets: pb.Targets | None, num_classes: int, max_targets: int) -> Targets:
     """`Targets` message (or None) -> validated domain Targets; unset means top_k = 1."""
     which = targets.WhichOneof("selection") if targets is not None else None

@@ -156,14 +156,8 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
         request_id = request.request_id or uuid.uuid4().hex
         if len(request_id) > 128 or not request_id.isprintable():
             raise InvalidArgument("must be at most 128 printable characters", "request_id")
-        x, rgb = convert.input_from_request(request, spec, self.image_limits)
-        targets = convert.targets_from_proto(
-            request.targets if request.HasField("targets") else None,
-            spec.num_classes,
-            self.config.limits.max_targets,
-        )
-        methods = convert.methods_from_proto(
-            request.methods, self.config.limits, self.config.max_methods, tuple(x.shape)
+        x, rgb, targets, methods = convert.request_inputs_from_proto(
+            request, spec, self.image_limits, self.config.limits, self.config.max_methods
         )
         options = convert.output_options_from_proto(request.output if request.HasField("output") else None)
         evaluate = None

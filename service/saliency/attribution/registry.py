@@ -56,6 +56,12 @@ def all_methods() -> dict[str, MethodInfo]:
     return dict(METHODS)
 
 
+def split_by_kind(methods: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """{name: params} -> (fast methods, deep methods), each in the given order."""
+    fast = {n: p for n, p in methods.items() if get_method(n).kind == "fast"}
+    return fast, {n: p for n, p in methods.items() if n not in fast}
+
+
 def make_params(name: str, limits: Limits = DEFAULT_LIMITS, **values: Any) -> Any:
     """Build and validate the parameter object of method `name` from keyword values."""
     info = get_method(name)

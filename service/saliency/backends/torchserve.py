@@ -39,7 +39,7 @@ from opentelemetry.propagate import inject
 
 from saliency.api import convert
 from saliency.attribution.fast import FastResult
-from saliency.attribution.registry import get_method
+from saliency.attribution.registry import split_by_kind
 from saliency.attribution.types import Attribution, Targets
 from saliency.backends.torchserve_batch import (
     DEADLINE_KEY,
@@ -108,8 +108,7 @@ class TorchServeBackend:
         check_model(self, job.model)
         started = time.perf_counter()
         deadline = time.monotonic() + timeout
-        fast = {n: p for n, p in job.methods.items() if get_method(n).kind == "fast"}
-        deep = {n: p for n, p in job.methods.items() if get_method(n).kind == "deep"}
+        fast, deep = split_by_kind(job.methods)
         labels = {"model": job.model, "backend": BACKEND}
         self.metrics.inflight.labels(job.model).inc()
         deep_call: asyncio.Task | None = None

@@ -300,14 +300,8 @@ class BatchRunner:
         if row.deadline is not None and row.deadline <= now:
             raise DeadlineExceeded("the deadline passed before the batch started")
         request_id = request.request_id
-        x, _rgb = convert.input_from_request(request, spec, self.image_limits)
-        targets = convert.targets_from_proto(
-            request.targets if request.HasField("targets") else None,
-            spec.num_classes,
-            self.settings.limits.max_targets,
-        )
-        methods = convert.methods_from_proto(
-            request.methods, self.settings.limits, self.settings.max_methods, tuple(x.shape)
+        x, _rgb, targets, methods = convert.request_inputs_from_proto(
+            request, spec, self.image_limits, self.settings.limits, self.settings.max_methods
         )
         for i, name in enumerate(methods):
             kind = get_method(name).kind

@@ -28,7 +28,7 @@ from opentelemetry import trace
 
 from saliency.attribution.executor import DeepTask, TaskCancelled
 from saliency.attribution.fast import FastResult
-from saliency.attribution.registry import get_method, make_params
+from saliency.attribution.registry import get_method, make_params, split_by_kind
 from saliency.attribution.types import Attribution, Targets
 from saliency.errors import DeadlineExceeded, ResourceExhausted, SaliencyError
 from saliency.models import load_model
@@ -118,8 +118,7 @@ class Runtime:
         worker = self.worker(job.model)
         started = time.perf_counter()
         deadline = time.monotonic() + timeout
-        fast = {n: p for n, p in job.methods.items() if get_method(n).kind == "fast"}
-        deep = {n: p for n, p in job.methods.items() if get_method(n).kind == "deep"}
+        fast, deep = split_by_kind(job.methods)
         labels = {"model": job.model, "backend": BACKEND}
         self.metrics.inflight.labels(job.model).inc()
         submitted: list[DeepTask] = []  # every task queued for this request, dropped on exit
