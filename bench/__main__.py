@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import traceback
 
 import torch
 
@@ -48,16 +49,23 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     names = args.only or list(BENCHMARKS)
-    goals: list[tuple[str, Table]] = []
+    tables: list[tuple[str, Table]] = []
+    failed: list[str] = []
     for i, name in enumerate(names, 1):
         bench = BENCHMARKS[name]
         log(f"[{i}/{len(names)}] {name}: {bench.summary}")
         started, waited = time.perf_counter(), seconds_waited()
-        tables = bench.run(settings)
+        try:
+            result = bench.run(settings)
+        except Exception:  # one broken benchmark must not hide the others' numbers
+            traceback.print_exc()
+            log(f"[{i}/{len(names)}] {name} FAILED; going on with the rest")
+            failed.append(name)
+            continue
         seconds, waited = time.perf_counter() - started, seconds_waited() - waited
-        for table in tables:
+        for table in result:
             print("\n" + table.render() + "\n", flush=True)
-            goals += [(name, table)]
+        tables += [(name, table) for table in result]
         context = {
             "settings": vars(args),
             "machine": machine,
@@ -65,13 +73,15 @@ def main(argv: list[str] | None = None) -> int:
             "seconds_waiting_for_quiet": waited,
             "cpu_pressure_after": cpu_pressure(),
         }
-        path = write_results(name, tables, context)
+        path = write_results(name, result, context)
         log(
             f"[{i}/{len(names)}] {name} done in {seconds:.0f}s ({waited:.0f}s waiting for a quiet "
             f"CPU) -> {path}  {cpu_pressure()}"
         )
-    _print_goals(goals)
-    return 0
+    _print_goals(tables)
+    if failed:
+        print(f"failed: {', '.join(failed)}", flush=True)
+    return 1 if failed else 0
 
 
 def _print_goals(tables: list[tuple[str, Table]]) -> None:

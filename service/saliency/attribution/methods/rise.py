@@ -4,7 +4,7 @@ saliency = sum_i P(target | x * M_i) * M_i / (N * p). Masks are s x s Bernoulli(
 bilinearly upsampled to (s + 1) cells and randomly shifted by up to one cell, as in the paper.
 Masked-out pixels become 0 in the model's input space (the dataset mean colour after
 normalisation). The bank for (H, W, N, s, p, seed) is built once and cached (float16, with an
-LRU byte budget): building it costs about as much as several hundred forwards.
+LRU byte budget): building it costs ~125 ms for N=2000 at 224x224 here (about 18 forwards).
 """
 
 from __future__ import annotations
