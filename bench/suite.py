@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 
-from bench import batching, fast, ig, memory, more_methods, rise, smoothgrad, torchserve
+from bench import batching, fast, ig, isolation, memory, more_methods, rise, smoothgrad, torchserve
 from bench.report import Table
 from bench.settings import Settings
 
@@ -33,5 +33,6 @@ BENCHMARKS: dict[str, Benchmark] = {
         _entry("memory", memory),
         _entry("batching", batching),
         _entry("torchserve", torchserve),
+        _entry("isolation", isolation),
     )
 }
