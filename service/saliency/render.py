@@ -44,7 +44,7 @@ INFERNO_ANCHORS = np.array(
 )
 
 
-def _as_map(saliency_map: np.ndarray | torch.Tensor) -> np.ndarray:
+def as_map_array(saliency_map: np.ndarray | torch.Tensor) -> np.ndarray:
     """A [H, W] map (numpy or torch, any float dtype) -> float64 numpy with NaN/Inf set to 0."""
     if isinstance(saliency_map, torch.Tensor):
         saliency_map = saliency_map.detach().to("cpu", torch.float64).numpy()
@@ -77,7 +77,7 @@ def normalize_map(
         raise ValueError(f"mode {mode!r} is not one of {NORMALIZE_MODES}")
     if not 50.0 < percentile <= 100.0:
         raise ValueError(f"percentile {percentile} is outside (50, 100]")
-    m = _as_map(saliency_map)
+    m = as_map_array(saliency_map)
     if mode == "auto":
         mode = "abs" if signed else "positive"
     if mode == "abs":

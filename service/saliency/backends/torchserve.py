@@ -54,6 +54,7 @@ from saliency.models import get_spec
 from saliency.runtime.backend import DeepEvent, ExplainJob, FastEvent, check_model
 from saliency.runtime.config import ServiceConfig
 from saliency.runtime.metrics import Metrics
+from saliency.runtime.telemetry import method_span, request_in_flight
 from saliency.torchserve_api import inference_pb2 as ts_pb
 from saliency.torchserve_api import inference_pb2_grpc as ts_grpc
 from saliency.v1 import explainer_pb2 as pb
@@ -110,42 +111,35 @@ class TorchServeBackend:
         deadline = time.monotonic() + timeout
         fast, deep = split_by_kind(job.methods)
         labels = {"model": job.model, "backend": BACKEND}
-        self.metrics.inflight.labels(job.model).inc()
         deep_call: asyncio.Task | None = None
-        try:
-            if deep and job.targets.classes:  # the classes are known: no need to wait for the fast pass
-                deep_call = asyncio.ensure_future(self._deep(job, deep, job.targets.classes, deadline))
-            with self.tracer.start_as_current_span("fast_pass", attributes={"methods": list(fast)}):
-                reply = await self._predict(job.model, self._request(job, fast, job.targets), deadline, "the fast pass")
-            result = _fast_result(reply)
-            fast_seconds = time.perf_counter() - started
-            for a in result.attributions:
-                self.metrics.method_latency.labels(method=a.method, **labels).observe(fast_seconds)
-            yield FastEvent(result, fast_seconds)
-            if not deep:
-                return
-            if deep_call is None:
-                deep_call = asyncio.ensure_future(self._deep(job, deep, result.targets, deadline))
-            events = await deep_call
-            for event in events:
-                a = event.attribution
-                self.metrics.method_latency.labels(method=a.method, **labels).observe(time.perf_counter() - started)
-                self.metrics.queue_wait.labels(job.model, "deep").observe(event.queue_seconds)
-                self._method_span(event, started)
-                yield event
-        except DeadlineExceeded:
-            self.metrics.rejected.labels(job.model, "deadline").inc()
-            raise
-        except (asyncio.CancelledError, GeneratorExit):
-            self.metrics.rejected.labels(job.model, "cancelled").inc()
-            raise
-        finally:
-            if deep_call is not None:
-                if not deep_call.done():
-                    deep_call.cancel()
-                elif not deep_call.cancelled():
-                    deep_call.exception()  # retrieved: its error (if any) was superseded
-            self.metrics.inflight.labels(job.model).dec()
+        with request_in_flight(self.metrics, job.model):
+            try:
+                if deep and job.targets.classes:  # the classes are known: no need to wait for the fast pass
+                    deep_call = asyncio.ensure_future(self._deep(job, deep, job.targets.classes, deadline))
+                with self.tracer.start_as_current_span("fast_pass", attributes={"methods": list(fast)}):
+                    reply = await self._predict(job.model, self._request(job, fast, job.targets), deadline, "the fast pass")
+                result = _fast_result(reply)
+                fast_seconds = time.perf_counter() - started
+                for a in result.attributions:
+                    self.metrics.method_latency.labels(method=a.method, **labels).observe(fast_seconds)
+                yield FastEvent(result, fast_seconds)
+                if not deep:
+                    return
+                if deep_call is None:
+                    deep_call = asyncio.ensure_future(self._deep(job, deep, result.targets, deadline))
+                events = await deep_call
+                for event in events:
+                    a = event.attribution
+                    self.metrics.method_latency.labels(method=a.method, **labels).observe(time.perf_counter() - started)
+                    self.metrics.queue_wait.labels(job.model, "deep").observe(event.queue_seconds)
+                    method_span(self.tracer, a.method, a.target, started, event.queue_seconds, event.compute_seconds)
+                    yield event
+            finally:
+                if deep_call is not None:
+                    if not deep_call.done():
+                        deep_call.cancel()
+                    elif not deep_call.cancelled():
+                        deep_call.exception()  # retrieved: its error (if any) was superseded
 
     async def healthy(self) -> bool:
         """Whether TorchServe answers Ping with "Healthy" and every registration's workers have
@@ -322,22 +316,6 @@ class TorchServeBackend:
             message = f"TorchServe could not run {registration} ({code.name}: {details}); retry later"
         log.warning("%s", message)
         return Unavailable(message)
-
-    def _method_span(self, event: DeepEvent, request_started: float) -> None:
-        """A child span per deep map, covering its queue wait and compute."""
-        end = time.time_ns()
-        span = self.tracer.start_span(
-            f"method {event.attribution.method}",
-            start_time=end - int((time.perf_counter() - request_started) * 1e9),
-            attributes={
-                "saliency.method": event.attribution.method,
-                "saliency.target": event.attribution.target,
-                "saliency.queue_ms": event.queue_seconds * 1000,
-                "saliency.compute_ms": event.compute_seconds * 1000,
-            },
-        )
-        span.end(end_time=end)
-
 
 def _fast_result(reply: reply_pb.HandlerReply) -> FastResult:
     response = reply.response

@@ -14,17 +14,9 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
+from saliency.render import as_map_array
+
 ArrayLike = np.ndarray | torch.Tensor
-
-
-def as_array(saliency_map: ArrayLike) -> np.ndarray:
-    """A [H, W] map (numpy or torch) -> float64 numpy, NaN/Inf set to 0."""
-    if isinstance(saliency_map, torch.Tensor):
-        saliency_map = saliency_map.detach().to("cpu", torch.float64).numpy()
-    m = np.asarray(saliency_map, dtype=np.float64)
-    if m.ndim != 2:
-        raise ValueError(f"expected a [H, W] map, got shape {m.shape}")
-    return np.nan_to_num(m, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def _check_same_shape(a: np.ndarray, b: np.ndarray) -> None:
@@ -49,7 +41,7 @@ def spearman(a: ArrayLike, b: ArrayLike) -> float:
 
     Ties get average ranks (so it equals scipy.stats.spearmanr); 0 when a map is constant.
     """
-    x, y = as_array(a), as_array(b)
+    x, y = as_map_array(a), as_map_array(b)
     _check_same_shape(x, y)
     return pearson(rankdata(x.ravel()), rankdata(y.ravel()))
 
@@ -58,7 +50,7 @@ def top_pixels(saliency_map: ArrayLike, fraction: float) -> np.ndarray:
     """Boolean [H, W]: the ceil(fraction * H * W) highest pixels (ties broken by raster order)."""
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction {fraction} is outside (0, 1]")
-    m = as_array(saliency_map)
+    m = as_map_array(saliency_map)
     k = int(np.ceil(fraction * m.size))
     order = np.argsort(-m.ravel(), kind="stable")
     chosen = np.zeros(m.size, dtype=bool)
@@ -76,7 +68,7 @@ def top_k_iou(a: ArrayLike, b: ArrayLike, fraction: float = 0.1) -> float:
 
 def unit_range(saliency_map: ArrayLike) -> np.ndarray:
     """|map| scaled to [0, 1] by its maximum (zeros when the map is all zero)."""
-    m = np.abs(as_array(saliency_map))
+    m = np.abs(as_map_array(saliency_map))
     high = m.max() if m.size else 0.0
     return m / high if high > 0 else np.zeros_like(m)
 
@@ -130,7 +122,7 @@ class Similarity:
 
     @staticmethod
     def of(original: ArrayLike, changed: ArrayLike) -> Similarity:
-        x, y = as_array(original), as_array(changed)
+        x, y = as_map_array(original), as_map_array(changed)
         return Similarity(spearman(np.abs(x), np.abs(y)), spearman(x, y), ssim(x, y), hog_similarity(x, y))
 
     @staticmethod

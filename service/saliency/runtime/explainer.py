@@ -66,6 +66,7 @@ from saliency.runtime.backend import (
 )
 from saliency.runtime.config import ServiceConfig
 from saliency.runtime.metrics import Metrics
+from saliency.runtime.telemetry import method_span, request_in_flight
 from saliency.runtime.worker import ModelWorker
 
 BACKEND = "embedded"
@@ -120,54 +121,47 @@ class Runtime:
         deadline = time.monotonic() + timeout
         fast, deep = split_by_kind(job.methods)
         labels = {"model": job.model, "backend": BACKEND}
-        self.metrics.inflight.labels(job.model).inc()
         submitted: list[DeepTask] = []  # every task queued for this request, dropped on exit
-        try:
-            with self.tracer.start_as_current_span("fast_pass", attributes={"methods": list(fast)}):
-                result = await _within(deadline, worker.run_fast(job.x, job.targets, fast, job.n_predictions))
-            fast_seconds = time.perf_counter() - started
-            self.costs[job.model].observe_fast(fast_seconds)
-            for attribution in result.attributions:
-                self.metrics.method_latency.labels(method=attribution.method, **labels).observe(fast_seconds)
-            delivered = list(result.attributions)
-            yield FastEvent(result, fast_seconds)
+        with request_in_flight(self.metrics, job.model):
+            try:
+                with self.tracer.start_as_current_span("fast_pass", attributes={"methods": list(fast)}):
+                    result = await _within(deadline, worker.run_fast(job.x, job.targets, fast, job.n_predictions))
+                fast_seconds = time.perf_counter() - started
+                self.costs[job.model].observe_fast(fast_seconds)
+                for attribution in result.attributions:
+                    self.metrics.method_latency.labels(method=attribution.method, **labels).observe(fast_seconds)
+                delivered = list(result.attributions)
+                yield FastEvent(result, fast_seconds)
 
-            plan = self._plan(worker, job, result, deep, fast_seconds)
-            if plan.fast_extra:  # the policy's fallbacks: one more cheap pass
-                extra_started = time.perf_counter()
-                extra = await _within(
-                    deadline,
-                    worker.run_fast(job.x, Targets(classes=result.targets), plan.fast_extra, job.n_predictions),
-                )
-                for attribution in extra.attributions:
-                    self.metrics.method_latency.labels(method=attribution.method, **labels).observe(
-                        time.perf_counter() - started
+                plan = self._plan(worker, job, result, deep, fast_seconds)
+                if plan.fast_extra:  # the policy's fallbacks: one more cheap pass
+                    extra_started = time.perf_counter()
+                    extra = await _within(
+                        deadline,
+                        worker.run_fast(job.x, Targets(classes=result.targets), plan.fast_extra, job.n_predictions),
                     )
-                    delivered.append(attribution)
-                    yield DeepEvent(attribution, 0.0, time.perf_counter() - extra_started)
-            deep_maps = self._deep_maps(worker, job, result.targets, plan, started, deadline, submitted)
-            async with aclosing(deep_maps) as events:  # closed at once if the caller goes away
-                async for event in events:
-                    delivered.append(event.attribution)
-                    yield event
-            if plan.decision is not None:
-                yield PolicyEvent(plan.decision)
-            if job.evaluate is not None:
-                scores = await self._evaluate(worker, job, result, delivered, job.evaluate, deadline, submitted)
-                yield QualityEvent(scores)
-            elif self.config.quality_sample_rate > random.random():
-                self._evaluate_in_background(worker, job, result, delivered)
-        except DeadlineExceeded:
-            self.metrics.rejected.labels(job.model, "deadline").inc()
-            raise
-        except (asyncio.CancelledError, GeneratorExit):
-            self.metrics.rejected.labels(job.model, "cancelled").inc()
-            raise
-        except TaskCancelled as exc:
-            raise DeadlineExceeded(str(exc)) from None
-        finally:
-            worker.cancel(submitted)
-            self.metrics.inflight.labels(job.model).dec()
+                    for attribution in extra.attributions:
+                        self.metrics.method_latency.labels(method=attribution.method, **labels).observe(
+                            time.perf_counter() - started
+                        )
+                        delivered.append(attribution)
+                        yield DeepEvent(attribution, 0.0, time.perf_counter() - extra_started)
+                deep_maps = self._deep_maps(worker, job, result.targets, plan, started, deadline, submitted)
+                async with aclosing(deep_maps) as events:  # closed at once if the caller goes away
+                    async for event in events:
+                        delivered.append(event.attribution)
+                        yield event
+                if plan.decision is not None:
+                    yield PolicyEvent(plan.decision)
+                if job.evaluate is not None:
+                    scores = await self._evaluate(worker, job, result, delivered, job.evaluate, deadline, submitted)
+                    yield QualityEvent(scores)
+                elif self.config.quality_sample_rate > random.random():
+                    self._evaluate_in_background(worker, job, result, delivered)
+            except TaskCancelled as exc:
+                raise DeadlineExceeded(str(exc)) from None
+            finally:
+                worker.cancel(submitted)
 
     # ---- deep maps -----------------------------------------------------------------------------
 
@@ -249,7 +243,10 @@ class Runtime:
 
     def _task_done(self, model: str, task: DeepTask, request_started: float) -> None:
         self.costs[model].observe_samples(task.compute_seconds, task.n_samples)
-        self._method_span(task, request_started)
+        method_span(
+            self.tracer, task.method, task.target, request_started,
+            task.queue_seconds, task.compute_seconds, task.n_samples,
+        )
 
     # ---- policy ----------------------------------------------------------------------------
 
@@ -386,23 +383,6 @@ class Runtime:
             stop.set()  # a deadline or a cancelled call stops the thread at its next state
 
     # ---- helpers ---------------------------------------------------------------------------
-
-    def _method_span(self, task, request_started: float) -> None:
-        """A child span per deep method, covering its queue wait and compute."""
-        end = time.time_ns()
-        start = end - int((time.perf_counter() - request_started) * 1e9)
-        span = self.tracer.start_span(
-            f"method {task.method}",
-            start_time=start,
-            attributes={
-                "saliency.method": task.method,
-                "saliency.target": task.target,
-                "saliency.samples": task.n_samples,
-                "saliency.queue_ms": task.queue_seconds * 1000,
-                "saliency.compute_ms": task.compute_seconds * 1000,
-            },
-        )
-        span.end(end_time=end)
 
     def close(self) -> None:
         for task in list(self._background):
