@@ -108,3 +108,9 @@ def chunk_sizes_for(model: LoadedModel, use_disk_cache: bool = True) -> ChunkSiz
                     pass  # a read-only home only costs a re-measure next process
         _cache[key] = sizes
         return sizes
+
+
+def configured_chunk_sizes(model: LoadedModel, grad: int = 0, forward: int = 0) -> ChunkSizes:
+    """The configured sizes; a 0 means "measure it" (and only then is anything measured)."""
+    measured = chunk_sizes_for(model) if not (grad and forward) else None
+    return ChunkSizes(grad=grad or measured.grad, forward=forward or measured.forward)

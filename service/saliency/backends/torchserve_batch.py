@@ -31,11 +31,11 @@ import torch
 from google.protobuf.message import DecodeError
 
 from saliency.api import convert
-from saliency.attribution.executor import ChunkExecutor, ChunkReport, ChunkSizes, DeepTask
+from saliency.attribution.executor import ChunkExecutor, ChunkReport, DeepTask
 from saliency.attribution.fast import FastResult, fast_pass
 from saliency.attribution.limits import Limits
 from saliency.attribution.registry import get_method
-from saliency.attribution.tuning import chunk_sizes_for
+from saliency.attribution.tuning import configured_chunk_sizes
 from saliency.attribution.types import Attribution, Targets
 from saliency.errors import (
     DeadlineExceeded,
@@ -233,13 +233,7 @@ class BatchRunner:
         self.executor: ChunkExecutor | None = None
         self._chunks: list[ChunkReport] = []
         if mode == "deep":
-            measured = None
-            if not (settings.max_chunk and settings.max_chunk_forward):
-                measured = chunk_sizes_for(model)
-            sizes = ChunkSizes(
-                grad=settings.max_chunk or measured.grad,
-                forward=settings.max_chunk_forward or measured.forward,
-            )
+            sizes = configured_chunk_sizes(model, settings.max_chunk, settings.max_chunk_forward)
             self.executor = ChunkExecutor(model, sizes, on_chunk=self._chunks.append)
         # Stop a batch before TorchServe's responseTimeout would kill this worker.
         timeout = settings.response_timeout_s

@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from opentelemetry import trace
 
-from saliency.attribution.executor import ChunkExecutor, ChunkReport, ChunkSizes, DeepTask
+from saliency.attribution.executor import ChunkExecutor, ChunkReport, DeepTask
 from saliency.attribution.fast import FastResult, fast_pass
 from saliency.attribution.registry import get_method
-from saliency.attribution.tuning import chunk_sizes_for
+from saliency.attribution.tuning import configured_chunk_sizes
 from saliency.attribution.types import Targets
 from saliency.errors import ResourceExhausted
 from saliency.models import LoadedModel
@@ -40,13 +40,7 @@ class ModelWorker:
         self.name = model.spec.name
         self.config = config
         self.metrics = metrics
-        measured = None
-        if not (config.max_chunk and config.max_chunk_forward):
-            measured = chunk_sizes_for(model)
-        sizes = ChunkSizes(
-            grad=config.max_chunk or measured.grad,
-            forward=config.max_chunk_forward or measured.forward,
-        )
+        sizes = configured_chunk_sizes(model, config.max_chunk, config.max_chunk_forward)
         self.executor = ChunkExecutor(model, sizes, on_chunk=self._record_chunk)
         self._fast_pool = ThreadPoolExecutor(config.fast_workers, thread_name_prefix=f"fast-{self.name}")
         self._fast_waiting = 0
