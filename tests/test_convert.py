@@ -16,7 +16,7 @@ from saliency import render
 from saliency.api import convert
 from saliency.api.convert import OutputOptions
 from saliency.attribution.limits import Limits
-from saliency.attribution.registry import all_methods, get_method, make_params
+from saliency.attribution.registry import all_methods, get_method, make_params, methods_for
 from saliency.attribution.types import Attribution, Prediction, Targets
 from saliency.errors import InvalidArgument, ResourceExhausted
 from saliency.imaging import ImageLimits
@@ -477,9 +477,10 @@ def test_model_info_lists_every_method_with_parameters_and_limits():
     assert (info.name, info.height, info.width, info.channels) == ("tinycnn", 32, 32, 3)
     assert info.num_classes == 10 and info.max_targets == 10  # capped by the class count
     assert list(info.mean) == pytest.approx(spec.mean) and list(info.std) == pytest.approx(spec.std)
-    assert [m.method for m in info.methods] == sorted(convert.METHOD_NAMES)
+    assert info.pretrained is False and info.architecture == "cnn"
+    assert [m.method for m in info.methods] == sorted(v for v, n in convert.METHOD_NAMES.items() if n in methods_for(spec))
     methods = {m.name: m for m in info.methods}
-    assert set(methods) == set(API_METHODS) == set(all_methods())
+    assert set(methods) == set(methods_for(spec)) and set(API_METHODS) == set(all_methods())
     for name, m in methods.items():
         registered = get_method(name)
         assert (m.kind, m.summary) == (registered.kind, registered.summary)
@@ -498,6 +499,27 @@ def test_model_info_lists_every_method_with_parameters_and_limits():
     assert params["input_x_gradient", "reduction"].default_value == "sum"
     assert list(params["vanilla", "reduction"].choices) == ["max", "sum", "l2"]
     assert methods["gradcam"].parameters == []
+
+
+def test_model_info_leaves_out_methods_that_cannot_explain_the_model():
+    spec = dataclasses.replace(get_spec("tinycnn"), name="no_gap_head", classifier_layer="")
+    listed = {m.name for m in wire(convert.model_info_to_proto(spec, Limits())).methods}
+    assert "cam" not in listed and {"gradcam", "ig"} <= listed
+    assert "cam" in {m.name for m in wire(convert.model_info_to_proto(get_spec("tinycnn"), Limits())).methods}
+
+
+def test_a_method_that_cannot_explain_the_model_is_refused_naming_its_field():
+    spec = dataclasses.replace(get_spec("tinycnn"), name="no_gap_head", classifier_layer="")
+    request = pb.ExplainRequest(
+        model="no_gap_head",
+        tensor=convert.tensor_to_proto(torch.zeros(3, 32, 32)),
+        methods=[pb.MethodRequest(method=pb.METHOD_GRADCAM), pb.MethodRequest(method=pb.METHOD_CAM)],
+    )
+    with pytest.raises(InvalidArgument) as info:
+        convert.request_inputs_from_proto(wire(request), spec, ImageLimits(), Limits(), 8)
+    assert info.value.field == "methods[1].method"
+    assert "cam cannot explain model no_gap_head: it needs a global-average-pool + linear head" in str(info.value)
+    assert "gradcam" in str(info.value)  # says what it can use instead
 
 
 def test_every_advertised_bound_is_enforced():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -81,3 +83,11 @@ def test_engine_explains_fast_and_deep_together(tiny, tiny_images):
         ("ig", result.targets[0]),
         ("ig", result.targets[1]),
     ]
+
+
+def test_engine_refuses_a_method_that_cannot_explain_the_model(tiny, tiny_images):
+    spec = dataclasses.replace(tiny.spec, name="no_gap_head", classifier_layer="")
+    engine = Engine(dataclasses.replace(tiny, spec=spec), ChunkSizes(4, 4))
+    with pytest.raises(InvalidArgument, match="cam cannot explain model no_gap_head") as info:
+        engine.explain(tiny_images[0], Targets(), {"cam": make_params("cam")})
+    assert info.value.field == "methods"

@@ -482,12 +482,15 @@ def list_models() -> int:
     print("models:")
     for spec in model_specs().values():
         h, w = spec.input_size
+        weights = "" if spec.pretrained else " [RANDOM WEIGHTS]"
         print(f"  {spec.name:<20} {h}x{w}, {spec.num_classes} classes, CAM layer "
-              f"{spec.target_layer}: {spec.description}")
+              f"{spec.target_layer}{weights}: {spec.description}")
     print("methods (set parameters with --param METHOD.FIELD=VALUE):")
     for info in all_methods().values():
         sign = ", signed" if info.signed else ""
-        print(f"  {info.name:<17} [{info.kind}{sign}] {info.summary}")
+        only = [s.name for s in model_specs().values() if info.unsupported_reason(s) is None]
+        scope = "" if len(only) == len(model_specs()) else f" (models: {', '.join(only) or 'none'})"
+        print(f"  {info.name:<17} [{info.kind}{sign}] {info.summary}{scope}")
         types = _field_types(info.params_type)
         for f in dataclasses.fields(info.params_type):
             kind = types.get(f.name)

@@ -166,9 +166,10 @@ def _describe(p: Any) -> str:
 def print_models(models: Sequence[Any], where: str) -> None:
     print(f"models served by {where}:")
     for m in models:
+        weights = "" if m.pretrained else " [RANDOM WEIGHTS]"
         print(f"  {m.name:<20} {m.height}x{m.width}, {m.num_classes} classes, "
-              f"up to {m.max_targets} targets: {m.description}")
-    # Every model supports the same methods today; print them once unless that changes.
+              f"up to {m.max_targets} targets{weights}: {m.description}")
+    # Print the methods once when every model supports the same ones, else per model.
     listings = {m.name: list(m.methods) for m in models}
     shared = len({tuple(x.SerializeToString(deterministic=True) for x in v) for v in listings.values()}) <= 1
     groups = [("methods", next(iter(listings.values()), []))] if shared else [

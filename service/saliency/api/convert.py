@@ -30,7 +30,7 @@ import torch
 
 from saliency import render
 from saliency.attribution.limits import Limits
-from saliency.attribution.registry import get_method
+from saliency.attribution.registry import check_supported, get_method
 from saliency.attribution.types import Attribution, Prediction, Targets
 from saliency.errors import InvalidArgument, ResourceExhausted, SaliencyError, require
 from saliency.imaging import ImageLimits, decode_image, to_model_input, validate_input_tensor
@@ -254,6 +254,7 @@ def request_inputs_from_proto(
         request.targets if request.HasField("targets") else None, spec.num_classes, limits.max_targets
     )
     methods = methods_from_proto(request.methods, limits, max_methods, tuple(x.shape))
+    check_supported(list(methods), spec, [f"methods[{i}].method" for i in range(len(methods))])
     return x, rgb, targets, methods
 
 
@@ -639,7 +640,8 @@ def parameter_infos(params_type: type, limits: Limits) -> list[pb.ParameterInfo]
 
 
 def model_info_to_proto(spec: ModelSpec, limits: Limits) -> pb.ModelInfo:
-    """A served model -> `ModelInfo` with every method of the API, its parameters and limits."""
+    """A served model -> `ModelInfo` with every method of the API that can explain it, with
+    its parameters and limits."""
     height, width = spec.input_size
     info = pb.ModelInfo(
         name=spec.name,
@@ -651,9 +653,13 @@ def model_info_to_proto(spec: ModelSpec, limits: Limits) -> pb.ModelInfo:
         std=list(spec.std),
         num_classes=spec.num_classes,
         max_targets=min(limits.max_targets, spec.num_classes),
+        pretrained=spec.pretrained,
+        architecture=spec.architecture,
     )
     for value, name in sorted(METHOD_NAMES.items()):
         method = get_method(name)
+        if method.unsupported_reason(spec) is not None:
+            continue  # only what the model can be explained with
         info.methods.append(
             pb.MethodInfo(
                 method=value,

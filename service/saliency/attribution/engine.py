@@ -12,7 +12,7 @@ import torch
 from saliency.attribution.executor import ChunkExecutor, ChunkSizes
 from saliency.attribution.fast import fast_pass
 from saliency.attribution.limits import DEFAULT_LIMITS, Limits
-from saliency.attribution.registry import get_method
+from saliency.attribution.registry import check_supported, get_method
 from saliency.attribution.tuning import chunk_sizes_for
 from saliency.attribution.types import Attribution, Prediction, Targets
 from saliency.models import LoadedModel
@@ -51,6 +51,7 @@ class Engine:
     ) -> Explanation:
         """x [3, H, W] normalised; methods {name: validated params} in the order wanted."""
         targets.validate(self.model.spec.num_classes, self.limits.max_targets)
+        check_supported(list(methods), self.model.spec)
         infos = {name: get_method(name) for name in methods}
         fast = {n: p for n, p in methods.items() if infos[n].kind == "fast"}
         (result,) = fast_pass(self.model, x[None], [targets], fast, n_predictions)

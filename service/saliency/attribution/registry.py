@@ -9,10 +9,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from saliency.attribution.limits import DEFAULT_LIMITS, Limits
 from saliency.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from saliency.models import ModelSpec
 
 Kind = Literal["fast", "deep"]
 
@@ -25,18 +28,34 @@ class MethodInfo:
     summary: str
     signed: bool  # whether maps carry meaningful negative values
     plan: Callable[..., Any] | None = None  # deep methods: (model, x, target, params) -> DeepTask
+    # (spec) -> None when the method can explain that model, else why not. Declared from the
+    # spec alone, so ListModels can answer without loading the model.
+    supports: Callable[[ModelSpec], str | None] | None = None
+
+    def unsupported_reason(self, spec: ModelSpec) -> str | None:
+        return self.supports(spec) if self.supports is not None else None
 
 
 METHODS: dict[str, MethodInfo] = {}
 
 
-def register(name: str, kind: Kind, params_type: type, summary: str, signed: bool = False):
-    """Decorator for a deep method's planner; call it plainly (plan=None) for fast methods."""
+def register(
+    name: str,
+    kind: Kind,
+    params_type: type,
+    summary: str,
+    signed: bool = False,
+    supports: Callable[[ModelSpec], str | None] | None = None,
+):
+    """Decorator for a deep method's planner; call it plainly (plan=None) for fast methods.
+
+    `supports` (spec) -> None | reason restricts the method to the models it can explain.
+    """
 
     def add(plan: Callable[..., Any] | None) -> Callable[..., Any] | None:
         if name in METHODS:
             raise RuntimeError(f"method {name!r} registered twice")
-        METHODS[name] = MethodInfo(name, kind, params_type, summary, signed, plan)
+        METHODS[name] = MethodInfo(name, kind, params_type, summary, signed, plan, supports)
         return plan
 
     return add
@@ -54,6 +73,26 @@ def get_method(name: str) -> MethodInfo:
 def all_methods() -> dict[str, MethodInfo]:
     _load_all()
     return dict(METHODS)
+
+
+def methods_for(spec: ModelSpec) -> dict[str, MethodInfo]:
+    """The methods that can explain the model of `spec`, by name."""
+    return {n: m for n, m in all_methods().items() if m.unsupported_reason(spec) is None}
+
+
+def check_supported(names: list[str], spec: ModelSpec, fields: list[str] | None = None) -> None:
+    """Raise InvalidArgument for the first method that cannot explain `spec`'s model.
+
+    fields: the request field naming each method (default "methods").
+    """
+    for i, name in enumerate(names):
+        reason = get_method(name).unsupported_reason(spec)
+        if reason is not None:
+            others = ", ".join(sorted(methods_for(spec)))
+            raise InvalidArgument(
+                f"{name} cannot explain model {spec.name}: {reason}; methods for {spec.name}: {others}",
+                fields[i] if fields else "methods",
+            )
 
 
 def split_by_kind(methods: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -32,6 +32,11 @@ class ModelSpec:
     # Dotted path of the final nn.Linear when the head is global average pooling of
     # `target_layer` followed by that one Linear (what CAM needs); "" when it is not.
     classifier_layer: str = ""
+    # "cnn" (convolutions, pooling, ReLU-family activations) or "vit" (a vision transformer):
+    # what the architecture-specific methods (propagation rules, attention maps) key on.
+    architecture: str = "cnn"
+    # False for models with seeded random weights (test models); ListModels says so.
+    pretrained: bool = True
 
     @property
     def num_classes(self) -> int:
@@ -97,6 +102,7 @@ def _specs() -> dict[str, ModelSpec]:
             description="tiny deterministic CNN with seeded random weights (tests only)",
             build=_build_tinycnn,
             classifier_layer="fc",
+            pretrained=False,
         ),
     }
 

@@ -574,7 +574,7 @@ class MethodInfo(_message.Message):
     def __init__(self, method: _Optional[_Union[Method, str]] = ..., name: _Optional[str] = ..., kind: _Optional[str] = ..., summary: _Optional[str] = ..., parameters: _Optional[_Iterable[_Union[ParameterInfo, _Mapping]]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "description", "height", "width", "channels", "mean", "std", "num_classes", "methods", "max_targets")
+    __slots__ = ("name", "description", "height", "width", "channels", "mean", "std", "num_classes", "methods", "max_targets", "pretrained", "architecture")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -585,6 +585,8 @@ class ModelInfo(_message.Message):
     NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
     METHODS_FIELD_NUMBER: _ClassVar[int]
     MAX_TARGETS_FIELD_NUMBER: _ClassVar[int]
+    PRETRAINED_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     height: int
@@ -595,7 +597,9 @@ class ModelInfo(_message.Message):
     num_classes: int
     methods: _containers.RepeatedCompositeFieldContainer[MethodInfo]
     max_targets: int
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., channels: _Optional[int] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., num_classes: _Optional[int] = ..., methods: _Optional[_Iterable[_Union[MethodInfo, _Mapping]]] = ..., max_targets: _Optional[int] = ...) -> None: ...
+    pretrained: bool
+    architecture: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., channels: _Optional[int] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., num_classes: _Optional[int] = ..., methods: _Optional[_Iterable[_Union[MethodInfo, _Mapping]]] = ..., max_targets: _Optional[int] = ..., pretrained: _Optional[bool] = ..., architecture: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)

@@ -44,6 +44,7 @@ register(
     ClassActivationMapParams,
     "CAM (Zhou et al. 2016): classifier weights x activations; GAP + linear heads only",
     signed=True,
+    supports=lambda spec: None if spec.classifier_layer else "it needs a global-average-pool + linear head",
 )(None)
 
 
