@@ -6,7 +6,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 
-from bench import batching, fast, ig, isolation, memory, more_methods, rise, smoothgrad, torchserve
+from bench import (
+    attention,
+    batching,
+    fast,
+    gradient_shap,
+    ig,
+    isolation,
+    memory,
+    more_methods,
+    propagation,
+    rise,
+    smoothgrad,
+    superpixel_methods,
+    threads,
+    torchserve,
+)
 from bench.report import Table
 from bench.settings import Settings
 
@@ -30,9 +45,14 @@ BENCHMARKS: dict[str, Benchmark] = {
         _entry("smoothgrad", smoothgrad),
         _entry("rise", rise),
         _entry("more_methods", more_methods),
+        _entry("propagation", propagation),
+        _entry("gradient_shap", gradient_shap),
+        _entry("superpixels", superpixel_methods),
         _entry("memory", memory),
         _entry("batching", batching),
         _entry("torchserve", torchserve),
+        _entry("threads", threads),
         _entry("isolation", isolation),
+        _entry("attention", attention),
     )
 }

@@ -49,6 +49,19 @@ def reference_workload(device: str) -> Workload:
     return Workload(model, x, classes)
 
 
+@functools.cache
+def users_workload(device: str) -> Workload:
+    """The reference workload on the model as a user would hold it before serving: the
+    checkpoint's architecture with its BatchNorms (not folded), default NCHW memory format.
+    Our engine always runs on the served copy (`reference_workload`); this is what a user
+    would hand to Captum, for the "Captum on the user's model" rows."""
+    from saliency.models.efficientnet_lite import load_efficientnet_lite0
+
+    served = reference_workload(device)
+    module = load_efficientnet_lite0(fold_bn=False).eval().to(served.model.device)
+    return Workload(LoadedModel(served.model.spec, module, served.model.device), served.x, served.classes)
+
+
 def machine_info(device: str) -> dict[str, object]:
     """What a reader needs to compare two runs' numbers."""
     info: dict[str, object] = {

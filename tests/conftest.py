@@ -31,6 +31,11 @@ def tiny():
 
 
 @pytest.fixture(scope="session")
+def tiny_vit():
+    return load_model("tinyvit")
+
+
+@pytest.fixture(scope="session")
 def effnet():
     return load_model("efficientnet_lite0")
 

@@ -39,9 +39,18 @@ NON_DEFAULT = {
     "cam": {},
     "scorecam": {"max_channels": 12, "weighting": "class_probability"},
     "occlusion": {"window": 4, "stride": 2, "baseline": -0.5},
+    "gradient_shap": {"n_samples": 20, "stdev": 0.15, "reference": "custom", "seed": 2**32 - 1,
+                      "custom_reference": torch.linspace(-1, 1, 2 * 3 * 8 * 8).view(2, 3, 8, 8)},
+    "xrai": {"n_steps": 12, "baseline": "zeros", "area_threshold": 0.5, "min_region_area": 0.01},
+    "kernel_shap": {"n_samples": 40, "n_segments": 12, "compactness": 20.5, "baseline": "blur", "blur_sigma": 3.5, "seed": 2**40},
+    "lime": {"n_samples": 30, "n_segments": 7, "compactness": 0.5, "baseline": "segment_mean", "blur_sigma": 1.5, "seed": 9, "kernel_width": 0.75, "alpha": 0.0},
     "guided_backprop": {"reduction": "sum"},
+    "deeplift": {"baseline": "blur", "blur_sigma": 2.5, "seed": 7},
+    "lrp": {"rule": "alpha2_beta1", "epsilon": 0.125, "gamma": 1.5},
     "deconvnet": {"reduction": "l2"},
     "guided_gradcam": {"reduction": "sum", "interpolation": "nearest"},
+    "attention_rollout": {"head_fusion": "max", "discard_ratio": 0.9, "layer": 3},
+    "raw_attention": {"head_fusion": "min", "discard_ratio": 0.25, "layer": 0},
 }
 
 

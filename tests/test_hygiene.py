@@ -12,13 +12,22 @@ from saliency.attribution.registry import all_methods, get_method, make_params
 from saliency.attribution.types import Targets
 from saliency.models import LoadedModel, get_spec
 from saliency.models.tinycnn import TinyCNN, build_tinycnn
+from saliency.models.vit import VisionTransformer
 
 SMALL = {
     "ig": {"n_steps": 4},
+    "deeplift": {"baseline": "blur", "blur_sigma": 2.0},
+    "lrp": {"rule": "alpha2_beta1"},
     "smoothgrad": {"n_samples": 3},
     "rise": {"n_masks": 5, "grid_size": 4},
     "occlusion": {"window": 16, "stride": 16},
+    "gradient_shap": {"n_samples": 3, "reference": "black_white"},
+    "xrai": {"n_steps": 2},
+    "kernel_shap": {"n_samples": 6, "n_segments": 4, "compactness": 100.0},
+    "lime": {"n_samples": 5, "n_segments": 4, "compactness": 100.0},
     "scorecam": {"max_channels": 3},
+    "attention_rollout": {"discard_ratio": 0.5},
+    "raw_attention": {"layer": 0},
 }
 
 
@@ -30,7 +39,28 @@ class ExplodingTinyCNN(TinyCNN):
         raise RuntimeError("boom inside the model")
 
 
-def fresh_model(exploding: bool = False) -> LoadedModel:
+class ExplodingViT(VisionTransformer):
+    """Fails after its whole forward has run (every attention and CAM hook has fired)."""
+
+    def forward(self, x):
+        super().forward(x)
+        raise RuntimeError("boom inside the model")
+
+
+def model_for(method: str) -> str:
+    """tinycnn when the method can explain it, else the test ViT (attention methods)."""
+    for name in ("tinycnn", "tinyvit"):
+        if get_method(method).unsupported_reason(get_spec(name)) is None:
+            return name
+    raise AssertionError(f"{method} explains no test model")
+
+
+def fresh_model(exploding: bool = False, name: str = "tinycnn") -> LoadedModel:
+    if name == "tinyvit":
+        module = get_spec(name).build()
+        if exploding:
+            module.__class__ = ExplodingViT  # a fresh object of this test's own
+        return LoadedModel(get_spec(name), module, torch.device("cpu"))
     module = build_tinycnn()
     if exploding:
         exploding_module = ExplodingTinyCNN().eval()
@@ -60,7 +90,7 @@ def assert_untouched(model: LoadedModel, before: dict[str, torch.Tensor]) -> Non
 
 @pytest.mark.parametrize("method", sorted(all_methods()))
 def test_success_leaves_no_hook_no_grad_and_same_weights(method):
-    model = fresh_model()
+    model = fresh_model(name=model_for(method))
     before = {k: v.clone() for k, v in model.module.state_dict().items()}
     explain(model, method)
     assert_untouched(model, before)
@@ -68,7 +98,7 @@ def test_success_leaves_no_hook_no_grad_and_same_weights(method):
 
 @pytest.mark.parametrize("method", sorted(all_methods()))
 def test_failure_inside_the_model_leaves_no_hook_and_no_grad(method):
-    model = fresh_model(exploding=True)
+    model = fresh_model(exploding=True, name=model_for(method))
     before = {k: v.clone() for k, v in model.module.state_dict().items()}
     with pytest.raises(RuntimeError, match="boom"):
         explain(model, method)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from saliency.attribution.registry import make_params
+from saliency.attribution.registry import all_methods, make_params
 from saliency.attribution.types import Prediction
 from saliency.errors import InvalidArgument
+from saliency.models import model_specs
 from saliency.quality.policy import (
+    FALLBACKS,
     Costs,
     CostTracker,
     ExplainCondition,
@@ -132,3 +134,15 @@ def test_bad_policy_options_name_the_field(options, field):
     with pytest.raises(InvalidArgument) as info:
         options.validate()
     assert info.value.field == field
+
+
+def test_every_deep_method_has_a_fast_fallback_for_every_model_it_explains():
+    for name, info in all_methods().items():
+        if info.kind != "deep":
+            continue
+        assert name in FALLBACKS, f"{name} has no entry in policy.FALLBACKS"
+        cheap = all_methods()[FALLBACKS[name]]
+        assert cheap.kind == "fast", name
+        for spec in model_specs().values():
+            if info.unsupported_reason(spec) is None:
+                assert cheap.unsupported_reason(spec) is None, f"{name}'s fallback can't explain {spec.name}"

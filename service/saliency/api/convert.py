@@ -54,6 +54,14 @@ METHOD_NAMES: dict[int, str] = {
     pb.METHOD_GUIDED_BACKPROP: "guided_backprop",
     pb.METHOD_DECONVNET: "deconvnet",
     pb.METHOD_GUIDED_GRADCAM: "guided_gradcam",
+    pb.METHOD_DEEPLIFT: "deeplift",
+    pb.METHOD_LRP: "lrp",
+    pb.METHOD_GRADIENT_SHAP: "gradient_shap",
+    pb.METHOD_XRAI: "xrai",
+    pb.METHOD_KERNEL_SHAP: "kernel_shap",
+    pb.METHOD_LIME: "lime",
+    pb.METHOD_ATTENTION_ROLLOUT: "attention_rollout",
+    pb.METHOD_RAW_ATTENTION: "raw_attention",
 }
 _METHOD_VALUES = {name: value for value, name in METHOD_NAMES.items()}
 
@@ -70,9 +78,17 @@ PARAMS_ONEOF: dict[str, str] = {
     "cam": "cam",
     "scorecam": "scorecam",
     "occlusion": "occlusion",
+    "kernel_shap": "kernel_shap",
+    "lime": "lime",
     "guided_backprop": "guided_backprop",
     "deconvnet": "guided_backprop",
     "guided_gradcam": "guided_gradcam",
+    "deeplift": "deeplift",
+    "lrp": "lrp",
+    "gradient_shap": "gradient_shap",
+    "xrai": "xrai",
+    "attention_rollout": "attention",
+    "raw_attention": "attention",
 }
 
 # Proto enum (by full name) -> {value: the params field's string}. Value 0 (UNSPECIFIED) is
@@ -97,9 +113,20 @@ ENUM_STRINGS: dict[str, dict[int, str]] = {
         pb.BASELINE_UNIFORM: "uniform",
         pb.BASELINE_CUSTOM: "custom",
     },
+    "saliency.v1.LrpRule": {
+        pb.LRP_RULE_EPSILON: "epsilon",
+        pb.LRP_RULE_GAMMA: "gamma",
+        pb.LRP_RULE_ALPHA1_BETA0: "alpha1_beta0",
+        pb.LRP_RULE_ALPHA2_BETA1: "alpha2_beta1",
+    },
     "saliency.v1.ScoreCamWeighting": {
         pb.SCORE_CAM_WEIGHTING_CHANNEL_SOFTMAX: "channel_softmax",
         pb.SCORE_CAM_WEIGHTING_CLASS_PROBABILITY: "class_probability",
+    },
+    "saliency.v1.AttentionHeadFusion": {
+        pb.ATTENTION_HEAD_FUSION_MEAN: "mean",
+        pb.ATTENTION_HEAD_FUSION_MAX: "max",
+        pb.ATTENTION_HEAD_FUSION_MIN: "min",
     },
     "saliency.v1.Interpolation": {
         pb.INTERPOLATION_BILINEAR: "bilinear",
@@ -109,6 +136,23 @@ ENUM_STRINGS: dict[str, dict[int, str]] = {
         pb.SMOOTH_GRAD_AGGREGATE_MEAN: "mean",
         pb.SMOOTH_GRAD_AGGREGATE_SQUARE: "square",
         pb.SMOOTH_GRAD_AGGREGATE_VARIANCE: "variance",
+    },
+    "saliency.v1.ReferenceSet": {
+        pb.REFERENCE_SET_PHOTOS: "photos",
+        pb.REFERENCE_SET_UNIFORM: "uniform",
+        pb.REFERENCE_SET_BLACK_WHITE: "black_white",
+        pb.REFERENCE_SET_CUSTOM: "custom",
+    },
+    "saliency.v1.XraiBaseline": {
+        pb.XRAI_BASELINE_BLACK_WHITE: "black_white",
+        pb.XRAI_BASELINE_BLACK: "black",
+        pb.XRAI_BASELINE_ZEROS: "zeros",
+    },
+    "saliency.v1.SuperpixelBaseline": {
+        pb.SUPERPIXEL_BASELINE_ZEROS: "zeros",
+        pb.SUPERPIXEL_BASELINE_MEAN: "mean",
+        pb.SUPERPIXEL_BASELINE_SEGMENT_MEAN: "segment_mean",
+        pb.SUPERPIXEL_BASELINE_BLUR: "blur",
     },
 }
 
@@ -354,6 +398,9 @@ def _params_from_message(
                 if not message.HasField(f.name):
                     continue
                 t = getattr(message, f.name)
+                if "stack_limit" in f.metadata:  # a stack [N, *input] (GradientSHAP references)
+                    values[f.name] = _stack_from_proto(t, getattr(limits, f.metadata["stack_limit"]), input_shape, where)
+                    continue
                 require(
                     list(t.shape) == list(input_shape),
                     f"{where}.shape",
@@ -385,6 +432,17 @@ def _params_from_message(
         leaf = (exc.field or "").split(".", 1)[-1]
         raise _rename(exc, f"{path}.{leaf}" if leaf else path) from None
     return params
+
+
+def _stack_from_proto(t: pb.Tensor, max_count: int, input_shape: tuple[int, int, int], where: str) -> torch.Tensor:
+    """A `Tensor` holding N model inputs [N, C, H, W], 1 <= N <= max_count -> float32 tensor."""
+    shape = list(t.shape)
+    require(
+        len(shape) == 4 and shape[1:] == list(input_shape) and 1 <= shape[0] <= max_count,
+        f"{where}.shape",
+        f"shape {shape} is not [N, *the model input {list(input_shape)}] with 1 <= N <= {max_count}",
+    )
+    return tensor_from_proto(t, where, max_count * math.prod(input_shape))
 
 
 def methods_from_proto(

@@ -9,9 +9,13 @@ scatters the outputs back. Streams are consumed in order, so inputs are generate
 time and memory stays bounded for any sample count.
 
 Three optional stream properties serve methods beyond plain gradients and forwards:
-- `backward_rule` ("guided", "deconvnet"): the chunk's forward runs inside
-  `hooks.backward_rule`, so its input gradient follows the modified ReLU rule. Chunks are
-  grouped by (needs_grad, backward_rule): a rule never touches another stream's samples.
+- `backward_rule` ("guided", "deconvnet", "rescale" or an LRP `RelevanceRules`): the chunk's
+  forward runs inside `hooks.backward_rule`, so its input gradient follows the modified rule.
+  Chunks are grouped by (needs_grad, backward_rule): a rule never touches another stream's
+  samples. "rescale" (DeepLIFT) streams hold (input, reference) pairs as consecutive samples:
+  their slices are cut in whole pairs, so rows 2i and 2i + 1 of such a chunk always belong
+  together. Under an LRP rule the backward starts from the target logit itself (one-hot times
+  logit) and `grads` is the input relevance.
 - `capture_layer`: the chunk also returns the model's CAM-layer activations (and, in gradient
   chunks, the target logit's gradient with respect to them) — Grad-CAM inside the executor.
 - `after`: the stream is not started before another stream of its task is fully consumed, so
@@ -32,7 +36,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from saliency.attribution.hooks import BACKWARD_RULES, backward_rule, capture_output
+from saliency.attribution.hooks import backward_rule, capture_output, is_backward_rule, is_paired
+from saliency.attribution.relevance import RelevanceRules
 from saliency.attribution.types import Attribution
 from saliency.models import LoadedModel
 
@@ -65,7 +70,7 @@ class SampleStream:
     needs_grad: bool
     make_inputs: Callable[[int, int], torch.Tensor]  # [start, stop) -> [stop - start, C, H, W]
     consume: Callable[[int, ChunkOutput], None]  # (start, outputs for that slice)
-    backward_rule: str | None = None  # modified ReLU backward for this stream's chunks
+    backward_rule: str | RelevanceRules | None = None  # modified backward for this stream's chunks
     capture_layer: bool = False  # its outputs carry the CAM layer's activations (and grads)
     after: SampleStream | None = None  # not started before this stream is fully consumed
     cursor: int = 0  # next sample to generate
@@ -73,10 +78,12 @@ class SampleStream:
 
     def __post_init__(self) -> None:
         if self.backward_rule is not None:
-            if self.backward_rule not in BACKWARD_RULES:
+            if not is_backward_rule(self.backward_rule):
                 raise ValueError(f"unknown backward rule {self.backward_rule!r}")
             if not self.needs_grad:
                 raise ValueError("a backward rule only means something for a gradient stream")
+            if is_paired(self.backward_rule) and self.n_samples % 2:
+                raise ValueError(f"a {self.backward_rule} stream holds (input, reference) pairs: even n_samples")
 
     @property
     def remaining(self) -> int:
@@ -88,7 +95,7 @@ class SampleStream:
         return self.after is None or self.after.consumed >= self.after.n_samples
 
     @property
-    def kind(self) -> tuple[bool, str | None]:
+    def kind(self) -> tuple[bool, str | RelevanceRules | None]:
         """Streams of one kind can share a chunk: (needs_grad, backward_rule)."""
         return self.needs_grad, self.backward_rule
 
@@ -153,7 +160,7 @@ class ChunkReport:
     tags: tuple  # the tag of each distinct task in the chunk
     needs_grad: bool
     seconds: float
-    backward_rule: str | None = None
+    backward_rule: str | RelevanceRules | None = None
 
 
 @dataclass
@@ -289,13 +296,17 @@ class ChunkExecutor:
                 return []
             kind = first.kind
             budget = self.chunk_sizes.for_kind(kind[0])
+            unit = 2 if is_paired(kind[1]) else 1  # paired streams are cut in whole pairs
             pieces, still_pending = [], deque()
             for task, stream in live:
                 if budget > 0 and stream.ready and stream.kind == kind and stream.remaining:
                     n = min(budget, stream.remaining)
-                    pieces.append((task, stream, stream.cursor, stream.cursor + n))
-                    stream.cursor += n
-                    budget -= n
+                    n -= n % unit
+                    n = n or (unit if not pieces else 0)  # a budget under one pair runs one pair
+                    if n:
+                        pieces.append((task, stream, stream.cursor, stream.cursor + n))
+                        stream.cursor += n
+                        budget -= n
                 if stream.remaining or not stream.ready:
                     still_pending.append((task, stream))
             self._pending = still_pending
@@ -306,10 +317,11 @@ class ChunkExecutor:
         inputs: torch.Tensor,
         targets: torch.Tensor,
         needs_grad: bool,
-        backward_rule: str | None = None,
+        backward_rule: str | RelevanceRules | None = None,
         capture_layer: bool = False,
     ) -> ChunkOutput:
-        """One model call on inputs [n, C, H, W]; gradients are of logit[i, targets[i]]."""
+        """One model call on inputs [n, C, H, W]; gradients are of logit[i, targets[i]] (under
+        an LRP rule: the relevance of logit[i, targets[i]], seeded with its value)."""
         module, device = self.model.module, self.model.device
         x = inputs.to(device, torch.float32)
         if device.type == "cpu":
@@ -322,13 +334,15 @@ class ChunkExecutor:
                 logits = module(x).float()
             return ChunkOutput(logits, None, captured[-1].float() if capture_layer else None)
         x.requires_grad_(True)
-        with capture as captured, rule, torch.enable_grad():
-            logits = module(x)
+        with capture as captured, torch.enable_grad():
+            with rule:  # the rule is recorded in the forward's graph; the backward runs outside
+                logits = module(x)
             # Samples are independent (eval mode), so the sum's gradient is per-sample.
-            score = logits.gather(1, targets[:, None]).sum()
+            picked = logits.gather(1, targets[:, None])
+            seed = picked.detach() if isinstance(backward_rule, RelevanceRules) else torch.ones_like(picked)
             layer = captured[-1] if capture_layer else None
             wrt = [x] if layer is None else [x, layer]
-            grads = torch.autograd.grad(score, wrt)
+            grads = torch.autograd.grad(picked, wrt, seed)
         return ChunkOutput(
             logits.detach().float(),
             grads[0].contiguous(),
@@ -365,5 +379,5 @@ class ChunkExecutor:
             task.on_done(task)
 
 
-def _backward_rule_context(rule: str | None) -> AbstractContextManager:
+def _backward_rule_context(rule: str | RelevanceRules | None) -> AbstractContextManager:
     return nullcontext() if rule is None else backward_rule(rule)

@@ -4,12 +4,14 @@ For k targets the forward runs once and the backward k times over the retained g
 (measured on EfficientNet-Lite0, CPU, k=3: 57 ms, against 72 ms for a k-replicated batch and
 73 ms for `is_grads_batched`). Gradients come from `torch.autograd.grad` with respect to the
 input and the CAM layer only, so no parameter gradient is computed or written.
+Vision transformers' attention maps (methods/attention.py) come from the same forward: each
+block's attention probabilities are captured, for this thread only, when one is requested.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +20,7 @@ import torch
 from saliency.attribution import cams
 from saliency.attribution.hooks import capture_output
 from saliency.attribution.limits import Limits
-from saliency.attribution.methods import cam
+from saliency.attribution.methods import attention, cam
 from saliency.attribution.reduce import CHANNEL_REDUCTIONS, reduce_channels, upsample
 from saliency.attribution.registry import get_method, register
 from saliency.attribution.types import Attribution, Prediction, Targets
@@ -91,15 +93,21 @@ def fast_pass(
     need_acts = need_cam_grad or "eigencam" in methods or "cam" in methods
     cam_classifier = cam.classifier(model) if "cam" in methods else None  # checked before the forward
     need_backward = need_input_grad or need_cam_grad
+    # Attention probabilities are captured only when an attention map is asked for.
+    attention_layers = attention.layers_to_capture(model, methods)
 
     x = inputs.detach().to(model.device, torch.float32)
     if model.device.type == "cpu":
         x = x.contiguous(memory_format=torch.channels_last)
     x.requires_grad_(need_input_grad)
     capture = capture_output(module, spec.target_layer) if need_acts else nullcontext([])
-    with capture as captured, (torch.enable_grad() if need_backward else torch.inference_mode()):
+    with ExitStack() as stack:
+        captured = stack.enter_context(capture)
+        attn_captured = [stack.enter_context(capture_output(module, name)) for name in attention_layers]
+        stack.enter_context(torch.enable_grad() if need_backward else torch.inference_mode())
         logits = module(x)
     acts = captured[-1] if need_acts else None
+    attns = _attention_probs(attn_captured, attention_layers, x.shape[0])
 
     per_image_targets = [t.resolve(row) for t, row in zip(targets, logits.detach())]
     results = [
@@ -115,6 +123,10 @@ def fast_pass(
                 result.attributions.append(
                     Attribution("eigencam", target, eigen_up[b], eigen_raw[b])
                 )
+    if attns:
+        per_image = attention.attention_attributions(methods, attns, per_image_targets, size)
+        for result, maps in zip(results, per_image):
+            result.attributions.extend(maps)
     if cam_classifier is not None:
         per_image = cam.cam_attributions(cam_classifier, acts, logits, per_image_targets, size)
         for result, maps in zip(results, per_image):
@@ -148,6 +160,21 @@ def fast_pass(
             for name, raw in cam_maps.items():
                 out.append(Attribution(name, target, upsample(raw[i], size), raw[i]))
     return results
+
+
+def _attention_probs(captured: list[list[torch.Tensor]], layers: Sequence[str], batch: int) -> list[torch.Tensor]:
+    """Each attention layer's one output of this forward, checked: [B, heads, N, N] per layer."""
+    attns = []
+    for name, outputs in zip(layers, captured):
+        shape = tuple(outputs[0].shape) if len(outputs) == 1 else ()
+        require(
+            len(shape) == 4 and shape[0] == batch and shape[2] == shape[3],
+            "attention_layers",
+            f"attention layer {name!r} gave {len(outputs)} output(s) of shape {list(shape)}; "
+            "expected one [batch, heads, tokens, tokens] per forward",
+        )
+        attns.append(outputs[0].detach())
+    return attns
 
 
 def _cam_maps(methods, acts, cam_grad, rows) -> dict[str, torch.Tensor]:

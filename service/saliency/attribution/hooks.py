@@ -4,10 +4,11 @@ Hooks are removed in `finally`, so an exception in any method leaves the model a
 A captured output is recorded only for the thread that opened the context: a model shared by
 threads never hands one request's activations to another.
 
-Modified backward rules (guided backpropagation, deconvnet) attach nothing to the model at
-all: `backward_rule` is a thread-local torch-function mode that, while it is open, makes every
-ReLU / ReLU6 *call in this thread* record a custom autograd node. The rule therefore lives in
-the autograd graph of the calls made inside the context and nowhere else.
+Modified backward rules (guided backpropagation, deconvnet, DeepLIFT's rescale, LRP) attach
+nothing to the model at all: `backward_rule` is a thread-local torch-function mode that, while
+it is open, makes every ReLU / ReLU6 *call in this thread* (for LRP: every layer call, see
+`relevance.py`) record a custom autograd node. The rule therefore lives in the autograd graph
+of the calls made inside the context and nowhere else.
 """
 
 from __future__ import annotations
@@ -22,9 +23,22 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from saliency.attribution.relevance import RelevanceRules, relevance_mode
 from saliency.errors import InvalidArgument
 
-BACKWARD_RULES = ("guided", "deconvnet")
+BACKWARD_RULES = ("guided", "deconvnet", "rescale")
+# Rules whose chunks hold (input, reference) row pairs: rows 2i and 2i + 1 belong together.
+PAIRED_RULES = ("rescale",)
+RESCALE_EPS = 1e-10  # |x - x'| below this: the plain derivative (as Captum's DeepLift)
+
+
+def is_backward_rule(rule: object) -> bool:
+    """A rule name of BACKWARD_RULES or an LRP rule set."""
+    return isinstance(rule, RelevanceRules) or (isinstance(rule, str) and rule in BACKWARD_RULES)
+
+
+def is_paired(rule: object) -> bool:
+    return isinstance(rule, str) and rule in PAIRED_RULES
 
 
 def resolve_layer(model: nn.Module, dotted_name: str) -> nn.Module:
@@ -76,6 +90,10 @@ class _RuleActivation(torch.autograd.Function):
         unchanged, i.e. 0 < x (< upper), else 0. For ReLU6 the plain gradient is already zero
         where x >= 6; guided keeps that and also drops negative dy.
     deconvnet (Zeiler & Fergus): dx = relu(dy), whatever the forward input was.
+    rescale (DeepLIFT, Shrikumar et al. 2017): rows come in (input, reference) pairs;
+        dx = dy * (y - y') / (x - x') for both rows of a pair, the plain derivative of each row
+        where |x - x'| < RESCALE_EPS. The multiplier is computed in the forward (an in-place
+        call overwrites x afterwards).
     x, y: any shape; the mask is taken from y (0 < y < upper iff 0 < x < upper).
     """
 
@@ -85,10 +103,15 @@ class _RuleActivation(torch.autograd.Function):
         ctx.rule, ctx.upper = rule, upper
         if rule == "guided":
             ctx.save_for_backward(y)
+        elif rule == "rescale":
+            ctx.save_for_backward(_rescale_multiplier(x, y, upper))
         return y
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        if ctx.rule == "rescale":
+            (multiplier,) = ctx.saved_tensors
+            return grad * multiplier, None, None
         positive = grad.clamp(min=0)
         if ctx.rule == "deconvnet":
             return positive, None, None
@@ -98,6 +121,19 @@ class _RuleActivation(torch.autograd.Function):
         if ctx.upper is None:
             return torch.ops.aten.threshold_backward(positive, y, 0), None, None
         return torch.ops.aten.hardtanh_backward(positive, y, 0.0, ctx.upper), None, None
+
+
+def _rescale_multiplier(x: torch.Tensor, y: torch.Tensor, upper: float | None) -> torch.Tensor:
+    """DeepLIFT's rescale multiplier for rows paired as (input, reference): [N, ...] -> [N, ...]."""
+    if x.dim() == 0 or x.shape[0] % 2:
+        raise RuntimeError(f"the rescale rule needs (input, reference) row pairs; got {tuple(x.shape)}")
+    pairs_x, pairs_y = x.detach().unflatten(0, (-1, 2)), y.detach().unflatten(0, (-1, 2))
+    dx = pairs_x[:, 0] - pairs_x[:, 1]
+    dy = pairs_y[:, 0] - pairs_y[:, 1]
+    far = dx.abs() >= RESCALE_EPS
+    ratio = torch.where(far, dy / torch.where(far, dx, 1.0), 0.0)
+    derivative = (pairs_x > 0) if upper is None else (pairs_x > 0) & (pairs_x < upper)
+    return torch.where(far[:, None], ratio[:, None], derivative.to(x.dtype)).flatten(0, 1)
 
 
 def _relu_args(x: torch.Tensor, inplace: bool = False) -> tuple[torch.Tensor, float | None, bool]:
@@ -130,6 +166,58 @@ _RECTIFIERS: dict[Callable, Callable[..., tuple[torch.Tensor, float | None, bool
 }
 
 
+def _max_pool_args(
+    x: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False
+) -> tuple:
+    if return_indices:
+        raise InvalidArgument("max_pool2d(return_indices=True) has no DeepLIFT rule here", "methods")
+    return x, (kernel_size, stride, padding, dilation, ceil_mode)
+
+
+class _RescaleMaxPool(torch.autograd.Function):
+    """Max pooling under DeepLIFT's rescale rule (Captum's `maxpool`), rows paired (x, x').
+
+    Each output's difference y - y' is split into the input's part max(y, y') - y' (routed to
+    x's winner) and the reference's part y - max(y, y') (to x''s winner); a position's
+    multiplier is the sum of what reached it over x - x' (the plain gradient where
+    |x - x'| < RESCALE_EPS). Overlapping windows add up (Captum's unpool overwrites).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, geometry: tuple) -> torch.Tensor:
+        kernel, stride, padding, dilation, ceil_mode = geometry
+        y, indices = F.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode, return_indices=True)
+        if x.shape[0] % 2:
+            raise RuntimeError(f"the rescale rule needs (input, reference) row pairs; got {tuple(x.shape)}")
+        ctx.save_for_backward(x, y, indices)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        x, y, indices = ctx.saved_tensors
+
+        def unpool(values: torch.Tensor) -> torch.Tensor:  # [N, C, h, w] -> [N, C, H, W], summed
+            out = torch.zeros(x.shape[0], x.shape[1], x.shape[2] * x.shape[3], dtype=grad.dtype, device=grad.device)
+            return out.scatter_add_(2, indices.flatten(2), values.flatten(2)).view(x.shape)
+
+        pairs_y = y.unflatten(0, (-1, 2))
+        top = torch.maximum(pairs_y[:, 0], pairs_y[:, 1])
+        share = torch.stack([top - pairs_y[:, 1], pairs_y[:, 0] - top], 1).flatten(0, 1)
+        reached = unpool(grad * share).unflatten(0, (-1, 2)).sum(1)  # [N/2, C, H, W]
+        pairs_x = x.unflatten(0, (-1, 2))
+        dx = pairs_x[:, 0] - pairs_x[:, 1]
+        far = dx.abs() >= RESCALE_EPS
+        rescaled = torch.where(far, reached / torch.where(far, dx, 1.0), 0.0)
+        plain = unpool(grad).unflatten(0, (-1, 2))
+        return torch.where(far[:, None], rescaled[:, None], plain).flatten(0, 1), None
+
+
+def parse_rectifier(func: Callable, args: tuple, kwargs: dict) -> tuple[torch.Tensor, float | None, bool] | None:
+    """(input, upper bound or None, in place) when `func(*args, **kwargs)` is a ReLU / ReLU6."""
+    parse = _RECTIFIERS.get(func)
+    return parse(*args, **kwargs) if parse is not None else None
+
+
 class _BackwardRuleMode(TorchFunctionMode):
     """Routes rectifier calls of this thread through `_RuleActivation`; all else unchanged."""
 
@@ -139,8 +227,9 @@ class _BackwardRuleMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        parse = _RECTIFIERS.get(func)
-        parsed = parse(*args, **kwargs) if parse is not None else None
+        if func is F.max_pool2d and self.rule == "rescale":
+            return _RescaleMaxPool.apply(*_max_pool_args(*args, **kwargs))
+        parsed = parse_rectifier(func, args, kwargs)
         if parsed is None:
             return func(*args, **kwargs)
         x, upper, inplace = parsed
@@ -151,9 +240,10 @@ class _BackwardRuleMode(TorchFunctionMode):
 
 
 @contextmanager
-def backward_rule(rule: str) -> Iterator[None]:
-    """Apply `rule` ("guided" or "deconvnet") to every ReLU / ReLU6 call made in this thread
-    inside the context (forward time is what matters: the rule is recorded in the graph).
+def backward_rule(rule: str | RelevanceRules) -> Iterator[None]:
+    """Apply `rule` ("guided", "deconvnet", "rescale") to every ReLU / ReLU6 call made in this
+    thread inside the context (forward time is what matters: the rule is recorded in the graph);
+    a `RelevanceRules` makes every layer call propagate relevance (`relevance.relevance_mode`).
 
     Nothing is registered on any module and nothing is swapped: torch-function modes are
     thread-local, so a plain request running the same model object in another thread at the
@@ -161,7 +251,7 @@ def backward_rule(rule: str) -> Iterator[None]:
     F.relu / F.relu6 / F.hardtanh(x, 0, m) / torch.relu / Tensor.relu calls (and their in-place
     forms); a rectifier written another way (e.g. torch.clamp) keeps autograd's own rule.
     """
-    if rule not in BACKWARD_RULES:
-        raise ValueError(f"unknown backward rule {rule!r}; known: {BACKWARD_RULES}")
-    with _BackwardRuleMode(rule):
+    if not is_backward_rule(rule):
+        raise ValueError(f"unknown backward rule {rule!r}; known: {BACKWARD_RULES} or RelevanceRules")
+    with relevance_mode(rule) if isinstance(rule, RelevanceRules) else _BackwardRuleMode(rule):
         yield

@@ -13,6 +13,10 @@ class Limits:
     max_rise_masks: int = 8192
     max_occlusion_windows: int = 8192  # model calls: windows per image
     max_scorecam_channels: int = 4096  # model calls: masked inputs per image
+    max_kernel_shap_samples: int = 8192  # model calls: coalitions per map
+    max_lime_samples: int = 8192  # model calls: coalitions per map
+    max_gradient_shap_samples: int = 1024  # gradient samples per map
+    max_reference_images: int = 64  # a custom GradientSHAP reference stack
 
 
 DEFAULT_LIMITS = Limits()

@@ -119,11 +119,18 @@ def _load_all() -> None:
     # Importing the method modules runs their `register` calls.
     from saliency.attribution import fast  # noqa: F401
     from saliency.attribution.methods import (  # noqa: F401
+        attention,
         cam,
+        deeplift,
+        gradient_shap,
         guided_backprop,
         integrated_gradients,
+        kernel_shap,
+        lime,
+        lrp,
         occlusion,
         rise,
         score_cam,
         smoothgrad,
+        xrai,
     )

@@ -37,6 +37,10 @@ class ModelSpec:
     architecture: str = "cnn"
     # False for models with seeded random weights (test models); ListModels says so.
     pretrained: bool = True
+    # Vision transformers: dotted paths of the modules whose output is each block's attention
+    # probabilities [B, heads, N, N] (CLS token first, then the patch grid row by row), first
+    # block first. What attention_rollout / raw_attention capture; () for other models.
+    attention_layers: tuple[str, ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -76,6 +80,29 @@ def _build_tinycnn() -> nn.Module:
     return build_tinycnn()
 
 
+def _vit_spec(name: str, size: int, patch: int, dim: int, heads: int, depth: int, use: str) -> ModelSpec:
+    """A seeded random-weight ViT (no trained small ViT ships on PyPI): 10 classes, CAM layer
+    `patch_grid` (the patch tokens entering the last block, as a grid), no GAP + linear head."""
+    from saliency.models.vit import attention_layers, build_vit
+
+    return ModelSpec(
+        name=name,
+        input_size=(size, size),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        target_layer="patch_grid",
+        labels=tuple(f"class_{i}" for i in range(10)),
+        description=(
+            f"vision transformer {size}x{size}, patch {patch}, dim {dim}, {heads} heads, depth {depth}, "
+            f"with seeded RANDOM weights (no trained small ViT ships on PyPI): {use}"
+        ),
+        build=functools.partial(build_vit, size, patch, dim, heads, depth, 10),
+        architecture="vit",
+        pretrained=False,
+        attention_layers=attention_layers(depth),
+    )
+
+
 def _specs() -> dict[str, ModelSpec]:
     from saliency.models.tinycnn import TINY_CLASSES, TINY_INPUT_SIZE
 
@@ -104,6 +131,8 @@ def _specs() -> dict[str, ModelSpec]:
             classifier_layer="fc",
             pretrained=False,
         ),
+        "vit_ti16": _vit_spec("vit_ti16", 224, 16, 192, 3, 6, "the attention methods' mechanics at serving size"),
+        "tinyvit": _vit_spec("tinyvit", 32, 8, 32, 2, 2, "tests only"),
     }
 
 

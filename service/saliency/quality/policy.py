@@ -35,6 +35,12 @@ FALLBACKS: dict[str, str] = {
     "rise": "gradcam",
     "occlusion": "gradcam",
     "scorecam": "gradcam",
+    "gradient_shap": "input_x_gradient",  # one sample, alpha = 1, a zero reference
+    "xrai": "gradcam",  # coarse regions, as XRAI's
+    "deeplift": "input_x_gradient",  # DeepLIFT-Rescale's gradient approximation, zero reference
+    "lrp": "input_x_gradient",  # LRP-0 on a ReLU network is gradient x input
+    "kernel_shap": "gradcam",  # coarse regions, as superpixels are
+    "lime": "gradcam",
 }
 IG_START_STEPS = 4
 DEFAULT_COMPLETENESS_TARGET = 0.05

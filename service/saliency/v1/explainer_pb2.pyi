@@ -24,6 +24,14 @@ class Method(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     METHOD_GUIDED_BACKPROP: _ClassVar[Method]
     METHOD_DECONVNET: _ClassVar[Method]
     METHOD_GUIDED_GRADCAM: _ClassVar[Method]
+    METHOD_DEEPLIFT: _ClassVar[Method]
+    METHOD_LRP: _ClassVar[Method]
+    METHOD_GRADIENT_SHAP: _ClassVar[Method]
+    METHOD_XRAI: _ClassVar[Method]
+    METHOD_KERNEL_SHAP: _ClassVar[Method]
+    METHOD_LIME: _ClassVar[Method]
+    METHOD_ATTENTION_ROLLOUT: _ClassVar[Method]
+    METHOD_RAW_ATTENTION: _ClassVar[Method]
 
 class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -56,6 +64,14 @@ class Baseline(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BASELINE_UNIFORM: _ClassVar[Baseline]
     BASELINE_CUSTOM: _ClassVar[Baseline]
 
+class LrpRule(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LRP_RULE_UNSPECIFIED: _ClassVar[LrpRule]
+    LRP_RULE_EPSILON: _ClassVar[LrpRule]
+    LRP_RULE_GAMMA: _ClassVar[LrpRule]
+    LRP_RULE_ALPHA1_BETA0: _ClassVar[LrpRule]
+    LRP_RULE_ALPHA2_BETA1: _ClassVar[LrpRule]
+
 class SmoothGradAggregate(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     SMOOTH_GRAD_AGGREGATE_UNSPECIFIED: _ClassVar[SmoothGradAggregate]
@@ -74,6 +90,36 @@ class Interpolation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INTERPOLATION_UNSPECIFIED: _ClassVar[Interpolation]
     INTERPOLATION_BILINEAR: _ClassVar[Interpolation]
     INTERPOLATION_NEAREST: _ClassVar[Interpolation]
+
+class AttentionHeadFusion(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ATTENTION_HEAD_FUSION_UNSPECIFIED: _ClassVar[AttentionHeadFusion]
+    ATTENTION_HEAD_FUSION_MEAN: _ClassVar[AttentionHeadFusion]
+    ATTENTION_HEAD_FUSION_MAX: _ClassVar[AttentionHeadFusion]
+    ATTENTION_HEAD_FUSION_MIN: _ClassVar[AttentionHeadFusion]
+
+class SuperpixelBaseline(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SUPERPIXEL_BASELINE_UNSPECIFIED: _ClassVar[SuperpixelBaseline]
+    SUPERPIXEL_BASELINE_ZEROS: _ClassVar[SuperpixelBaseline]
+    SUPERPIXEL_BASELINE_MEAN: _ClassVar[SuperpixelBaseline]
+    SUPERPIXEL_BASELINE_SEGMENT_MEAN: _ClassVar[SuperpixelBaseline]
+    SUPERPIXEL_BASELINE_BLUR: _ClassVar[SuperpixelBaseline]
+
+class ReferenceSet(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REFERENCE_SET_UNSPECIFIED: _ClassVar[ReferenceSet]
+    REFERENCE_SET_PHOTOS: _ClassVar[ReferenceSet]
+    REFERENCE_SET_UNIFORM: _ClassVar[ReferenceSet]
+    REFERENCE_SET_BLACK_WHITE: _ClassVar[ReferenceSet]
+    REFERENCE_SET_CUSTOM: _ClassVar[ReferenceSet]
+
+class XraiBaseline(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    XRAI_BASELINE_UNSPECIFIED: _ClassVar[XraiBaseline]
+    XRAI_BASELINE_BLACK_WHITE: _ClassVar[XraiBaseline]
+    XRAI_BASELINE_BLACK: _ClassVar[XraiBaseline]
+    XRAI_BASELINE_ZEROS: _ClassVar[XraiBaseline]
 
 class Normalization(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -112,6 +158,14 @@ METHOD_OCCLUSION: Method
 METHOD_GUIDED_BACKPROP: Method
 METHOD_DECONVNET: Method
 METHOD_GUIDED_GRADCAM: Method
+METHOD_DEEPLIFT: Method
+METHOD_LRP: Method
+METHOD_GRADIENT_SHAP: Method
+METHOD_XRAI: Method
+METHOD_KERNEL_SHAP: Method
+METHOD_LIME: Method
+METHOD_ATTENTION_ROLLOUT: Method
+METHOD_RAW_ATTENTION: Method
 DTYPE_UNSPECIFIED: DType
 DTYPE_FLOAT32: DType
 DTYPE_FLOAT16: DType
@@ -131,6 +185,11 @@ BASELINE_BLACK: Baseline
 BASELINE_BLUR: Baseline
 BASELINE_UNIFORM: Baseline
 BASELINE_CUSTOM: Baseline
+LRP_RULE_UNSPECIFIED: LrpRule
+LRP_RULE_EPSILON: LrpRule
+LRP_RULE_GAMMA: LrpRule
+LRP_RULE_ALPHA1_BETA0: LrpRule
+LRP_RULE_ALPHA2_BETA1: LrpRule
 SMOOTH_GRAD_AGGREGATE_UNSPECIFIED: SmoothGradAggregate
 SMOOTH_GRAD_AGGREGATE_MEAN: SmoothGradAggregate
 SMOOTH_GRAD_AGGREGATE_SQUARE: SmoothGradAggregate
@@ -141,6 +200,24 @@ SCORE_CAM_WEIGHTING_CLASS_PROBABILITY: ScoreCamWeighting
 INTERPOLATION_UNSPECIFIED: Interpolation
 INTERPOLATION_BILINEAR: Interpolation
 INTERPOLATION_NEAREST: Interpolation
+ATTENTION_HEAD_FUSION_UNSPECIFIED: AttentionHeadFusion
+ATTENTION_HEAD_FUSION_MEAN: AttentionHeadFusion
+ATTENTION_HEAD_FUSION_MAX: AttentionHeadFusion
+ATTENTION_HEAD_FUSION_MIN: AttentionHeadFusion
+SUPERPIXEL_BASELINE_UNSPECIFIED: SuperpixelBaseline
+SUPERPIXEL_BASELINE_ZEROS: SuperpixelBaseline
+SUPERPIXEL_BASELINE_MEAN: SuperpixelBaseline
+SUPERPIXEL_BASELINE_SEGMENT_MEAN: SuperpixelBaseline
+SUPERPIXEL_BASELINE_BLUR: SuperpixelBaseline
+REFERENCE_SET_UNSPECIFIED: ReferenceSet
+REFERENCE_SET_PHOTOS: ReferenceSet
+REFERENCE_SET_UNIFORM: ReferenceSet
+REFERENCE_SET_BLACK_WHITE: ReferenceSet
+REFERENCE_SET_CUSTOM: ReferenceSet
+XRAI_BASELINE_UNSPECIFIED: XraiBaseline
+XRAI_BASELINE_BLACK_WHITE: XraiBaseline
+XRAI_BASELINE_BLACK: XraiBaseline
+XRAI_BASELINE_ZEROS: XraiBaseline
 NORMALIZATION_UNSPECIFIED: Normalization
 NORMALIZATION_NONE: Normalization
 NORMALIZATION_MAX_ABS: Normalization
@@ -191,6 +268,28 @@ class IntegratedGradientsParams(_message.Message):
     seed: int
     custom_baseline: Tensor
     def __init__(self, n_steps: _Optional[int] = ..., rule: _Optional[_Union[IntegrationRule, str]] = ..., baseline: _Optional[_Union[Baseline, str]] = ..., blur_sigma: _Optional[float] = ..., seed: _Optional[int] = ..., custom_baseline: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class DeepLiftParams(_message.Message):
+    __slots__ = ("baseline", "blur_sigma", "seed", "custom_baseline")
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    BLUR_SIGMA_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    CUSTOM_BASELINE_FIELD_NUMBER: _ClassVar[int]
+    baseline: Baseline
+    blur_sigma: float
+    seed: int
+    custom_baseline: Tensor
+    def __init__(self, baseline: _Optional[_Union[Baseline, str]] = ..., blur_sigma: _Optional[float] = ..., seed: _Optional[int] = ..., custom_baseline: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class LrpParams(_message.Message):
+    __slots__ = ("rule", "epsilon", "gamma")
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    GAMMA_FIELD_NUMBER: _ClassVar[int]
+    rule: LrpRule
+    epsilon: float
+    gamma: float
+    def __init__(self, rule: _Optional[_Union[LrpRule, str]] = ..., epsilon: _Optional[float] = ..., gamma: _Optional[float] = ...) -> None: ...
 
 class SmoothGradParams(_message.Message):
     __slots__ = ("n_samples", "sigma", "aggregate", "seed", "reduction")
@@ -250,8 +349,80 @@ class GuidedGradCamParams(_message.Message):
     interpolation: Interpolation
     def __init__(self, reduction: _Optional[_Union[ChannelReduction, str]] = ..., interpolation: _Optional[_Union[Interpolation, str]] = ...) -> None: ...
 
+class AttentionParams(_message.Message):
+    __slots__ = ("head_fusion", "discard_ratio", "layer")
+    HEAD_FUSION_FIELD_NUMBER: _ClassVar[int]
+    DISCARD_RATIO_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    head_fusion: AttentionHeadFusion
+    discard_ratio: float
+    layer: int
+    def __init__(self, head_fusion: _Optional[_Union[AttentionHeadFusion, str]] = ..., discard_ratio: _Optional[float] = ..., layer: _Optional[int] = ...) -> None: ...
+
+class KernelShapParams(_message.Message):
+    __slots__ = ("n_samples", "n_segments", "compactness", "baseline", "blur_sigma", "seed")
+    N_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    N_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    COMPACTNESS_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    BLUR_SIGMA_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    n_samples: int
+    n_segments: int
+    compactness: float
+    baseline: SuperpixelBaseline
+    blur_sigma: float
+    seed: int
+    def __init__(self, n_samples: _Optional[int] = ..., n_segments: _Optional[int] = ..., compactness: _Optional[float] = ..., baseline: _Optional[_Union[SuperpixelBaseline, str]] = ..., blur_sigma: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class LimeParams(_message.Message):
+    __slots__ = ("n_samples", "n_segments", "compactness", "baseline", "blur_sigma", "seed", "kernel_width", "alpha")
+    N_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    N_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    COMPACTNESS_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    BLUR_SIGMA_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    KERNEL_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    n_samples: int
+    n_segments: int
+    compactness: float
+    baseline: SuperpixelBaseline
+    blur_sigma: float
+    seed: int
+    kernel_width: float
+    alpha: float
+    def __init__(self, n_samples: _Optional[int] = ..., n_segments: _Optional[int] = ..., compactness: _Optional[float] = ..., baseline: _Optional[_Union[SuperpixelBaseline, str]] = ..., blur_sigma: _Optional[float] = ..., seed: _Optional[int] = ..., kernel_width: _Optional[float] = ..., alpha: _Optional[float] = ...) -> None: ...
+
+class GradientShapParams(_message.Message):
+    __slots__ = ("n_samples", "stdev", "reference", "seed", "custom_reference")
+    N_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    STDEV_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    CUSTOM_REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    n_samples: int
+    stdev: float
+    reference: ReferenceSet
+    seed: int
+    custom_reference: Tensor
+    def __init__(self, n_samples: _Optional[int] = ..., stdev: _Optional[float] = ..., reference: _Optional[_Union[ReferenceSet, str]] = ..., seed: _Optional[int] = ..., custom_reference: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class XraiParams(_message.Message):
+    __slots__ = ("n_steps", "baseline", "area_threshold", "min_region_area")
+    N_STEPS_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    AREA_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MIN_REGION_AREA_FIELD_NUMBER: _ClassVar[int]
+    n_steps: int
+    baseline: XraiBaseline
+    area_threshold: float
+    min_region_area: float
+    def __init__(self, n_steps: _Optional[int] = ..., baseline: _Optional[_Union[XraiBaseline, str]] = ..., area_threshold: _Optional[float] = ..., min_region_area: _Optional[float] = ...) -> None: ...
+
 class MethodRequest(_message.Message):
-    __slots__ = ("method", "gradient", "cam", "integrated_gradients", "smoothgrad", "rise", "occlusion", "scorecam", "guided_backprop", "guided_gradcam")
+    __slots__ = ("method", "gradient", "cam", "integrated_gradients", "smoothgrad", "rise", "occlusion", "scorecam", "guided_backprop", "guided_gradcam", "deeplift", "lrp", "gradient_shap", "xrai", "kernel_shap", "lime", "attention")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     GRADIENT_FIELD_NUMBER: _ClassVar[int]
     CAM_FIELD_NUMBER: _ClassVar[int]
@@ -262,6 +433,13 @@ class MethodRequest(_message.Message):
     SCORECAM_FIELD_NUMBER: _ClassVar[int]
     GUIDED_BACKPROP_FIELD_NUMBER: _ClassVar[int]
     GUIDED_GRADCAM_FIELD_NUMBER: _ClassVar[int]
+    DEEPLIFT_FIELD_NUMBER: _ClassVar[int]
+    LRP_FIELD_NUMBER: _ClassVar[int]
+    GRADIENT_SHAP_FIELD_NUMBER: _ClassVar[int]
+    XRAI_FIELD_NUMBER: _ClassVar[int]
+    KERNEL_SHAP_FIELD_NUMBER: _ClassVar[int]
+    LIME_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_FIELD_NUMBER: _ClassVar[int]
     method: Method
     gradient: GradientParams
     cam: CamParams
@@ -272,7 +450,14 @@ class MethodRequest(_message.Message):
     scorecam: ScoreCamParams
     guided_backprop: GuidedBackpropParams
     guided_gradcam: GuidedGradCamParams
-    def __init__(self, method: _Optional[_Union[Method, str]] = ..., gradient: _Optional[_Union[GradientParams, _Mapping]] = ..., cam: _Optional[_Union[CamParams, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradientsParams, _Mapping]] = ..., smoothgrad: _Optional[_Union[SmoothGradParams, _Mapping]] = ..., rise: _Optional[_Union[RiseParams, _Mapping]] = ..., occlusion: _Optional[_Union[OcclusionParams, _Mapping]] = ..., scorecam: _Optional[_Union[ScoreCamParams, _Mapping]] = ..., guided_backprop: _Optional[_Union[GuidedBackpropParams, _Mapping]] = ..., guided_gradcam: _Optional[_Union[GuidedGradCamParams, _Mapping]] = ...) -> None: ...
+    deeplift: DeepLiftParams
+    lrp: LrpParams
+    gradient_shap: GradientShapParams
+    xrai: XraiParams
+    kernel_shap: KernelShapParams
+    lime: LimeParams
+    attention: AttentionParams
+    def __init__(self, method: _Optional[_Union[Method, str]] = ..., gradient: _Optional[_Union[GradientParams, _Mapping]] = ..., cam: _Optional[_Union[CamParams, _Mapping]] = ..., integrated_gradients: _Optional[_Union[IntegratedGradientsParams, _Mapping]] = ..., smoothgrad: _Optional[_Union[SmoothGradParams, _Mapping]] = ..., rise: _Optional[_Union[RiseParams, _Mapping]] = ..., occlusion: _Optional[_Union[OcclusionParams, _Mapping]] = ..., scorecam: _Optional[_Union[ScoreCamParams, _Mapping]] = ..., guided_backprop: _Optional[_Union[GuidedBackpropParams, _Mapping]] = ..., guided_gradcam: _Optional[_Union[GuidedGradCamParams, _Mapping]] = ..., deeplift: _Optional[_Union[DeepLiftParams, _Mapping]] = ..., lrp: _Optional[_Union[LrpParams, _Mapping]] = ..., gradient_shap: _Optional[_Union[GradientShapParams, _Mapping]] = ..., xrai: _Optional[_Union[XraiParams, _Mapping]] = ..., kernel_shap: _Optional[_Union[KernelShapParams, _Mapping]] = ..., lime: _Optional[_Union[LimeParams, _Mapping]] = ..., attention: _Optional[_Union[AttentionParams, _Mapping]] = ...) -> None: ...
 
 class ClassList(_message.Message):
     __slots__ = ("indices",)

@@ -11,8 +11,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from saliency.attribution.baselines import BASELINES, make_reference, validate_baseline
+from saliency.attribution.baselines import (
+    gaussian_blur as gaussian_blur,  # its old home, still imported
+)
 from saliency.attribution.executor import ChunkOutput, DeepTask, SampleStream
 from saliency.attribution.limits import Limits
 from saliency.attribution.registry import register
@@ -20,7 +23,6 @@ from saliency.attribution.types import Attribution
 from saliency.errors import require
 from saliency.models import LoadedModel
 
-BASELINES = ("zeros", "black", "blur", "uniform", "custom")
 RULES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
 
 
@@ -42,16 +44,9 @@ class IntegratedGradientsParams:
             f"{self.n_steps} is outside [1, {limits.max_ig_steps}]",
         )
         require(self.rule in RULES, "ig.rule", f"{self.rule!r} is not one of {RULES}")
-        require(self.baseline in BASELINES, "ig.baseline", f"{self.baseline!r} is not one of {BASELINES}")
-        require(
-            0 < self.blur_sigma <= 100, "ig.blur_sigma", f"{self.blur_sigma} is outside (0, 100]"
-        )
+        validate_baseline("ig", self.baseline, self.blur_sigma, self.custom_baseline)
         if self.rule == "riemann_trapezoid":
             require(self.n_steps >= 2, "ig.n_steps", "riemann_trapezoid needs at least 2 steps")
-        if self.baseline == "custom":
-            b = self.custom_baseline
-            require(b is not None, "ig.custom_baseline", "baseline='custom' needs a tensor")
-            require(bool(torch.isfinite(b).all()), "ig.custom_baseline", "contains NaN or Inf")
 
 
 def quadrature(rule: str, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -68,32 +63,10 @@ def quadrature(rule: str, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def make_baseline(model: LoadedModel, x: torch.Tensor, params: IntegratedGradientsParams) -> torch.Tensor:
-    """The reference input x' [C, H, W] in the model's input space."""
-    if params.baseline == "zeros":
-        return torch.zeros_like(x)
-    if params.baseline == "black":
-        return model.spec.normalize(torch.zeros_like(x))
-    if params.baseline == "uniform":
-        g = torch.Generator().manual_seed(params.seed)
-        return model.spec.normalize(torch.rand(x.shape, generator=g)).to(x)
-    if params.baseline == "blur":
-        return gaussian_blur(x, params.blur_sigma)
-    b = params.custom_baseline.to(x)
-    require(b.shape == x.shape, "ig.custom_baseline", f"shape {list(b.shape)} != input {list(x.shape)}")
-    return b
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of [C, H, W] with reflect padding (radius 3 sigma)."""
-    radius = min(int(3 * sigma), min(x.shape[-2:]) - 1)
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype)
-    kernel = torch.exp(-0.5 * (t / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    c = x.shape[0]
-    y = F.pad(x[None], (radius, radius, radius, radius), mode="reflect")
-    y = F.conv2d(y, kernel.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-    y = F.conv2d(y, kernel.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
-    return y[0]
+    """The reference input x' [C, H, W] in the model's input space (attribution/baselines.py)."""
+    return make_reference(
+        "ig", model, x, params.baseline, params.blur_sigma, params.seed, params.custom_baseline
+    )
 
 
 @register("ig", "deep", IntegratedGradientsParams, "Integrated Gradients (Sundararajan et al. 2017)", signed=True)

@@ -1,0 +1,207 @@
+"""Attention maps of a vision transformer, from the prediction's own forward (fast methods).
+
+- attention_rollout (Abnar & Zuidema 2020): per layer l, fuse the heads, A_l [N, N]; optionally
+  zero the lowest `discard_ratio` of its weights (as jacobgil/vit-explain); account for the
+  residual connection, A_hat_l = 0.5 * A_l + 0.5 * I, rows re-normalised to sum to 1; multiply
+  R = A_hat_L ... A_hat_1 (layers up to `layer`). The map is R's CLS row over the patch tokens.
+- raw_attention: the CLS row over the patch tokens of one layer's fused attention A_layer.
+
+Token order: CLS first, then the patch grid row by row (as `models/vit.py`). Both maps are
+class-agnostic (they are read off the forward, before any class is chosen): every target gets
+the same map, as with Eigen-CAM.
+
+Two deliberate differences from vit-explain: its re-normalisation `a / a.sum(dim=-1)` divides
+column j by row j's sum (a broadcasting slip); we divide each row by its own sum. And it discards
+in the first image of a batch only; we discard per image. Maps are not scaled to max 1 (the
+response's output options normalise maps).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from saliency.attribution.limits import Limits
+from saliency.attribution.reduce import upsample
+from saliency.attribution.registry import register
+from saliency.attribution.types import Attribution
+from saliency.errors import InvalidArgument, require
+from saliency.models import LoadedModel, ModelSpec
+
+HEAD_FUSIONS = ("mean", "max", "min")
+MAX_LAYER = 1023  # a bound for the API; the model's own depth is checked when it is known
+
+
+@dataclass(frozen=True)
+class AttentionParams:
+    """The fields both attention methods share (one API message serves both).
+
+    head_fusion: how heads are fused per layer; discard_ratio: the fraction of each fused
+    [N, N] matrix's lowest weights set to 0; layer: the deepest layer used (-1: the model's
+    last) — rollout multiplies the layers up to it, raw attention shows it.
+    """
+
+    head_fusion: str = field(default="mean", metadata={"choices": HEAD_FUSIONS})
+    discard_ratio: float = field(default=0.0, metadata={"min": 0, "max": 1, "exclusive_max": True})
+    layer: int = field(default=-1, metadata={"min": -1, "max": MAX_LAYER})
+    method: ClassVar[str] = ""
+
+    def validate(self, limits: Limits) -> None:
+        require(
+            self.head_fusion in HEAD_FUSIONS,
+            f"{self.method}.head_fusion",
+            f"{self.head_fusion!r} is not one of {HEAD_FUSIONS}",
+        )
+        require(
+            0 <= self.discard_ratio < 1,
+            f"{self.method}.discard_ratio",
+            f"{self.discard_ratio} is outside [0, 1): it is the fraction of weights dropped",
+        )
+        require(
+            -1 <= self.layer <= MAX_LAYER,
+            f"{self.method}.layer",
+            f"{self.layer} is outside [-1, {MAX_LAYER}]: a 0-based block index, or -1 for the last",
+        )
+
+
+@dataclass(frozen=True)
+class AttentionRolloutParams(AttentionParams):
+    method: ClassVar[str] = "attention_rollout"
+
+
+@dataclass(frozen=True)
+class RawAttentionParams(AttentionParams):
+    method: ClassVar[str] = "raw_attention"
+
+
+def _vit_only(spec: ModelSpec) -> str | None:
+    return None if spec.architecture == "vit" else "it reads a vision transformer's attention"
+
+
+register(
+    "attention_rollout",
+    "fast",
+    AttentionRolloutParams,
+    "attention rollout (Abnar & Zuidema 2020), class-agnostic: same map for every target; ViT only",
+    supports=_vit_only,
+)(None)
+register(
+    "raw_attention",
+    "fast",
+    RawAttentionParams,
+    "CLS-to-patch attention of one layer, heads fused; class-agnostic: same map for every target; ViT only",
+    supports=_vit_only,
+)(None)
+
+ATTENTION_METHODS = ("attention_rollout", "raw_attention")
+
+
+def layers_to_capture(model: LoadedModel, methods: Mapping[str, Any]) -> tuple[str, ...]:
+    """The attention modules to capture for the attention methods in {name: params} (none when
+    none is requested), checked before the forward: the model has them and each `layer` exists."""
+    requested = [name for name in ATTENTION_METHODS if name in methods]
+    if not requested:
+        return ()
+    layers = attention_layer_names(model, requested[0])
+    for name in requested:
+        _resolve_layer(methods[name].layer, len(layers), name)
+    return layers
+
+
+def attention_layer_names(model: LoadedModel, method: str) -> tuple[str, ...]:
+    """The spec's attention modules; raises InvalidArgument(method) for a model without them."""
+    layers = model.spec.attention_layers
+    require(
+        bool(layers),
+        method,
+        f"model {model.spec.name} declares no attention layers (attention_layers): "
+        "attention maps need a vision transformer",
+    )
+    modules = dict(model.module.named_modules())
+    missing = [name for name in layers if name not in modules]
+    require(not missing, method, f"model {model.spec.name} has no layer(s) {missing} (its attention_layers)")
+    return layers
+
+
+def fuse_heads(attn: torch.Tensor, how: str) -> torch.Tensor:
+    """attn [B, heads, N, N] -> [B, N, N] (mean, max or min over heads)."""
+    if how == "mean":
+        return attn.mean(dim=1)
+    return attn.amax(dim=1) if how == "max" else attn.amin(dim=1)
+
+
+def discard_lowest(a: torch.Tensor, ratio: float) -> torch.Tensor:
+    """a [B, N, N] -> a copy with each image's lowest floor(ratio * N * N) weights set to 0,
+    except the CLS-to-CLS weight (vit-explain keeps it)."""
+    flat = a.flatten(1)
+    k = int(flat.shape[1] * ratio)
+    if k == 0:
+        return a
+    keep = torch.ones_like(flat, dtype=torch.bool)
+    keep.scatter_(1, flat.topk(k, dim=1, largest=False).indices, False)
+    keep[:, 0] = True
+    return (flat * keep).view_as(a)
+
+
+def _resolve_layer(layer: int, depth: int, method: str) -> int:
+    require(
+        layer < depth,
+        f"{method}.layer",
+        f"{layer} is beyond this model's {depth} attention layers (0..{depth - 1}; -1 for the last)",
+    )
+    return depth - 1 if layer == -1 else layer
+
+
+def rollout(attns: Sequence[torch.Tensor], params: AttentionParams) -> torch.Tensor:
+    """attns: per layer [B, heads, N, N], first layer first -> R [B, N, N] through `params.layer`."""
+    last = _resolve_layer(params.layer, len(attns), params.method)
+    result = None
+    for attn in attns[: last + 1]:
+        a = discard_lowest(fuse_heads(attn.float(), params.head_fusion), params.discard_ratio)
+        eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+        a = 0.5 * a + 0.5 * eye
+        a = a / a.sum(dim=-1, keepdim=True)
+        result = a if result is None else a @ result
+    return result
+
+
+def raw_attention(attns: Sequence[torch.Tensor], params: AttentionParams) -> torch.Tensor:
+    """attns: per layer [B, heads, N, N] -> that layer's fused attention [B, N, N]."""
+    layer = _resolve_layer(params.layer, len(attns), params.method)
+    return discard_lowest(fuse_heads(attns[layer].float(), params.head_fusion), params.discard_ratio)
+
+
+def cls_patch_map(matrix: torch.Tensor, size: tuple[int, int], method: str) -> torch.Tensor:
+    """matrix [B, N, N] (CLS first) -> the CLS row over the patches as a grid [B, h, w], with
+    h * w = N - 1 and h / w = the input's aspect ratio `size` (H, W)."""
+    patches = matrix.shape[-1] - 1
+    height, width = size
+    h = max(1, round((patches * height / width) ** 0.5))
+    w = patches // h
+    if h * w != patches:
+        raise InvalidArgument(
+            f"attention over {matrix.shape[-1]} tokens is not a CLS token plus a patch grid "
+            f"of a {height}x{width} input",
+            method,
+        )
+    return matrix[:, 0, 1:].reshape(-1, h, w)
+
+
+def attention_attributions(
+    methods: dict, attns: Sequence[torch.Tensor], targets: Sequence[Sequence[int]], size: tuple[int, int]
+) -> list[list[Attribution]]:
+    """attns: per layer [B, heads, N, N]; {method: params} -> per image, one Attribution per
+    (attention method, target); the map [H, W] is the grid map [h, w] upsampled (bilinear)."""
+    per_image: list[list[Attribution]] = [[] for _ in targets]
+    for name in ATTENTION_METHODS:
+        if name not in methods:
+            continue
+        compute = rollout if name == "attention_rollout" else raw_attention
+        raw = cls_patch_map(compute(attns, methods[name]), size, name)
+        up = upsample(raw, size)
+        for b, image_targets in enumerate(targets):
+            per_image[b].extend(Attribution(name, t, up[b], raw[b]) for t in image_targets)
+    return per_image

@@ -1,0 +1,92 @@
+"""Layer-wise Relevance Propagation (Bach et al. 2015; Montavon et al. 2019) as one sample.
+
+The relevance of the output is the target logit (one-hot times logit, as Captum); every conv /
+linear layer redistributes its output's relevance to its inputs by `rule` (epsilon, gamma,
+alpha1_beta0, alpha2_beta1), BatchNorm folded into the conv before it, average pooling and
+residual additions in proportion to contributions, max pooling winner-take-all, activations
+pass-through (`attribution/relevance.py`). The map is the input relevance summed over
+channels; the stats say how much of the logit reached the input (biases and epsilon absorb
+the rest; alpha-beta's beta part moves it by design).
+
+One gradient sample per map, run on the executor under its `RelevanceRules`: maps with the
+same rule and parameters share chunks, and the rule lives only in that chunk's autograd graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from saliency.attribution.executor import ChunkOutput, DeepTask, SampleStream
+from saliency.attribution.limits import Limits
+from saliency.attribution.propagation import cnn_only, require_propagation_support
+from saliency.attribution.registry import register
+from saliency.attribution.relevance import LRP_RULES, RelevanceRules
+from saliency.attribution.types import Attribution
+from saliency.errors import require
+from saliency.models import LoadedModel
+
+MAX_EPSILON = 1e3
+MAX_GAMMA = 100.0
+
+
+@dataclass(frozen=True)
+class LrpParams:
+    # the rule of every conv / linear layer
+    rule: str = field(default="epsilon", metadata={"choices": LRP_RULES})
+    # rules epsilon and gamma: stabilizer added to each layer's output, in its units (0: LRP-0)
+    epsilon: float = field(default=0.25, metadata={"min": 0, "max": MAX_EPSILON})
+    # rule="gamma": weight given to positive contributions, z_ij + gamma * max(z_ij, 0)
+    gamma: float = field(default=0.25, metadata={"min": 0, "max": MAX_GAMMA})
+
+    def validate(self, limits: Limits) -> None:
+        require(self.rule in LRP_RULES, "lrp.rule", f"{self.rule!r} is not one of {LRP_RULES}")
+        require(
+            0 <= self.epsilon <= MAX_EPSILON, "lrp.epsilon", f"{self.epsilon} is outside [0, {MAX_EPSILON:g}]"
+        )
+        require(0 <= self.gamma <= MAX_GAMMA, "lrp.gamma", f"{self.gamma} is outside [0, {MAX_GAMMA:g}]")
+
+    def rules(self) -> RelevanceRules:
+        return RelevanceRules(self.rule, float(self.epsilon), float(self.gamma))
+
+
+@register(
+    "lrp",
+    "deep",
+    LrpParams,
+    "Layer-wise Relevance Propagation, epsilon / gamma / alpha-beta rules (Bach et al. 2015)",
+    signed=True,
+    supports=cnn_only,
+)
+def plan_lrp(model: LoadedModel, x: torch.Tensor, target: int, params: LrpParams) -> DeepTask:
+    """x [C, H, W] normalised input -> a DeepTask whose map is sum_c R [H, W], raw R [C, H, W]."""
+    require_propagation_support("lrp", model.module)
+    x = x.detach().float().cpu()
+    outputs: dict[str, torch.Tensor] = {}
+
+    def the_input(start: int, stop: int) -> torch.Tensor:
+        return x[None]
+
+    def keep(start: int, out: ChunkOutput) -> None:
+        outputs["relevance"] = out.grads[0].detach().float().cpu()
+        outputs["score"] = out.logits[0, target].detach().float().cpu()
+
+    def finish() -> Attribution:
+        relevance, score = outputs["relevance"], float(outputs["score"])
+        total = float(relevance.sum())
+        return Attribution(
+            "lrp",
+            target,
+            relevance.sum(0),
+            relevance,
+            {
+                "score": score,
+                "relevance_sum": total,
+                # the share of the logit that did not reach the input (biases, epsilon, beta)
+                "conservation_error": abs(total - score) / max(abs(score), 1e-12),
+            },
+        )
+
+    stream = SampleStream(1, True, the_input, keep, backward_rule=params.rules())
+    return DeepTask("lrp", target, [stream], finish)
