@@ -112,6 +112,7 @@ BAD_INPUTS = {
     "top-k too large": (["--top-k", "11"], "top_k"),
     "top-k and targets": (["--top-k", "2", "--targets", "1"], "--targets"),
     "duplicate method": (["--methods", "gradcam,gradcam"], "methods"),
+    "method for another architecture": (["--methods", "gradcam,attention_rollout"], "attention_rollout cannot explain"),
     "chunk size": (["--chunk-size", "0"], "chunk-size"),
     "alpha": (["--alpha", "1.5"], "alpha"),
 }

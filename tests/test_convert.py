@@ -545,3 +545,12 @@ def test_every_advertised_bound_is_enforced():
                 with pytest.raises(InvalidArgument) as raised:
                     decode([request])
                 assert raised.value.field == f"methods[0].{oneof}.{p.name}"
+
+
+def test_sanity_defaults_are_the_methods_that_can_explain_the_model():
+    def defaults(model: str) -> set[str]:
+        request = pb.SanityCheckRequest(model=model, tensor=convert.tensor_to_proto(torch.zeros(3, 32, 32)))
+        return set(convert.sanity_request_from_proto(wire(request), get_spec(model), Limits(), 8, ImageLimits()).methods)
+
+    assert defaults("tinycnn") == {"vanilla", "gradcam", "guided_backprop"}
+    assert defaults("tinyvit") == {"vanilla", "gradcam"}  # guided backprop needs ReLUs

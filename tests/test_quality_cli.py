@@ -46,6 +46,7 @@ def test_sanity_in_process_and_remote_print_the_same_numbers(capsys):
         (["--target", "10"], "target"),
         (["--seed", "-3"], "seed"),
         (["--methods", "vanilla,nope"], "methods"),
+        (["--methods", "vanilla,attention_rollout"], "attention_rollout cannot explain model tinycnn"),
     ],
 )
 def test_sanity_bad_arguments_exit_2_naming_the_field(capsys, extra, mentions):

@@ -292,6 +292,11 @@ BAD_SANITY = {
     "target": ({"target": 10}, grpc.StatusCode.INVALID_ARGUMENT, "target"),
     "seed": ({"seed": -1}, grpc.StatusCode.INVALID_ARGUMENT, "seed"),
     "method": ({"methods": [pb.MethodRequest()]}, grpc.StatusCode.INVALID_ARGUMENT, "methods[0].method"),
+    "method for another architecture": (
+        {"methods": [pb.MethodRequest(method=pb.METHOD_VANILLA), pb.MethodRequest(method=pb.METHOD_ATTENTION_ROLLOUT)]},
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "methods[1].method",
+    ),
     "method params": (
         {"methods": [method(pb.METHOD_INTEGRATED_GRADIENTS, n_steps=0)]},
         grpc.StatusCode.INVALID_ARGUMENT,

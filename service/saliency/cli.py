@@ -273,13 +273,14 @@ def read_image(path: str | None, sample: str | None) -> tuple[str, np.ndarray]:
 def explain(args: argparse.Namespace) -> int:
     from saliency.attribution.engine import Engine
     from saliency.attribution.executor import ChunkSizes
-    from saliency.attribution.registry import all_methods
+    from saliency.attribution.registry import all_methods, check_supported
     from saliency.imaging import to_model_input
     from saliency.models import get_spec, load_model
 
     # Everything a user can get wrong is checked before the model loads or any work starts.
     spec = get_spec(args.model)
     methods = parse_methods(args.methods)
+    check_supported(methods, spec)
     params = parse_params(methods, args.param)
     targets = parse_targets(args.top_k, args.targets)
     targets.validate(spec.num_classes)
@@ -425,6 +426,7 @@ def parse_randomizations(text: str) -> tuple[str, ...]:
 
 def sanity(args: argparse.Namespace) -> int:
     """`saliency sanity`: cascading / independent randomisation of one image, in-process."""
+    from saliency.attribution.registry import check_supported
     from saliency.attribution.tuning import chunk_sizes_for
     from saliency.imaging import to_model_input
     from saliency.models import get_spec, load_model
@@ -432,7 +434,9 @@ def sanity(args: argparse.Namespace) -> int:
     from saliency.quality.sanity import model_randomisation
 
     spec = get_spec(args.model)
-    params = parse_params(parse_methods(args.methods), args.param)
+    methods = parse_methods(args.methods)
+    check_supported(methods, spec)
+    params = parse_params(methods, args.param)
     layers = parse_list(args.layers, "layers") or None
     modes = parse_randomizations(args.randomizations)
     require(args.target is None or 0 <= args.target < spec.num_classes, "target",

@@ -1090,8 +1090,13 @@ def sanity_request_from_proto(
 ) -> SanityRequest:
     x, _ = input_from_request(request, spec, image_limits)  # the same `input` oneof as Explain
     methods = methods_from_proto(request.methods, limits, max_methods, tuple(x.shape))
-    if not methods:
-        methods = {name: get_method(name).params_type() for name in DEFAULT_SANITY_METHODS}
+    check_supported(list(methods), spec, [f"methods[{i}].method" for i in range(len(methods))])
+    if not methods:  # the defaults that can explain this model
+        methods = {
+            name: get_method(name).params_type()
+            for name in DEFAULT_SANITY_METHODS
+            if get_method(name).unsupported_reason(spec) is None
+        }
     layers = tuple(request.layers)
     for i, layer in enumerate(layers):
         require(
