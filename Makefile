@@ -25,7 +25,7 @@ run: $(STAMP)
 # Explain a bundled photograph in-process with every method and write the pictures.
 demo: $(STAMP)
 	$(BIN)/saliency explain --sample chelsea --model efficientnet_lite0 \
-	    --methods vanilla,input_x_gradient,gradcam,gradcam_pp,eigencam,ig,smoothgrad,rise \
+	    --methods vanilla,input_x_gradient,gradcam,gradcam_pp,eigencam,cam,ig,smoothgrad,rise,occlusion,scorecam,guided_backprop,guided_gradcam,deeplift,lrp,gradient_shap,xrai,kernel_shap,lime \
 	    --top-k 2 --out $(OUT)/chelsea --raw
 
 test: $(STAMP)
