@@ -24,7 +24,7 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from PIL import Image
 
-from saliency.api import convert
+from saliency.api import convert, method_params, tensors
 from saliency.api.convert import AttributionEvent, ExplainResult, OutputOptions
 from saliency.attribution.engine import Engine
 from saliency.attribution.executor import ChunkSizes
@@ -55,11 +55,11 @@ class StandInServicer(pb_grpc.ExplainerServicer):
         self.requests.append(request)
         try:
             spec = get_spec(request.model)
-            x, rgb = convert.input_from_request(request, spec, ImageLimits())
+            x, rgb = tensors.input_from_request(request, spec, ImageLimits())
             targets = convert.targets_from_proto(
                 request.targets if request.HasField("targets") else None, spec.num_classes, 16
             )
-            methods = convert.methods_from_proto(request.methods, Limits(), 16, tuple(x.shape))
+            methods = method_params.methods_from_proto(request.methods, Limits(), 16, tuple(x.shape))
             options = convert.output_options_from_proto(request.output if request.HasField("output") else None)
         except SaliencyError as exc:
             code = grpc.StatusCode.NOT_FOUND if exc.field == "model" else grpc.StatusCode.INVALID_ARGUMENT
@@ -156,7 +156,7 @@ def test_explain_returns_domain_types_and_sends_the_token(stand_in, png):
     ig = next(a for a in result.attributions if a.method == "ig")
     assert ig.stats["n_steps"] == 4
     # The request carried the parameters as given.
-    sent = convert.methods_from_proto(servicer.requests[-1].methods, Limits(), 16, (3, 32, 32))
+    sent = method_params.methods_from_proto(servicer.requests[-1].methods, Limits(), 16, (3, 32, 32))
     assert sent["vanilla"].reduction == "l2" and sent["ig"].n_steps == 4
 
 
@@ -207,7 +207,7 @@ def test_list_models(stand_in):
     _, address = stand_in
     with ExplainerClient(address) as client:
         (model,) = client.list_models()
-    supported = [name for name in convert.METHOD_NAMES.values() if name in methods_for(get_spec("tinycnn"))]
+    supported = [name for name in method_params.METHOD_NAMES.values() if name in methods_for(get_spec("tinycnn"))]
     assert model.name == "tinycnn" and len(model.methods) == len(supported)
 
 

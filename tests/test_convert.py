@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from saliency import render
-from saliency.api import convert
+from saliency.api import convert, method_params, quality_codec, tensors
 from saliency.api.convert import OutputOptions
 from saliency.attribution.limits import Limits
 from saliency.attribution.registry import all_methods, get_method, make_params, methods_for
@@ -60,35 +60,35 @@ def wire(message):
 
 
 def decode(requests, shape=SHAPE, limits=LIMITS, max_methods=16):
-    return convert.methods_from_proto([wire(r) for r in requests], limits, max_methods, shape)
+    return method_params.methods_from_proto([wire(r) for r in requests], limits, max_methods, shape)
 
 
 # ------------------------------------------------------------------- registry <-> proto
 
 
-API_METHODS = sorted(convert.METHOD_NAMES.values())
+API_METHODS = sorted(method_params.METHOD_NAMES.values())
 
 
 def test_every_api_method_is_registered_and_has_a_params_message():
     # The registry may hold more methods than the API exposes; never fewer.
     assert set(API_METHODS) <= set(all_methods())
-    assert set(convert.PARAMS_ONEOF) == set(API_METHODS)
+    assert set(method_params.PARAMS_ONEOF) == set(API_METHODS)
     known = {v.number for v in pb.Method.DESCRIPTOR.values} - {pb.METHOD_UNSPECIFIED}
-    assert set(convert.METHOD_NAMES) == known
-    for value, name in convert.METHOD_NAMES.items():
-        assert convert.method_enum(name) == value
+    assert set(method_params.METHOD_NAMES) == known
+    for value, name in method_params.METHOD_NAMES.items():
+        assert method_params.method_enum(name) == value
 
 
 @pytest.mark.parametrize("name", API_METHODS)
 def test_params_fields_and_proto_fields_match(name):
     info = get_method(name)
-    message = pb.MethodRequest.DESCRIPTOR.fields_by_name[convert.PARAMS_ONEOF[name]].message_type
+    message = pb.MethodRequest.DESCRIPTOR.fields_by_name[method_params.PARAMS_ONEOF[name]].message_type
     params_fields = {f.name: f for f in dataclasses.fields(info.params_type)}
     assert set(params_fields) == set(message.fields_by_name)
     for f in params_fields.values():
         proto_field = message.fields_by_name[f.name]
         if "choices" in f.metadata:  # string fields travel as enums: every choice has a value
-            table = convert.ENUM_STRINGS[proto_field.enum_type.full_name]
+            table = method_params.ENUM_STRINGS[proto_field.enum_type.full_name]
             assert set(table.values()) == set(f.metadata["choices"])
             assert set(table) == {v.number for v in proto_field.enum_type.values} - {0}
         elif proto_field.message_type is None:  # scalars are `optional`: unset means default
@@ -102,7 +102,7 @@ def test_params_fields_and_proto_fields_match(name):
 @pytest.mark.parametrize("which", ["defaults", "non-defaults"])
 def test_params_round_trip_exactly(name, which):
     params = make_params(name, **(NON_DEFAULT[name] if which == "non-defaults" else {}))
-    (request,) = convert.method_requests_to_proto({name: params})
+    (request,) = method_params.method_requests_to_proto({name: params})
     back = decode([request])
     assert list(back) == [name]
     assert back[name] == params
@@ -112,7 +112,7 @@ def test_params_round_trip_exactly(name, which):
 
 def test_methods_keep_request_order_and_accept_dicts_and_none():
     methods = {"rise": {"n_masks": 10}, "gradcam": None, "ig": make_params("ig", n_steps=4)}
-    back = decode(convert.method_requests_to_proto(methods))
+    back = decode(method_params.method_requests_to_proto(methods))
     assert list(back) == ["rise", "gradcam", "ig"]
     assert back["rise"] == make_params("rise", n_masks=10)
     assert back["gradcam"] == make_params("gradcam")
@@ -141,7 +141,7 @@ def test_float32_parameters_read_back_as_the_decimal_sent():
 def test_custom_baseline_round_trip():
     baseline = torch.randn(SHAPE)
     params = make_params("ig", baseline="custom", custom_baseline=baseline)
-    back = decode(convert.method_requests_to_proto({"ig": params}))["ig"]
+    back = decode(method_params.method_requests_to_proto({"ig": params}))["ig"]
     assert back.baseline == "custom"
     assert torch.equal(back.custom_baseline, baseline)
 
@@ -149,23 +149,23 @@ def test_custom_baseline_round_trip():
 @pytest.mark.parametrize("dtype", [pb.DTYPE_FLOAT32, pb.DTYPE_FLOAT16])
 def test_tensor_round_trip(dtype):
     t = torch.arange(24, dtype=torch.float32).reshape(2, 3, 4) / 8 - 1  # exact in float16 too
-    message = wire(convert.tensor_to_proto(t, dtype))
+    message = wire(tensors.tensor_to_proto(t, dtype))
     assert message.dtype == dtype and list(message.shape) == [2, 3, 4]
     assert len(message.data) == 24 * (2 if dtype == pb.DTYPE_FLOAT16 else 4)
-    back = convert.tensor_from_proto(message, "t", 100)
+    back = tensors.tensor_from_proto(message, "t", 100)
     assert back.dtype == torch.float32 and torch.equal(back, t)
 
 
 def test_tensor_bytes_are_little_endian_c_order_and_unspecified_is_float32():
     array = np.array([[1.5, -2.0], [3.25, 0.0]], dtype="<f4")
     message = pb.Tensor(shape=[2, 2], data=array.tobytes())  # dtype left UNSPECIFIED
-    assert torch.equal(convert.tensor_from_proto(message, "t", 4), torch.from_numpy(array))
-    assert convert.tensor_to_proto(torch.from_numpy(array)).data == array.tobytes()
+    assert torch.equal(tensors.tensor_from_proto(message, "t", 4), torch.from_numpy(array))
+    assert tensors.tensor_to_proto(torch.from_numpy(array)).data == array.tobytes()
 
 
 def test_float16_saturates_instead_of_overflowing_to_inf():
     t = torch.tensor([1e6, -1e6, 1.0, float("inf")])
-    back = convert.tensor_from_proto(convert.tensor_to_proto(t, pb.DTYPE_FLOAT16), "t", 4)
+    back = tensors.tensor_from_proto(tensors.tensor_to_proto(t, pb.DTYPE_FLOAT16), "t", 4)
     assert back.tolist() == [65504.0, -65504.0, 1.0, float("inf")]
 
 
@@ -268,7 +268,7 @@ def test_response_and_stream_events_from_proto():
 def test_input_from_image_bytes():
     spec = get_spec("tinycnn")
     rgb = np.random.default_rng(2).integers(0, 256, (40, 48, 3), dtype=np.uint8)
-    x, decoded = convert.input_from_request(pb.ExplainRequest(image=render.encode_png(rgb)), spec, ImageLimits())
+    x, decoded = tensors.input_from_request(pb.ExplainRequest(image=render.encode_png(rgb)), spec, ImageLimits())
     assert x.shape == (3, *spec.input_size) and x.dtype == torch.float32
     assert np.array_equal(decoded, rgb)
 
@@ -277,8 +277,8 @@ def test_input_from_tensor_and_its_overlay_pixels():
     spec = get_spec("tinycnn")
     pixels = torch.rand(3, 32, 32)
     x = spec.normalize(pixels)
-    request = pb.ExplainRequest(tensor=convert.tensor_to_proto(x))
-    got, rgb = convert.input_from_request(wire(request), spec, ImageLimits())
+    request = pb.ExplainRequest(tensor=tensors.tensor_to_proto(x))
+    got, rgb = tensors.input_from_request(wire(request), spec, ImageLimits())
     assert torch.equal(got, x)
     assert rgb.dtype == np.uint8 and rgb.shape == (32, 32, 3)
     assert np.abs(rgb.astype(int) - np.rint(pixels.permute(1, 2, 0).numpy() * 255)).max() <= 1
@@ -289,8 +289,8 @@ def test_input_from_tensor_and_its_overlay_pixels():
     [
         (pb.ExplainRequest(), "input", InvalidArgument),
         (pb.ExplainRequest(image=b"not an image"), "image", InvalidArgument),
-        (pb.ExplainRequest(tensor=convert.tensor_to_proto(torch.full((3, 16, 16), math.nan))), "tensor", InvalidArgument),
-        (pb.ExplainRequest(tensor=convert.tensor_to_proto(torch.zeros(16, 16))), "tensor", InvalidArgument),
+        (pb.ExplainRequest(tensor=tensors.tensor_to_proto(torch.full((3, 16, 16), math.nan))), "tensor", InvalidArgument),
+        (pb.ExplainRequest(tensor=tensors.tensor_to_proto(torch.zeros(16, 16))), "tensor", InvalidArgument),
         (pb.ExplainRequest(tensor=pb.Tensor(shape=[3, 16, 16], data=b"\0" * 10)), "tensor.data", InvalidArgument),
         (pb.ExplainRequest(tensor=pb.Tensor(shape=[3, 10**5, 10**5])), "tensor.shape", ResourceExhausted),
     ],
@@ -298,7 +298,7 @@ def test_input_from_tensor_and_its_overlay_pixels():
 )
 def test_bad_input_names_the_field(request_, field, error):
     with pytest.raises(error) as info:
-        convert.input_from_request(wire(request_), get_spec("tinycnn"), ImageLimits())
+        tensors.input_from_request(wire(request_), get_spec("tinycnn"), ImageLimits())
     assert info.value.field == field
 
 
@@ -419,7 +419,7 @@ BAD_TENSORS = {
 @pytest.mark.parametrize(("message", "field", "error"), BAD_TENSORS.values(), ids=BAD_TENSORS.keys())
 def test_bad_tensors_name_the_field(message, field, error):
     with pytest.raises(error) as info:
-        convert.tensor_from_proto(wire(message), "t", 100)
+        tensors.tensor_from_proto(wire(message), "t", 100)
     assert info.value.field == field
 
 
@@ -459,20 +459,20 @@ def test_bad_output_options_name_the_field(message, field):
 
 def test_client_side_conversion_errors_name_the_parameter():
     with pytest.raises(InvalidArgument) as info:
-        convert.method_requests_to_proto({"ig": {"steps": 3}})
+        method_params.method_requests_to_proto({"ig": {"steps": 3}})
     assert info.value.field == "ig.params"
     with pytest.raises(InvalidArgument) as info:
-        convert.method_requests_to_proto({"ig": {"n_steps": 2**40}})  # over int32
+        method_params.method_requests_to_proto({"ig": {"n_steps": 2**40}})  # over int32
     assert info.value.field == "ig.n_steps"
     with pytest.raises(InvalidArgument) as info:
-        convert.method_requests_to_proto({"ig": {"rule": "simpson"}})
+        method_params.method_requests_to_proto({"ig": {"rule": "simpson"}})
     assert info.value.field == "ig.rule"
     with pytest.raises(InvalidArgument) as info:
-        convert.method_requests_to_proto({"nope": None})
+        method_params.method_requests_to_proto({"nope": None})
     assert info.value.field == "methods"
     for name in set(all_methods()) - set(API_METHODS):  # registered, but not in saliency.v1
         with pytest.raises(InvalidArgument) as info:
-            convert.method_requests_to_proto({name: None})
+            method_params.method_requests_to_proto({name: None})
         assert info.value.field == "methods" and "no saliency.v1 Method" in str(info.value)
 
 
@@ -487,7 +487,7 @@ def test_model_info_lists_every_method_with_parameters_and_limits():
     assert info.num_classes == 10 and info.max_targets == 10  # capped by the class count
     assert list(info.mean) == pytest.approx(spec.mean) and list(info.std) == pytest.approx(spec.std)
     assert info.pretrained is False and info.architecture == "cnn"
-    assert [m.method for m in info.methods] == sorted(v for v, n in convert.METHOD_NAMES.items() if n in methods_for(spec))
+    assert [m.method for m in info.methods] == sorted(v for v, n in method_params.METHOD_NAMES.items() if n in methods_for(spec))
     methods = {m.name: m for m in info.methods}
     assert set(methods) == set(methods_for(spec)) and set(API_METHODS) == set(all_methods())
     for name, m in methods.items():
@@ -521,7 +521,7 @@ def test_a_method_that_cannot_explain_the_model_is_refused_naming_its_field():
     spec = dataclasses.replace(get_spec("tinycnn"), name="no_gap_head", classifier_layer="")
     request = pb.ExplainRequest(
         model="no_gap_head",
-        tensor=convert.tensor_to_proto(torch.zeros(3, 32, 32)),
+        tensor=tensors.tensor_to_proto(torch.zeros(3, 32, 32)),
         methods=[pb.MethodRequest(method=pb.METHOD_GRADCAM), pb.MethodRequest(method=pb.METHOD_CAM)],
     )
     with pytest.raises(InvalidArgument) as info:
@@ -535,12 +535,12 @@ def test_every_advertised_bound_is_enforced():
     """A value just outside any advertised [minimum, maximum] is rejected."""
     info = convert.model_info_to_proto(get_spec("tinycnn"), LIMITS)
     for m in info.methods:
-        oneof = convert.PARAMS_ONEOF[m.name]
+        oneof = method_params.PARAMS_ONEOF[m.name]
         for p in m.parameters:
             for bound, step in (("minimum", -1), ("maximum", 1)):
                 if not p.HasField(bound) or p.type != "int" or abs(getattr(p, bound)) > 2**62:
                     continue
-                request = pb.MethodRequest(method=convert.method_enum(m.name))
+                request = pb.MethodRequest(method=method_params.method_enum(m.name))
                 setattr(getattr(request, oneof), p.name, int(getattr(p, bound)) + step)
                 with pytest.raises(InvalidArgument) as raised:
                     decode([request])
@@ -549,8 +549,8 @@ def test_every_advertised_bound_is_enforced():
 
 def test_sanity_defaults_are_the_methods_that_can_explain_the_model():
     def defaults(model: str) -> set[str]:
-        request = pb.SanityCheckRequest(model=model, tensor=convert.tensor_to_proto(torch.zeros(3, 32, 32)))
-        return set(convert.sanity_request_from_proto(wire(request), get_spec(model), Limits(), 8, ImageLimits()).methods)
+        request = pb.SanityCheckRequest(model=model, tensor=tensors.tensor_to_proto(torch.zeros(3, 32, 32)))
+        return set(quality_codec.sanity_request_from_proto(wire(request), get_spec(model), Limits(), 8, ImageLimits()).methods)
 
     assert defaults("tinycnn") == {"vanilla", "gradcam", "guided_backprop"}
     assert defaults("tinyvit") == {"vanilla", "gradcam"}  # guided backprop needs ReLUs

@@ -10,7 +10,7 @@ import pytest
 import skimage.data
 import torch
 
-from saliency.api import convert
+from saliency.api import method_params
 from saliency.attribution.engine import Engine
 from saliency.attribution.executor import ChunkSizes
 from saliency.attribution.registry import all_methods, make_params, methods_for
@@ -81,6 +81,6 @@ def test_the_service_explains_on_cuda_over_grpc():
     finally:
         service.stop()
     assert response.predictions[0].class_index == 285
-    maps = {convert.METHOD_NAMES[a.method]: a for a in response.attributions}
+    maps = {method_params.METHOD_NAMES[a.method]: a for a in response.attributions}
     assert set(maps) == {"gradcam", "ig"}
     assert maps["ig"].stats["completeness_error"] < 0.1

@@ -10,7 +10,7 @@ import torch
 from captum.attr import GradientShap, IntegratedGradients
 
 from helpers import LinearModel, wrap
-from saliency.api import convert
+from saliency.api import method_params, tensors
 from saliency.attribution.executor import ChunkExecutor, ChunkSizes
 from saliency.attribution.limits import DEFAULT_LIMITS
 from saliency.attribution.methods.gradient_shap import draw, reference_set
@@ -121,12 +121,12 @@ def test_custom_reference_of_another_shape_is_refused_at_plan(tiny, tiny_images)
 def test_custom_reference_round_trips_and_is_checked_on_decode():
     refs = torch.randn(3, 3, 8, 8)
     params = make_params("gradient_shap", reference="custom", custom_reference=refs)
-    (request,) = convert.method_requests_to_proto({"gradient_shap": params})
-    back = convert.methods_from_proto([request], DEFAULT_LIMITS, 4, (3, 8, 8))["gradient_shap"]
+    (request,) = method_params.method_requests_to_proto({"gradient_shap": params})
+    back = method_params.methods_from_proto([request], DEFAULT_LIMITS, 4, (3, 8, 8))["gradient_shap"]
     torch.testing.assert_close(back.custom_reference, refs)
-    request.gradient_shap.custom_reference.CopyFrom(convert.tensor_to_proto(torch.zeros(3, 8, 8)))
+    request.gradient_shap.custom_reference.CopyFrom(tensors.tensor_to_proto(torch.zeros(3, 8, 8)))
     with pytest.raises(InvalidArgument) as info:
-        convert.methods_from_proto([request], DEFAULT_LIMITS, 4, (3, 8, 8))
+        method_params.methods_from_proto([request], DEFAULT_LIMITS, 4, (3, 8, 8))
     assert info.value.field == "methods[0].gradient_shap.custom_reference.shape"
 
 
@@ -297,7 +297,7 @@ def test_both_methods_over_the_wire(service):
     ("params", "field"),
     [
         (
-            {"gradient_shap": pb.GradientShapParams(reference=pb.REFERENCE_SET_CUSTOM, custom_reference=convert.tensor_to_proto(torch.zeros(2, 3, 8, 8)))},
+            {"gradient_shap": pb.GradientShapParams(reference=pb.REFERENCE_SET_CUSTOM, custom_reference=tensors.tensor_to_proto(torch.zeros(2, 3, 8, 8)))},
             "methods[0].gradient_shap.custom_reference.shape",
         ),
         ({"gradient_shap": pb.GradientShapParams(reference=pb.REFERENCE_SET_CUSTOM)}, "methods[0].gradient_shap.custom_reference"),

@@ -13,7 +13,7 @@ import pytest
 import torch
 from opentelemetry import trace
 
-from saliency.api import convert
+from saliency.api import convert, method_params, quality_codec
 from saliency.api.servicer import ExplainerServicer, _status_for
 from saliency.attribution.executor import ChunkExecutor, ChunkSizes
 from saliency.attribution.types import Attribution
@@ -50,7 +50,7 @@ def request(**fields) -> pb.ExplainRequest:
     return pb.ExplainRequest(**fields)
 
 
-NAMES = {v: k for k, v in convert.METHOD_NAMES.items()}
+NAMES = {v: k for k, v in method_params.METHOD_NAMES.items()}
 
 
 # ---------------------------------------------------------------------------------- evaluate
@@ -69,7 +69,7 @@ def test_evaluate_returns_scores_beside_the_maps_equal_to_the_library(service):
     assert len(response.attributions) == 6  # the maps are all there, as without evaluate
     scores = {}
     for s in response.quality:
-        key = (s.metric, convert.METHOD_NAMES[s.method], s.target)
+        key = (s.metric, method_params.METHOD_NAMES[s.method], s.target)
         scores.setdefault(key, []).append(s)
     targets = list(response.targets)
     for name in ("vanilla", "gradcam", "ig"):
@@ -88,7 +88,7 @@ def test_evaluate_returns_scores_beside_the_maps_equal_to_the_library(service):
     # The same numbers as the library computes in-process on the maps the response carries.
     model = load_model("tinycnn")
     x = to_model_input(decode_image(tiny_png(0)), model.spec)
-    maps = [Attribution(convert.METHOD_NAMES[a.method], a.target, decode_map(a.map)) for a in response.attributions]
+    maps = [Attribution(method_params.METHOD_NAMES[a.method], a.target, decode_map(a.map)) for a in response.attributions]
     local = evaluate_in_process(
         ChunkExecutor(model, ChunkSizes(8, 16)), x, convert.predictions_from_proto(response.predictions), maps,
         ("deletion", "insertion"), EvaluateOptions(perturbation_steps=8),
@@ -207,7 +207,7 @@ def test_sanity_check_rpc_on_tinycnn(service):
     )
     assert list(response.layers) == ["fc", "conv1"]
     assert response.weights_sha256 == before == weights_hash(served.module)
-    rows = convert.sanity_rows_from_proto(response)
+    rows = quality_codec.sanity_rows_from_proto(response)
     assert {(r.mode, r.layer, r.method) for r in rows} == {
         (mode, layer, m) for mode in ("cascading", "independent") for layer in ("fc", "conv1") for m in ("vanilla", "gradcam")
     }

@@ -32,7 +32,7 @@ import torch
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from saliency.api import convert
+from saliency.api import convert, method_params, tensors
 from saliency.attribution.engine import Engine
 from saliency.attribution.executor import ChunkSizes
 from saliency.attribution.registry import get_method, make_params
@@ -152,11 +152,11 @@ def explain_request(model: str, x_or_png, methods: dict, targets: Targets, **out
     request = pb.ExplainRequest(
         model=model,
         targets=convert.targets_to_proto(targets),
-        methods=convert.method_requests_to_proto(methods),
+        methods=method_params.method_requests_to_proto(methods),
         output=pb.OutputOptions(**output),
     )
     if isinstance(x_or_png, torch.Tensor):
-        request.tensor.CopyFrom(convert.tensor_to_proto(x_or_png))
+        request.tensor.CopyFrom(tensors.tensor_to_proto(x_or_png))
     else:
         request.image = x_or_png
     return request
@@ -331,7 +331,7 @@ def test_handle_answers_each_row_of_a_fast_batch_on_its_own(tiny):
         local = engine.explain(x, targets, {m: make_params(m) for m in methods})
         assert list(reply.response.targets) == list(local.targets)
         assert [p.class_index for p in reply.response.predictions] == [p.class_index for p in local.predictions]
-        got = {(convert.METHOD_NAMES[a.method], a.target): decode_map(a.map) for a in reply.response.attributions}
+        got = {(method_params.METHOD_NAMES[a.method], a.target): decode_map(a.map) for a in reply.response.attributions}
         assert set(got) == {(a.method, a.target) for a in local.attributions}
         for a in local.attributions:
             np.testing.assert_allclose(got[a.method, a.target], a.map.numpy(), rtol=1e-4, atol=1e-6)
@@ -420,7 +420,7 @@ def test_torchserve_backend_answers_as_the_embedded_backend(ts_service, embedded
     events = list(ts_service.stub().ExplainStream(requests[1], timeout=180))
     assert events[0].WhichOneof("event") == "prediction"
     assert {e.WhichOneof("event") for e in events[1:]} == {"attribution"}
-    deep = [m for m in requests[1].methods if get_method(convert.METHOD_NAMES[m.method]).kind == "deep"]
+    deep = [m for m in requests[1].methods if get_method(method_params.METHOD_NAMES[m.method]).kind == "deep"]
     assert len(events) - 1 == 2 * len(deep) == 10  # five deep methods, two classes
     latency = ts_service.metric(
         "saliency_method_latency_seconds_count", {"model": "tinycnn", "method": "rise", "backend": "torchserve"}
@@ -614,7 +614,7 @@ def test_serve_backend_torchserve_starts_and_stops_its_own(archives, tiny):
         local = Engine(tiny, ChunkSizes(8, 16)).explain(x, Targets(), {"gradcam": make_params("gradcam"), "ig": make_params("ig", n_steps=8)})
         got = by_key(response)
         for a in local.attributions:
-            np.testing.assert_allclose(decode_map(got[convert.method_enum(a.method), a.target].map), a.map.numpy(), rtol=1e-4, atol=1e-6)
+            np.testing.assert_allclose(decode_map(got[method_params.method_enum(a.method), a.target].map), a.map.numpy(), rtol=1e-4, atol=1e-6)
         workers = [p.pid for p in psutil.Process(process.process.pid).children(recursive=True)]
     finally:
         service.stop()

@@ -6,7 +6,7 @@
         result.attributions[0].map  # float32 [H, W]
 
 `AsyncExplainerClient` has the same methods as coroutines / async iterators (grpc.aio).
-Parameters are converted by `saliency.api.convert` but not range-checked here: the server's
+Parameters are converted by `saliency.api.method_params` but not range-checked here: the server's
 limits may differ from the defaults, so the server is the judge. RPC failures surface as
 `grpc.RpcError` (`.code()`, `.details()`): the status code says whether to fix the request
 (INVALID_ARGUMENT, NOT_FOUND, ...) or retry (UNAVAILABLE, RESOURCE_EXHAUSTED).
@@ -22,7 +22,7 @@ import grpc.aio
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from saliency.api import convert
+from saliency.api import convert, quality_codec
 from saliency.api.convert import AttributionEvent, ExplainResult, OutputOptions, QualityReport
 from saliency.attribution.types import Targets
 from saliency.quality.policy import PolicyDecision
@@ -140,12 +140,12 @@ class ExplainerClient(_Base):
         target: int | None = None,
         seed: int | None = None,
         timeout: float | None = None,
-    ) -> convert.SanityCheckResult:
+    ) -> quality_codec.SanityCheckResult:
         """Model-randomisation check of one image on the server (default methods: vanilla,
         gradcam, guided_backprop; default layers: the model's checkpoints; both schedules)."""
-        request = convert.sanity_request_to_proto(model, image, methods or {}, layers, randomizations, target, seed)
+        request = quality_codec.sanity_request_to_proto(model, image, methods or {}, layers, randomizations, target, seed)
         response = self._stub.SanityCheck(request, timeout=self._timeout(timeout), metadata=self._metadata)
-        return convert.sanity_response_from_proto(response)
+        return quality_codec.sanity_response_from_proto(response)
 
     def explain_stream(
         self,

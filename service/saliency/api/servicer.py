@@ -14,7 +14,7 @@ import grpc
 from opentelemetry import trace
 from opentelemetry.propagate import extract
 
-from saliency.api import convert
+from saliency.api import convert, quality_codec
 from saliency.attribution.registry import get_method
 from saliency.errors import (
     DeadlineExceeded,
@@ -93,9 +93,9 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
                         self._add_event(first, event, options, rgb)
                         yield pb.ExplainEvent(prediction=first)
                     elif isinstance(event, PolicyEvent):
-                        yield pb.ExplainEvent(policy=convert.policy_decision_to_proto(event.decision))
+                        yield pb.ExplainEvent(policy=quality_codec.policy_decision_to_proto(event.decision))
                     elif isinstance(event, QualityEvent):
-                        scores = [convert.quality_score_to_proto(s) for s in event.scores]
+                        scores = [quality_codec.quality_score_to_proto(s) for s in event.scores]
                         yield pb.ExplainEvent(quality=pb.QualityReport(scores=scores))
                     else:
                         yield pb.ExplainEvent(attribution=self._deep_proto(event, options, rgb))
@@ -105,7 +105,7 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
     ) -> pb.SanityCheckResponse:
         async with self._rpc("SanityCheck", request, context, self._prepare_sanity) as job:
             outcome = await self.backend.sanity_check(job, self._timeout(context))
-            return convert.sanity_response_to_proto(outcome)
+            return quality_codec.sanity_response_to_proto(outcome)
 
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
         self.metrics.requests.labels("ListModels", "", "OK").inc()
@@ -163,9 +163,9 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
         evaluate = None
         if request.HasField("evaluate"):
             require_feature(self.backend, EVALUATE, "evaluate")
-            evaluate = convert.evaluate_from_proto(request.evaluate, rgb.shape[:2], tuple(x.shape[-2:]))
+            evaluate = quality_codec.evaluate_from_proto(request.evaluate, rgb.shape[:2], tuple(x.shape[-2:]))
             evaluate.groups(list(methods), targets)  # a listed metric that cannot apply is an error
-        policy = convert.policy_from_request(request)
+        policy = quality_codec.policy_from_request(request)
         if policy is not None:
             field = next(f for f in ("latency_budget_ms", "completeness_target", "explain_if") if request.HasField(f))
             require_feature(self.backend, POLICY, field)
@@ -179,7 +179,7 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
             raise InvalidArgument(f"name a model; served: {', '.join(sorted(self.backend.models))}", "model")
         spec = check_model(self.backend, request.model)
         require_feature(self.backend, SANITY_CHECK, "SanityCheck")
-        r = convert.sanity_request_from_proto(
+        r = quality_codec.sanity_request_from_proto(
             request, spec, self.config.limits, self.config.max_methods, self.image_limits
         )
         return SanityJob(request.model, r.x, r.methods, r.layers, r.modes, r.target, r.seed)
@@ -194,9 +194,9 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
 
     def _add_event(self, response: pb.ExplainResponse, event, options, rgb) -> None:
         if isinstance(event, PolicyEvent):
-            response.policy.CopyFrom(convert.policy_decision_to_proto(event.decision))
+            response.policy.CopyFrom(quality_codec.policy_decision_to_proto(event.decision))
         elif isinstance(event, QualityEvent):
-            response.quality.extend(convert.quality_score_to_proto(s) for s in event.scores)
+            response.quality.extend(quality_codec.quality_score_to_proto(s) for s in event.scores)
         elif isinstance(event, FastEvent):
             result = event.result
             response.predictions.extend(convert.predictions_to_proto(result.predictions))

@@ -37,7 +37,7 @@ from google.protobuf.message import DecodeError
 from opentelemetry import trace
 from opentelemetry.propagate import inject
 
-from saliency.api import convert
+from saliency.api import convert, method_params, tensors
 from saliency.attribution.fast import FastResult
 from saliency.attribution.registry import split_by_kind
 from saliency.attribution.types import Attribution, Targets
@@ -236,9 +236,9 @@ class TorchServeBackend:
         """What one registration gets: the validated input as a tensor, raw float32 maps out."""
         return pb.ExplainRequest(
             model=job.model,
-            tensor=convert.tensor_to_proto(job.x),
+            tensor=tensors.tensor_to_proto(job.x),
             targets=convert.targets_to_proto(targets),
-            methods=convert.method_requests_to_proto(methods),
+            methods=method_params.method_requests_to_proto(methods),
             output=pb.OutputOptions(
                 map_dtype=pb.DTYPE_FLOAT32, normalization=pb.NORMALIZATION_NONE, top_predictions=job.n_predictions
             ),
@@ -320,7 +320,7 @@ class TorchServeBackend:
 def _fast_result(reply: reply_pb.HandlerReply) -> FastResult:
     response = reply.response
     logits = (
-        convert.tensor_from_proto(reply.logits, "logits", convert.MAX_MAP_ELEMENTS)
+        tensors.tensor_from_proto(reply.logits, "logits", tensors.MAX_MAP_ELEMENTS)
         if reply.HasField("logits")
         else torch.empty(0)
     )
@@ -335,8 +335,8 @@ def _fast_result(reply: reply_pb.HandlerReply) -> FastResult:
 def _attribution(message: pb.Attribution) -> Attribution:
     """A map as the handler computed it (its stats as they were: no timing folded in)."""
     return Attribution(
-        method=convert.METHOD_NAMES[message.method],
+        method=method_params.METHOD_NAMES[message.method],
         target=message.target,
-        map=convert.tensor_from_proto(message.map, "attribution.map", convert.MAX_MAP_ELEMENTS),
+        map=tensors.tensor_from_proto(message.map, "attribution.map", tensors.MAX_MAP_ELEMENTS),
         stats=dict(message.stats),
     )

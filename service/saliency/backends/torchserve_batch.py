@@ -30,7 +30,7 @@ import grpc
 import torch
 from google.protobuf.message import DecodeError
 
-from saliency.api import convert
+from saliency.api import convert, tensors
 from saliency.attribution.executor import ChunkExecutor, ChunkReport, DeepTask
 from saliency.attribution.fast import FastResult, fast_pass
 from saliency.attribution.limits import Limits
@@ -441,7 +441,7 @@ class BatchRunner:
         if result is not None:
             response.predictions.extend(convert.predictions_to_proto(result.predictions))
             response.targets.extend(result.targets)
-            reply.logits.CopyFrom(convert.tensor_to_proto(result.logits))
+            reply.logits.CopyFrom(tensors.tensor_to_proto(result.logits))
         else:
             response.targets.extend(row.targets.classes)
         reply.response.CopyFrom(response)

@@ -1,0 +1,435 @@
+"""Method parameters on the wire: `MethodRequest` <-> {registry name: params dataclass}.
+
+Holds the method tables (`Method` enum <-> registry name, which `params` oneof member carries
+each method, proto enum <-> params string), decodes a request's `MethodRequest`s into
+validated params (server side), encodes params back (client side), and describes each
+method's parameters for `ListModels`.
+
+Method parameters are converted generically: each params dataclass field has a proto field of
+the same name; `str` fields map to proto enums through the tables below, `optional` scalars
+fall back to the dataclass default when unset, and enum value 0 (UNSPECIFIED) means default.
+The bounds and choices that `ListModels` reports come from the fields' `metadata`, so the
+params classes are the single source of truth. Errors name the request path to fix, e.g.
+`methods[1].integrated_gradients.n_steps`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from saliency.api.tensors import tensor_from_proto, tensor_to_proto
+from saliency.attribution.limits import Limits
+from saliency.attribution.registry import get_method
+from saliency.errors import InvalidArgument, SaliencyError, require
+from saliency.v1 import explainer_pb2 as pb
+
+# ------------------------------------------------------------------------------ enum tables
+
+METHOD_NAMES: dict[int, str] = {
+    pb.METHOD_VANILLA: "vanilla",
+    pb.METHOD_INPUT_X_GRADIENT: "input_x_gradient",
+    pb.METHOD_GRADCAM: "gradcam",
+    pb.METHOD_GRADCAM_PP: "gradcam_pp",
+    pb.METHOD_EIGENCAM: "eigencam",
+    pb.METHOD_INTEGRATED_GRADIENTS: "ig",
+    pb.METHOD_SMOOTHGRAD: "smoothgrad",
+    pb.METHOD_RISE: "rise",
+    pb.METHOD_CAM: "cam",
+    pb.METHOD_SCORECAM: "scorecam",
+    pb.METHOD_OCCLUSION: "occlusion",
+    pb.METHOD_GUIDED_BACKPROP: "guided_backprop",
+    pb.METHOD_DECONVNET: "deconvnet",
+    pb.METHOD_GUIDED_GRADCAM: "guided_gradcam",
+    pb.METHOD_DEEPLIFT: "deeplift",
+    pb.METHOD_LRP: "lrp",
+    pb.METHOD_GRADIENT_SHAP: "gradient_shap",
+    pb.METHOD_XRAI: "xrai",
+    pb.METHOD_KERNEL_SHAP: "kernel_shap",
+    pb.METHOD_LIME: "lime",
+    pb.METHOD_ATTENTION_ROLLOUT: "attention_rollout",
+    pb.METHOD_RAW_ATTENTION: "raw_attention",
+}
+_METHOD_VALUES = {name: value for value, name in METHOD_NAMES.items()}
+
+# Which member of MethodRequest's `params` oneof carries each method's parameters.
+PARAMS_ONEOF: dict[str, str] = {
+    "vanilla": "gradient",
+    "input_x_gradient": "gradient",
+    "gradcam": "cam",
+    "gradcam_pp": "cam",
+    "eigencam": "cam",
+    "ig": "integrated_gradients",
+    "smoothgrad": "smoothgrad",
+    "rise": "rise",
+    "cam": "cam",
+    "scorecam": "scorecam",
+    "occlusion": "occlusion",
+    "kernel_shap": "kernel_shap",
+    "lime": "lime",
+    "guided_backprop": "guided_backprop",
+    "deconvnet": "guided_backprop",
+    "guided_gradcam": "guided_gradcam",
+    "deeplift": "deeplift",
+    "lrp": "lrp",
+    "gradient_shap": "gradient_shap",
+    "xrai": "xrai",
+    "attention_rollout": "attention",
+    "raw_attention": "attention",
+}
+
+# Proto enum (by full name) -> {value: the params field's string}. Value 0 (UNSPECIFIED) is
+# absent on purpose: it means "the dataclass default", which may differ per method.
+ENUM_STRINGS: dict[str, dict[int, str]] = {
+    "saliency.v1.ChannelReduction": {
+        pb.CHANNEL_REDUCTION_MAX: "max",
+        pb.CHANNEL_REDUCTION_SUM: "sum",
+        pb.CHANNEL_REDUCTION_L2: "l2",
+    },
+    "saliency.v1.IntegrationRule": {
+        pb.INTEGRATION_RULE_GAUSS_LEGENDRE: "gausslegendre",
+        pb.INTEGRATION_RULE_RIEMANN_LEFT: "riemann_left",
+        pb.INTEGRATION_RULE_RIEMANN_RIGHT: "riemann_right",
+        pb.INTEGRATION_RULE_RIEMANN_MIDDLE: "riemann_middle",
+        pb.INTEGRATION_RULE_RIEMANN_TRAPEZOID: "riemann_trapezoid",
+    },
+    "saliency.v1.Baseline": {
+        pb.BASELINE_ZEROS: "zeros",
+        pb.BASELINE_BLACK: "black",
+        pb.BASELINE_BLUR: "blur",
+        pb.BASELINE_UNIFORM: "uniform",
+        pb.BASELINE_CUSTOM: "custom",
+    },
+    "saliency.v1.LrpRule": {
+        pb.LRP_RULE_EPSILON: "epsilon",
+        pb.LRP_RULE_GAMMA: "gamma",
+        pb.LRP_RULE_ALPHA1_BETA0: "alpha1_beta0",
+        pb.LRP_RULE_ALPHA2_BETA1: "alpha2_beta1",
+    },
+    "saliency.v1.ScoreCamWeighting": {
+        pb.SCORE_CAM_WEIGHTING_CHANNEL_SOFTMAX: "channel_softmax",
+        pb.SCORE_CAM_WEIGHTING_CLASS_PROBABILITY: "class_probability",
+    },
+    "saliency.v1.AttentionHeadFusion": {
+        pb.ATTENTION_HEAD_FUSION_MEAN: "mean",
+        pb.ATTENTION_HEAD_FUSION_MAX: "max",
+        pb.ATTENTION_HEAD_FUSION_MIN: "min",
+    },
+    "saliency.v1.Interpolation": {
+        pb.INTERPOLATION_BILINEAR: "bilinear",
+        pb.INTERPOLATION_NEAREST: "nearest",
+    },
+    "saliency.v1.SmoothGradAggregate": {
+        pb.SMOOTH_GRAD_AGGREGATE_MEAN: "mean",
+        pb.SMOOTH_GRAD_AGGREGATE_SQUARE: "square",
+        pb.SMOOTH_GRAD_AGGREGATE_VARIANCE: "variance",
+    },
+    "saliency.v1.ReferenceSet": {
+        pb.REFERENCE_SET_PHOTOS: "photos",
+        pb.REFERENCE_SET_UNIFORM: "uniform",
+        pb.REFERENCE_SET_BLACK_WHITE: "black_white",
+        pb.REFERENCE_SET_CUSTOM: "custom",
+    },
+    "saliency.v1.XraiBaseline": {
+        pb.XRAI_BASELINE_BLACK_WHITE: "black_white",
+        pb.XRAI_BASELINE_BLACK: "black",
+        pb.XRAI_BASELINE_ZEROS: "zeros",
+    },
+    "saliency.v1.SuperpixelBaseline": {
+        pb.SUPERPIXEL_BASELINE_ZEROS: "zeros",
+        pb.SUPERPIXEL_BASELINE_MEAN: "mean",
+        pb.SUPERPIXEL_BASELINE_SEGMENT_MEAN: "segment_mean",
+        pb.SUPERPIXEL_BASELINE_BLUR: "blur",
+    },
+}
+
+
+def method_enum(name: str) -> int:
+    """Registry name ("ig") -> `Method` enum value (METHOD_INTEGRATED_GRADIENTS)."""
+    if name not in _METHOD_VALUES:
+        raise InvalidArgument(
+            f"method {name!r} has no saliency.v1 Method value; known: {', '.join(_METHOD_VALUES)}",
+            "methods",
+        )
+    return _METHOD_VALUES[name]
+
+
+def enum_label(enum_type: Any, value: int) -> str:
+    """The proto name of an enum value, or the number when this stub does not know it."""
+    known = enum_type.values_by_number.get(value)
+    return known.name if known is not None else str(value)
+
+
+def method_name(value: int) -> str:
+    """`Method` enum value -> registry name; one this stub does not know keeps its enum name,
+    lower-cased, rather than failing a whole response."""
+    return METHOD_NAMES.get(value) or enum_label(pb.Method.DESCRIPTOR, value).lower()
+
+
+# --------------------------------------------------------- MethodRequest -> params (server)
+
+
+@functools.cache
+def _field_types(params_type: type) -> dict[str, Any]:
+    # The params modules use `from __future__ import annotations`: resolve the strings.
+    return typing.get_type_hints(params_type)
+
+
+def float32_decimal(value: float) -> float:
+    """A proto `float` (float32) -> the shortest decimal that rounds to it, as a Python float.
+
+    0.15 travels as 0.150000006; reading it back as 0.15 keeps params equal to what the client
+    wrote, so defaults compare equal and cache keys (RISE mask banks) are shared.
+    """
+    return float(str(np.float32(value)))
+
+
+def _declared_range(f: dataclasses.Field, limits: Limits) -> tuple[float | None, float | None]:
+    """(minimum, maximum) of a params field from its metadata; the maximum may be a Limits key."""
+    low = f.metadata.get("min")
+    high = f.metadata.get("max")
+    if "max_limit" in f.metadata:
+        high = getattr(limits, f.metadata["max_limit"])
+    return low, high
+
+
+def _check_declared_bounds(f: dataclasses.Field, value: float, limits: Limits, where: str) -> None:
+    """Enforce the bounds ListModels advertises (NaN fails every comparison, so it fails)."""
+    low, high = _declared_range(f, limits)
+    low_open, high_open = f.metadata.get("exclusive_min", False), f.metadata.get("exclusive_max", False)
+    ok = True
+    if low is not None:
+        ok = value > low if low_open else value >= low
+    if high is not None:
+        ok = ok and (value < high if high_open else value <= high)
+    if not ok:
+        lo = "(" if low_open else "["
+        hi = ")" if high_open else "]"
+        raise InvalidArgument(f"{value} is outside {lo}{low}, {high}{hi}", where)
+
+
+def _rename(exc: SaliencyError, field: str) -> SaliencyError:
+    """The same error, reported against `field` (the request path) instead of its own field."""
+    message = str(exc)[len(exc.field) + 2 :] if exc.field else str(exc)
+    return type(exc)(message, field)
+
+
+def _params_from_message(
+    name: str, message: Any | None, limits: Limits, input_shape: tuple[int, int, int], path: str
+) -> Any:
+    """One params message (or None: all defaults) -> the method's validated params object."""
+    info = get_method(name)
+    types = _field_types(info.params_type)
+    fields = dataclasses.fields(info.params_type)
+    values: dict[str, Any] = {}
+    if message is not None:
+        descriptor = message.DESCRIPTOR
+        for f in fields:
+            proto_field = descriptor.fields_by_name[f.name]
+            where = f"{path}.{f.name}"
+            if proto_field.enum_type is not None:
+                value = getattr(message, f.name)
+                if value == 0:  # UNSPECIFIED: the method's default
+                    continue
+                table = ENUM_STRINGS[proto_field.enum_type.full_name]
+                if value not in table:
+                    known = ", ".join(enum_label(proto_field.enum_type, v) for v in table)
+                    raise InvalidArgument(f"unknown value {value}; one of {known}", where)
+                values[f.name] = table[value]
+            elif proto_field.message_type is not None:  # a Tensor: the custom IG baseline
+                if not message.HasField(f.name):
+                    continue
+                t = getattr(message, f.name)
+                if "stack_limit" in f.metadata:  # a stack [N, *input] (GradientSHAP references)
+                    values[f.name] = _stack_from_proto(t, getattr(limits, f.metadata["stack_limit"]), input_shape, where)
+                    continue
+                require(
+                    list(t.shape) == list(input_shape),
+                    f"{where}.shape",
+                    f"shape {list(t.shape)} != the model input's {list(input_shape)}",
+                )
+                values[f.name] = tensor_from_proto(t, where, math.prod(input_shape))
+            else:
+                if not message.HasField(f.name):  # `optional` left unset: the default
+                    continue
+                value = getattr(message, f.name)
+                if types[f.name] is float:
+                    value = float32_decimal(value)
+                _check_declared_bounds(f, value, limits, where)
+                values[f.name] = value
+    # The custom baseline's two halves must come together. Silently ignoring a sent tensor
+    # would explain against another baseline than the one the caller chose.
+    if "custom_baseline" in values and values.get("baseline") != "custom":
+        raise InvalidArgument("set only with baseline = BASELINE_CUSTOM", f"{path}.custom_baseline")
+    if values.get("baseline") == "custom" and "custom_baseline" not in values:
+        raise InvalidArgument(
+            f"BASELINE_CUSTOM needs this tensor, shaped like the model input {list(input_shape)}",
+            f"{path}.custom_baseline",
+        )
+    params = info.params_type(**values)
+    try:
+        params.validate(limits)
+    except SaliencyError as exc:
+        # validate names fields as "ig.n_steps" (or bare "reduction"): keep the leaf only.
+        leaf = (exc.field or "").split(".", 1)[-1]
+        raise _rename(exc, f"{path}.{leaf}" if leaf else path) from None
+    return params
+
+
+def _stack_from_proto(t: pb.Tensor, max_count: int, input_shape: tuple[int, int, int], where: str) -> torch.Tensor:
+    """A `Tensor` holding N model inputs [N, C, H, W], 1 <= N <= max_count -> float32 tensor."""
+    shape = list(t.shape)
+    require(
+        len(shape) == 4 and shape[1:] == list(input_shape) and 1 <= shape[0] <= max_count,
+        f"{where}.shape",
+        f"shape {shape} is not [N, *the model input {list(input_shape)}] with 1 <= N <= {max_count}",
+    )
+    return tensor_from_proto(t, where, max_count * math.prod(input_shape))
+
+
+def methods_from_proto(
+    requests: Sequence[pb.MethodRequest],
+    limits: Limits,
+    max_methods: int,
+    input_shape: tuple[int, int, int],
+) -> dict[str, Any]:
+    """Repeated `MethodRequest` -> {registry name: validated params}, in request order.
+
+    input_shape is the model input's [C, H, W]; a custom IG baseline must match it.
+    Rejects: too many methods, UNSPECIFIED or unknown enum values, a method listed twice, a
+    params message of another method's kind, and any parameter out of range.
+    """
+    require(
+        len(requests) <= max_methods,
+        "methods",
+        f"{len(requests)} methods requested, at most {max_methods} allowed",
+    )
+    result: dict[str, Any] = {}
+    first_index: dict[str, int] = {}
+    method_enum_type = pb.Method.DESCRIPTOR
+    for i, request in enumerate(requests):
+        where = f"methods[{i}]"
+        if request.method == pb.METHOD_UNSPECIFIED:
+            raise InvalidArgument(
+                f"METHOD_UNSPECIFIED: choose one of {', '.join(enum_label(method_enum_type, v) for v in METHOD_NAMES)}",
+                f"{where}.method",
+            )
+        if request.method not in METHOD_NAMES:
+            raise InvalidArgument(
+                f"unknown method {request.method}; known: "
+                f"{', '.join(enum_label(method_enum_type, v) for v in METHOD_NAMES)}",
+                f"{where}.method",
+            )
+        name = METHOD_NAMES[request.method]
+        if name in first_index:
+            raise InvalidArgument(
+                f"{enum_label(method_enum_type, request.method)} already requested in "
+                f"methods[{first_index[name]}]",
+                f"{where}.method",
+            )
+        first_index[name] = i
+        expected = PARAMS_ONEOF[name]
+        given = request.WhichOneof("params")
+        if given is not None and given != expected:
+            raise InvalidArgument(
+                f"`{given}` parameters given for {enum_label(method_enum_type, request.method)}, "
+                f"which takes `{expected}`",
+                f"{where}.{given}",
+            )
+        message = getattr(request, expected) if given is not None else None
+        result[name] = _params_from_message(name, message, limits, input_shape, f"{where}.{expected}")
+    return result
+
+
+# --------------------------------------------------------- params -> MethodRequest (client)
+
+
+def _coerce_params(name: str, value: Any) -> Any:
+    """A params object, a {field: value} dict or None -> the method's params object.
+
+    Not validated against limits: the server's limits may differ, so it is the judge.
+    """
+    info = get_method(name)
+    if value is None:
+        return info.params_type()
+    if isinstance(value, Mapping):
+        known = {f.name for f in dataclasses.fields(info.params_type)}
+        unknown = sorted(set(value) - known)
+        require(not unknown, f"{name}.params", f"unknown parameter(s) {unknown}; known: {sorted(known)}")
+        return info.params_type(**value)
+    require(
+        isinstance(value, info.params_type),
+        f"{name}.params",
+        f"expected {info.params_type.__name__} or a dict, got {type(value).__name__}",
+    )
+    return value
+
+
+def method_requests_to_proto(methods: Mapping[str, Any]) -> list[pb.MethodRequest]:
+    """{registry name: params | dict | None} -> `MethodRequest`s, every field set explicitly.
+
+    Explicit values (rather than "unset = default") keep the request meaning the same even if
+    the server's defaults change. `methods_from_proto` inverts this exactly.
+    """
+    requests = []
+    for name, value in methods.items():
+        params = _coerce_params(name, value)
+        request = pb.MethodRequest(method=method_enum(name))
+        message = getattr(request, PARAMS_ONEOF[name])
+        message.SetInParent()  # CamParams has no fields: mark the oneof set anyway
+        for f in dataclasses.fields(params):
+            value = getattr(params, f.name)
+            proto_field = message.DESCRIPTOR.fields_by_name[f.name]
+            where = f"{name}.{f.name}"
+            if proto_field.enum_type is not None:
+                table = {s: v for v, s in ENUM_STRINGS[proto_field.enum_type.full_name].items()}
+                require(value in table, where, f"{value!r} is not one of {tuple(table)}")
+                setattr(message, f.name, table[value])
+            elif proto_field.message_type is not None:
+                if value is not None:
+                    getattr(message, f.name).CopyFrom(tensor_to_proto(value))
+            else:
+                try:
+                    setattr(message, f.name, value)
+                except (TypeError, ValueError) as exc:  # wrong type, or over int32/int64
+                    raise InvalidArgument(f"{value!r} cannot be sent: {exc}", where) from None
+        requests.append(request)
+    return requests
+
+
+# ------------------------------------------------------------------------------- ListModels
+
+
+def parameter_infos(params_type: type, limits: Limits) -> list[pb.ParameterInfo]:
+    """One `ParameterInfo` per params dataclass field, from its type, default and metadata."""
+    types = _field_types(params_type)
+    infos = []
+    for f in dataclasses.fields(params_type):
+        kind = types[f.name]
+        if "choices" in f.metadata:
+            type_name = "enum"
+        elif kind in (int, float):
+            type_name = kind.__name__
+        else:
+            type_name = "tensor"
+        default = None if f.default is dataclasses.MISSING else f.default
+        info = pb.ParameterInfo(
+            name=f.name,
+            type=type_name,
+            default_value="" if default is None else str(default),
+            choices=list(f.metadata.get("choices", ())),
+        )
+        low, high = _declared_range(f, limits)
+        if low is not None:
+            info.minimum = float(low)
+        if high is not None:
+            info.maximum = float(high)
+        infos.append(info)
+    return infos
