@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from saliency.attribution.baselines import BASELINES, make_reference, validate_baseline
+from saliency.attribution.completeness import completeness_stats
 from saliency.attribution.executor import ChunkOutput, DeepTask, SampleStream
 from saliency.attribution.limits import Limits
 from saliency.attribution.propagation import cnn_only, require_propagation_support
@@ -70,15 +71,13 @@ def plan_deeplift(model: LoadedModel, x: torch.Tensor, target: int, params: Deep
         attr = (x - reference) * outputs["multipliers"]
         f_input, f_reference = (float(v) for v in outputs["scores"])
         gap = f_input - f_reference
-        abs_error = abs(float(attr.sum()) - gap)
         return Attribution(
             "deeplift",
             target,
             attr.sum(0),
             attr,
             {
-                "completeness_error": abs_error / max(abs(gap), 1e-12),
-                "completeness_error_abs": abs_error,
+                **completeness_stats(float(attr.sum()), gap),
                 "score_input": f_input,
                 "score_baseline": f_reference,
             },

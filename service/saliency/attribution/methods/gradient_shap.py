@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from saliency.attribution.completeness import completeness_stats
 from saliency.attribution.executor import ChunkOutput, DeepTask, SampleStream
 from saliency.attribution.limits import Limits
 from saliency.attribution.methods.reference_sets import ReferenceSet
@@ -156,15 +157,13 @@ def plan_gradient_shap(model, x: torch.Tensor, target: int, params: GradientShap
         f_input = float(scores[0])
         f_reference = float((scores[1:].double() * torch.from_numpy(counts)).sum() / params.n_samples)
         gap = f_input - f_reference
-        abs_error = abs(float(attr.sum()) - gap)
         return Attribution(
             "gradient_shap",
             target,
             attr.sum(0),
             attr,
             {
-                "completeness_error": abs_error / max(abs(gap), 1e-12),
-                "completeness_error_abs": abs_error,
+                **completeness_stats(float(attr.sum()), gap),
                 "score_input": f_input,
                 "score_reference_mean": f_reference,
                 "n_samples": float(params.n_samples),
