@@ -1,12 +1,12 @@
 """The fast pass on the main thread vs on other threads, each in a fresh process.
 
-Why processes: with libgomp (torch's OpenMP here) every thread that runs a parallel region
-becomes the master of its own OpenMP team, and idle workers of one team only spin-wait (fast
-hand-off between the hundreds of small parallel regions of a forward+backward) while libgomp's
-managed threads number at most the CPUs; with more, each spins ~100 iterations and then sleeps
-on a futex. That state is per process and sticky (an idle team still counts), so each variant
-runs in its own process; rounds alternate the variants (A B C, B C A, ...) and each round's
-process reports the median of its calls, so load from other work hits every variant alike.
+Why processes: the slowdown is a sticky per-process state. On 2 CPUs the fast pass ran 23 ms
+on the main thread and 31-34 ms on any other thread, whether or not main also had an OpenMP
+team (docs/engine.md); perf shows the non-main team's threads sleeping on a futex around each
+small parallel region instead of spin-waiting, consistent with libgomp's throttled spinning
+when it manages more threads than CPUs. So each variant runs in its own process; rounds
+alternate the variants (A B C, B C A, ...) and each round's process reports the median of its
+calls, so load from other work hits every variant alike.
 
 Run: python -m bench --only threads [--quick]; a child is `python -m bench.threads VARIANT N`.
 """
@@ -38,7 +38,10 @@ VARIANTS = {
     "pool thread, main never runs torch": "load, warm-up and calls all on one pool thread",
     "main + pool thread alternating": "both threads run the fast pass, in turns",
     "pool thread, main at 1 OpenMP thread": "main runs torch single-threaded (no team); calls on a pool thread",
+    "main thread, 1 OpenMP thread": "no team at all: the fast pass single-threaded, on main",
+    "pool thread, 1 OpenMP thread": "no team at all: the fast pass single-threaded, on a pool thread",
 }
+SINGLE = ("main thread, 1 OpenMP thread", "pool thread, 1 OpenMP thread")
 
 
 def run(settings: Settings) -> list[Table]:
@@ -112,6 +115,9 @@ def _child(variant: str, calls: int, threads: int) -> float:
     if variant == "pool thread, main at 1 OpenMP thread":
         torch.set_num_threads(1)  # this thread's OpenMP setting (and the default for new threads)
         pool.submit(torch.set_num_threads, threads).result()  # the pool thread's own setting
+    elif variant in SINGLE:
+        torch.set_num_threads(1)
+        pool.submit(torch.set_num_threads, 1).result()
     else:
         torch.set_num_threads(threads)
 
@@ -135,6 +141,8 @@ def _child(variant: str, calls: int, threads: int) -> float:
         "pool thread, main never runs torch": lambda: on_pool(job),
         "main + pool thread alternating": lambda: job() if next(turn) % 2 else on_pool(job),
         "pool thread, main at 1 OpenMP thread": lambda: on_pool(job),
+        "main thread, 1 OpenMP thread": job,
+        "pool thread, 1 OpenMP thread": lambda: on_pool(job),
     }[variant]
     for _ in range(3):
         call()

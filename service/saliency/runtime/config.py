@@ -36,6 +36,10 @@ class ServiceConfig:
     limits: Limits = field(default_factory=Limits)
     # Scheduling.
     fast_workers: int = 2
+    # torch intra-op threads of each fast-pool thread; 0 = the process's count minus one (at
+    # least 1). An OpenMP team led by any thread but the main one loses libgomp's spin-wait and
+    # ran the fast pass slower with 2 threads than with 1 on 2 CPUs (docs/engine.md, bench/threads.py).
+    fast_threads: int = 0
     max_fast_queue: int = 64  # fast requests waiting per model
     max_queue_samples: int = 20_000  # deep samples waiting per model
     max_chunk: int = 0  # samples per model call with gradient; 0 = measured per model
@@ -123,6 +127,8 @@ def load_config(
     config = dataclasses.replace(base, limits=Limits(**limits), **typed)
     if config.backend not in BACKENDS:
         raise ValueError(f"config backend: {config.backend!r} is not one of {BACKENDS}")
+    if config.fast_threads < 0:
+        raise ValueError(f"config fast_threads: {config.fast_threads} is negative (0 = automatic)")
     if not 0.0 <= config.quality_sample_rate <= 1.0:
         raise ValueError(f"config quality_sample_rate: {config.quality_sample_rate} is outside [0, 1]")
     return config

@@ -4,6 +4,14 @@ The deep worker thread owns the model's ChunkExecutor: it waits for pending samp
 partial chunk fill for at most `max_batch_delay` (so concurrent requests share model calls),
 then runs one chunk. Chunks are small (measured per model), so a fast request never waits
 behind a whole IG batch, and a cancelled request's samples are dropped before they are made.
+
+Each thread sets its own torch intra-op thread count when it starts (torch's setting is per
+thread for OpenMP): the deep worker keeps the process's count, fast-pool threads use
+`fast_threads` (default: one fewer). An OpenMP team led by any thread but the main one sleeps
+and wakes on a futex around each of the fast pass's ~400 small parallel regions instead of
+spin-waiting (libgomp throttles spinning when it manages more threads than CPUs). Measured on
+2 CPUs (bench/threads.py, docs/engine.md): fast pass 23 ms on the main thread, 31-34 ms on a
+pool thread with 2 threads, 31 ms with 1, which also leaves the other core to the deep worker.
 Everything here is domain types: no protobuf, no gRPC.
 """
 
@@ -42,7 +50,15 @@ class ModelWorker:
         self.metrics = metrics
         sizes = configured_chunk_sizes(model, config.max_chunk, config.max_chunk_forward)
         self.executor = ChunkExecutor(model, sizes, on_chunk=self._record_chunk)
-        self._fast_pool = ThreadPoolExecutor(config.fast_workers, thread_name_prefix=f"fast-{self.name}")
+        # Read once here: every thread sets its own count, so creation order does not matter.
+        self._deep_threads = torch.get_num_threads()
+        self.fast_threads = config.fast_threads or max(1, self._deep_threads - 1)
+        self._fast_pool = ThreadPoolExecutor(
+            config.fast_workers,
+            thread_name_prefix=f"fast-{self.name}",
+            initializer=_set_intra_op_threads,
+            initargs=(self.fast_threads,),
+        )
         self._fast_waiting = 0
         self._fast_lock = threading.Lock()
         self._wakeup = threading.Condition()
@@ -135,6 +151,7 @@ class ModelWorker:
             self._wakeup.notify_all()
 
     def _deep_loop(self) -> None:
+        _set_intra_op_threads(self._deep_threads)  # not whatever a fast thread set last
         torch.set_grad_enabled(False)  # the executor enables grad where a chunk needs it
         while True:
             with self._wakeup:
@@ -182,6 +199,22 @@ class ModelWorker:
             self._wakeup.notify_all()
         self._deep_thread.join(timeout=30)
         self._fast_pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _set_intra_op_threads(n: int) -> None:
+    """Set the calling thread's torch intra-op thread count to n, and only this thread's.
+
+    torch.set_num_threads sets the caller's OpenMP count and also the default every thread
+    not yet initialised picks up lazily (on its first parallel op, overwriting what that
+    thread set before). So: initialise this thread first, set n, then put the default back
+    from a throwaway thread, whose own count is all that step changes.
+    """
+    default = torch.get_num_threads()  # initialises this thread from the current default
+    torch.set_num_threads(n)
+    if n != default:
+        restore = threading.Thread(target=lambda: (torch.get_num_threads(), torch.set_num_threads(default)))
+        restore.start()
+        restore.join()
 
 
 def _resolver(loop: asyncio.AbstractEventLoop, future: asyncio.Future):
