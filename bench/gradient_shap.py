@@ -36,6 +36,7 @@ def captum_gradient_shap(w: Workload, references: torch.Tensor, n: int, batch: i
     """Captum's GradientShap ([1, 3, H, W]); batch=None is its own (unchunked) entry point."""
     np.random.seed(SEED)
     torch.manual_seed(SEED)
+    references = references.to(w.x.device)
     if batch is None:
         return GradientShap(w.model.module).attribute(
             w.x[None], baselines=references, n_samples=n, stdevs=0.0, target=w.target

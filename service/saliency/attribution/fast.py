@@ -132,7 +132,7 @@ def fast_pass(
         for result, maps in zip(results, per_image):
             result.attributions.extend(maps)
     if not need_backward:
-        return results
+        return _on_host(results)
 
     wrt = ([x] if need_input_grad else []) + ([acts] if need_cam_grad else [])
     k_max = max(len(t) for t in per_image_targets)
@@ -159,6 +159,16 @@ def fast_pass(
                     out.append(Attribution("input_x_gradient", target, reduce_channels(ixg, red), ixg))
             for name, raw in cam_maps.items():
                 out.append(Attribution(name, target, upsample(raw[i], size), raw[i]))
+    return _on_host(results)
+
+
+def _on_host(results: list[FastResult]) -> list[FastResult]:
+    """Maps and logits on the CPU whatever the model's device, as the deep methods deliver them."""
+    for result in results:
+        result.logits = result.logits.cpu()
+        for a in result.attributions:
+            a.map = a.map.cpu()
+            a.raw = a.raw.cpu() if a.raw is not None else None
     return results
 
 

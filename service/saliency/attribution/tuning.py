@@ -22,6 +22,10 @@ from saliency.models import LoadedModel
 
 GRAD_CANDIDATES = (1, 2, 4, 6, 8, 12, 16, 24, 32)
 FORWARD_CANDIDATES = (4, 8, 16, 32, 64)
+# A GPU keeps gaining from bigger batches long after a CPU stops (H200, EfficientNet-Lite0: IG
+# n=50 took 27 ms in chunks of 32 against 15 ms for Captum's one batch of 50).
+GPU_GRAD_CANDIDATES = GRAD_CANDIDATES + (48, 64, 96, 128)
+GPU_FORWARD_CANDIDATES = FORWARD_CANDIDATES + (128, 256)
 _cache: dict[str, ChunkSizes] = {}
 _lock = threading.Lock()
 
@@ -76,9 +80,10 @@ def _best(model: LoadedModel, candidates: tuple[int, ...], needs_grad: bool) -> 
 
 
 def measure_chunk_sizes(model: LoadedModel) -> ChunkSizes:
+    on_gpu = model.device.type == "cuda"
     return ChunkSizes(
-        grad=_best(model, GRAD_CANDIDATES, True),
-        forward=_best(model, FORWARD_CANDIDATES, False),
+        grad=_best(model, GPU_GRAD_CANDIDATES if on_gpu else GRAD_CANDIDATES, True),
+        forward=_best(model, GPU_FORWARD_CANDIDATES if on_gpu else FORWARD_CANDIDATES, False),
     )
 
 

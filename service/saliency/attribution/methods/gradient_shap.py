@@ -140,7 +140,7 @@ def plan_gradient_shap(model, x: torch.Tensor, target: int, params: GradientShap
         return alpha * noisy + (1 - alpha) * baselines  # Captum's expression, for equal rounding
 
     def accumulate(start: int, out: ChunkOutput) -> None:
-        total.add_((deltas.pop(start) * out.grads.cpu()).sum(0))
+        total.add_((deltas.pop(start).to(out.grads.device) * out.grads).sum(0).cpu())  # reduced on the device
 
     def endpoints(start: int, stop: int) -> torch.Tensor:
         rows = [x[None]] if start == 0 else []

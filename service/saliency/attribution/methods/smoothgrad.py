@@ -68,9 +68,9 @@ def plan_smoothgrad(model, x: torch.Tensor, target: int, params: SmoothGradParam
         return x + stdev * noise
 
     def accumulate(start: int, out: ChunkOutput) -> None:
-        a = out.grads.abs().cpu()
-        total.add_(a.sum(0))
-        total_sq.add_(a.pow(2).sum(0))
+        a = out.grads.abs()  # reduced on the model's device: one [C, H, W] comes back, not a chunk
+        total.add_(a.sum(0).cpu())
+        total_sq.add_(a.pow(2).sum(0).cpu())
 
     def finish() -> Attribution:
         n = params.n_samples
