@@ -163,5 +163,10 @@ def load_model(name: str, device: str | torch.device = "cpu") -> LoadedModel:
             module = spec.build().eval().to(device)
             if device.type == "cpu":
                 module = module.to(memory_format=torch.channels_last)
+            if device.type == "cuda":
+                # Gradients through TF32 convolutions (cuDNN's default) flip ReLU6 gates the
+                # float32 model does not: maps must be the model's own, not a faster cousin's.
+                torch.backends.cudnn.allow_tf32 = False
+                torch.backends.cuda.matmul.allow_tf32 = False
             _loaded[key] = LoadedModel(spec, module, device)
         return _loaded[key]
