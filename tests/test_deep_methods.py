@@ -135,7 +135,7 @@ def test_rise_mask_bank_cache_respects_its_byte_budget():
     banks = MaskBankCache(max_bytes=3 * 16 * 32 * 32 * 2)
     for seed in range(5):
         banks.get(32, 32, make_params("rise", n_masks=16, seed=seed))
-    assert len(banks._banks) == 3
+    assert len(banks) == 3
 
 
 DEEP = sorted(name for name, info in all_methods().items() if info.kind == "deep")

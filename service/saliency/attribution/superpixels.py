@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import threading
-from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -24,6 +22,7 @@ import torch
 from skimage.segmentation import slic
 
 from saliency.attribution.baselines import gaussian_blur
+from saliency.attribution.cache import TensorCache
 from saliency.errors import require
 from saliency.models import ModelSpec
 
@@ -76,33 +75,18 @@ def denormalize(spec: ModelSpec, x: torch.Tensor) -> torch.Tensor:
     return (x * std + mean).clamp(0, 1)
 
 
-class SegmentCache:
-    """LRU of segmentations keyed by (image bytes, normalisation, SLIC parameters), under a
-    byte budget (int32 labels: 200 kB at 224x224)."""
+class SegmentCache(TensorCache):
+    """Segmentations keyed by (image bytes, normalisation, SLIC parameters), under a byte
+    budget (int32 labels: 200 kB at 224x224)."""
 
     def __init__(self, max_bytes: int = 32 << 20):
-        self.max_bytes = max_bytes
-        self.builds = 0
-        self._labels: OrderedDict[tuple, torch.Tensor] = OrderedDict()
-        self._lock = threading.Lock()
+        super().__init__(max_bytes)
 
     def get(self, spec: ModelSpec, x: torch.Tensor, n_segments: int, compactness: float) -> torch.Tensor:
         """x [C, H, W] normalised -> labels [H, W] int32 (shared: do not modify)."""
         digest = hashlib.blake2b(x.contiguous().numpy().tobytes(), digest_size=16).hexdigest()
         key = (digest, tuple(x.shape), spec.mean, spec.std, n_segments, compactness)
-        with self._lock:
-            if key in self._labels:
-                self._labels.move_to_end(key)
-                return self._labels[key]
-        # Computed outside the lock: a concurrent duplicate costs one SLIC, a lock would
-        # serialise every worker behind it.
-        labels = slic_segments(denormalize(spec, x), n_segments, compactness)
-        with self._lock:
-            self.builds += 1
-            self._labels[key] = labels
-            while sum(t.nbytes for t in self._labels.values()) > self.max_bytes and len(self._labels) > 1:
-                self._labels.popitem(last=False)
-        return labels
+        return self.get_or_build(key, lambda: slic_segments(denormalize(spec, x), n_segments, compactness))
 
 
 SEGMENTS = SegmentCache()

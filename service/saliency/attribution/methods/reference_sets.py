@@ -15,14 +15,13 @@ Sets are cached per (model normalisation, size) in an LRU with a byte budget.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from saliency.attribution.cache import TensorCache
 from saliency.models import ModelSpec
 
 # skimage.data loaders of photographs shipped inside scikit-image (no download needed).
@@ -75,27 +74,14 @@ def build_pixels(kind: str, height: int, width: int) -> torch.Tensor:
     raise ValueError(f"no built-in reference set {kind!r}")
 
 
-class ReferenceCache:
-    """LRU of built-in pixel sets by (kind, height, width) under a byte budget; one build per key."""
+class ReferenceCache(TensorCache):
+    """Built-in pixel sets by (kind, height, width) under a byte budget (default 256 MB)."""
 
     def __init__(self, max_bytes: int = 256 << 20):
-        self.max_bytes = max_bytes
-        self.builds = 0
-        self._sets: OrderedDict[tuple[str, int, int], torch.Tensor] = OrderedDict()
-        self._lock = threading.Lock()
+        super().__init__(max_bytes)
 
     def get(self, kind: str, height: int, width: int) -> torch.Tensor:
-        key = (kind, height, width)
-        with self._lock:
-            if key in self._sets:
-                self._sets.move_to_end(key)
-                return self._sets[key]
-            pixels = build_pixels(kind, height, width)
-            self.builds += 1
-            self._sets[key] = pixels
-            while sum(p.nbytes for p in self._sets.values()) > self.max_bytes and len(self._sets) > 1:
-                self._sets.popitem(last=False)
-            return pixels
+        return self.get_or_build((kind, height, width), lambda: build_pixels(kind, height, width))
 
 
 REFERENCES = ReferenceCache()
