@@ -528,10 +528,21 @@ def test_propagation_over_the_wire(service, tiny):
     request.methods.append(deeplift)
     (dl,) = stub.Explain(request, timeout=60).attributions
     assert dl.stats["completeness_error"] < 1e-3
+    def deeplift_request(**params) -> pb.ExplainRequest:
+        bad = method(pb.METHOD_DEEPLIFT)
+        bad.deeplift.MergeFrom(pb.DeepLiftParams(**params))
+        request = lrp_request("tinycnn")
+        del request.methods[:]
+        request.methods.append(bad)
+        return request
+
     for bad, mentions in [
         (lrp_request("tinycnn", epsilon=-1.0), "lrp.epsilon"),
         (lrp_request("tinycnn", rule=99), "rule"),
         (lrp_request("tinyvit"), "lrp cannot explain model tinyvit"),
+        (deeplift_request(baseline=pb.BASELINE_BLUR, blur_sigma=-2.0), "deeplift.blur_sigma"),
+        (deeplift_request(baseline=pb.BASELINE_CUSTOM), "deeplift.custom_baseline"),
+        (deeplift_request(baseline=77), "baseline"),
     ]:
         with pytest.raises(grpc.RpcError) as info:
             stub.Explain(bad, timeout=30)
