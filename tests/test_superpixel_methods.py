@@ -316,15 +316,16 @@ def test_over_the_wire_bad_parameters_are_refused_and_good_ones_match_the_engine
     blocks = np.random.default_rng(3).integers(0, 255, (4, 4, 3), dtype=np.uint8)
     rgb = blocks.repeat(8, axis=0).repeat(8, axis=1)  # flat 8x8 blocks: SLIC finds several segments
     stub = service.stub()
-    bad = pb.ExplainRequest(
-        model="tinycnn",
-        image=png_bytes(rgb),
-        methods=[pb.MethodRequest(method=pb.METHOD_LIME, lime=pb.LimeParams(kernel_width=-1.0))],
-    )
-    with pytest.raises(grpc.RpcError) as info:
-        stub.Explain(bad, timeout=30)
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "kernel_width" in info.value.details()
+    for bad_method, field in [
+        (pb.MethodRequest(method=pb.METHOD_LIME, lime=pb.LimeParams(kernel_width=-1.0)), "lime.kernel_width"),
+        (pb.MethodRequest(method=pb.METHOD_KERNEL_SHAP, kernel_shap=pb.KernelShapParams(n_samples=1)), "kernel_shap.n_samples"),
+        (pb.MethodRequest(method=pb.METHOD_KERNEL_SHAP, kernel_shap=pb.KernelShapParams(n_segments=10**6)), "kernel_shap.n_segments"),
+        (pb.MethodRequest(method=pb.METHOD_KERNEL_SHAP, kernel_shap=pb.KernelShapParams(baseline=42)), "baseline"),
+    ]:
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Explain(pb.ExplainRequest(model="tinycnn", image=png_bytes(rgb), methods=[bad_method]), timeout=30)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field in info.value.details(), info.value.details()
 
     request = pb.ExplainRequest(
         model="tinycnn",
