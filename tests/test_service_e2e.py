@@ -24,7 +24,7 @@ from saliency.attribution.types import Targets
 from saliency.imaging import decode_image, to_model_input
 from saliency.models import load_model
 from saliency.v1 import explainer_pb2 as pb
-from service_harness import ServiceThread, chelsea_png, method, png_bytes
+from service_harness import ServiceThread, chelsea_png, method, png_bytes, with_config
 
 EXPORTER = InMemorySpanExporter()
 
@@ -268,3 +268,31 @@ def test_traces_have_a_request_span_method_children_and_linked_batch_spans(servi
         if s.name == "deep_batch" and any(link.context.span_id == root.context.span_id for link in s.links)
     ]
     assert sum(s.attributes["saliency.samples"] for s in mine) == 8 + 2  # path points + endpoints
+
+
+def test_every_method_reports_its_latency_to_prometheus():
+    """Registry-driven: a new method is covered by construction (on a model it can explain)."""
+    from saliency.api.method_params import method_requests_to_proto
+    from saliency.attribution.registry import all_methods, methods_for
+    from saliency.models import get_spec
+    from test_deep_methods import SMALL
+
+    models = ("tinycnn", "tinyvit")
+    running = ServiceThread(with_config(models=models))
+    try:
+        for model in models:
+            names = sorted(methods_for(get_spec(model)))
+            for batch in (names[i : i + 8] for i in range(0, len(names), 8)):  # under max_methods
+                params = {name: make_params(name, **SMALL.get(name, {})) for name in batch}
+                request = pb.ExplainRequest(
+                    model=model, tensor=pb.Tensor(shape=[3, 32, 32], data=np.zeros((3, 32, 32), np.float32).tobytes()),
+                    methods=method_requests_to_proto(params),
+                )
+                answered = running.stub().Explain(request, timeout=120).attributions
+                assert {a.method for a in answered} == {r.method for r in request.methods}
+        for name in all_methods():
+            model = next(m for m in models if name in methods_for(get_spec(m)))
+            labels = {"model": model, "method": name, "backend": "embedded"}
+            assert running.metric("saliency_method_latency_seconds_count", labels) >= 1, name
+    finally:
+        running.stop()
