@@ -480,6 +480,7 @@ def report_sanity(args: argparse.Namespace) -> int:
 
 
 def list_models() -> int:
+    from saliency.api.method_params import METHOD_NAMES
     from saliency.attribution.registry import all_methods
     from saliency.models import model_specs
 
@@ -490,7 +491,8 @@ def list_models() -> int:
         print(f"  {spec.name:<20} {h}x{w}, {spec.num_classes} classes, CAM layer "
               f"{spec.target_layer}{weights}: {spec.description}")
     print("methods (set parameters with --param METHOD.FIELD=VALUE):")
-    for info in all_methods().values():
+    api_order = {name: i for i, name in enumerate(METHOD_NAMES.values())}  # as ListModels lists them
+    for info in sorted(all_methods().values(), key=lambda m: api_order.get(m.name, len(api_order))):
         sign = ", signed" if info.signed else ""
         only = [s.name for s in model_specs().values() if info.unsupported_reason(s) is None]
         scope = "" if len(only) == len(model_specs()) else f" (models: {', '.join(only) or 'none'})"
