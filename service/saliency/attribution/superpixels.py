@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -35,29 +36,45 @@ BASELINES = ("zeros", "mean", "segment_mean", "blur")
 MAX_SEGMENTS = 500  # the surrogate fits solve M x M systems: bounded cost per request
 
 
-def validate_segmentation(method: str, params: Any) -> None:
-    """Checks shared by every superpixel method's params (fields named as in the API)."""
-    require(
-        2 <= params.n_segments <= MAX_SEGMENTS,
-        f"{method}.n_segments",
-        f"{params.n_segments} is outside [2, {MAX_SEGMENTS}]",
-    )
-    require(
-        math.isfinite(params.compactness) and 0.01 <= params.compactness <= 1000,
-        f"{method}.compactness",
-        f"{params.compactness} is outside [0.01, 1000] (SLIC's colour/space balance; 10 suits photographs)",
-    )
-    require(
-        params.baseline in BASELINES,
-        f"{method}.baseline",
-        f"{params.baseline!r} is not one of {', '.join(BASELINES)}",
-    )
-    require(
-        math.isfinite(params.blur_sigma) and 0.1 <= params.blur_sigma <= 100,
-        f"{method}.blur_sigma",
-        f"{params.blur_sigma} is outside [0.1, 100] pixels",
-    )
-    require(0 <= params.seed < 2**63, f"{method}.seed", "must be in [0, 2^63)")
+@dataclass(frozen=True)
+class SegmentationParams:
+    """The parameters every superpixel method shares (its own come after them)."""
+
+    method: ClassVar[str] = ""
+    # SLIC's target number of superpixels (it may return fewer)
+    n_segments: int = field(default=50, metadata={"min": 2, "max": MAX_SEGMENTS})
+    # SLIC's balance of colour against space: higher gives squarer segments
+    compactness: float = field(default=10.0, metadata={"min": 0.01, "max": 1000})
+    # what an "off" segment becomes (BASELINES above)
+    baseline: str = field(default="zeros", metadata={"choices": BASELINES})
+    # Gaussian sigma in pixels, for baseline "blur"
+    blur_sigma: float = field(default=10.0, metadata={"min": 0.1, "max": 100})
+    seed: int = field(default=0, metadata={"min": 0, "max": 2**63 - 1})
+
+    def validate_segmentation(self) -> None:
+        """Checks of the shared fields, named "<method>.<field>" as in the API."""
+        method = self.method
+        require(
+            2 <= self.n_segments <= MAX_SEGMENTS,
+            f"{method}.n_segments",
+            f"{self.n_segments} is outside [2, {MAX_SEGMENTS}]",
+        )
+        require(
+            math.isfinite(self.compactness) and 0.01 <= self.compactness <= 1000,
+            f"{method}.compactness",
+            f"{self.compactness} is outside [0.01, 1000] (SLIC's colour/space balance; 10 suits photographs)",
+        )
+        require(
+            self.baseline in BASELINES,
+            f"{method}.baseline",
+            f"{self.baseline!r} is not one of {', '.join(BASELINES)}",
+        )
+        require(
+            math.isfinite(self.blur_sigma) and 0.1 <= self.blur_sigma <= 100,
+            f"{method}.blur_sigma",
+            f"{self.blur_sigma} is outside [0.1, 100] pixels",
+        )
+        require(0 <= self.seed < 2**63, f"{method}.seed", "must be in [0, 2^63)")
 
 
 def slic_segments(pixels: torch.Tensor, n_segments: int, compactness: float) -> torch.Tensor:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch.distributions import Categorical
@@ -32,12 +33,11 @@ from saliency.attribution.executor import ChunkOutput, DeepTask, SampleStream
 from saliency.attribution.limits import Limits
 from saliency.attribution.registry import register
 from saliency.attribution.superpixels import (
-    BASELINES,
     SEGMENTS,
     LazySegmentation,
+    SegmentationParams,
     SegmentCache,
     segment_map,
-    validate_segmentation,
 )
 from saliency.attribution.types import Attribution
 from saliency.errors import require
@@ -45,18 +45,10 @@ from saliency.models import LoadedModel
 
 
 @dataclass(frozen=True)
-class KernelShapParams:
+class KernelShapParams(SegmentationParams):
+    method: ClassVar[str] = "kernel_shap"
     # model calls, including the two end coalitions (all kept, all off)
     n_samples: int = field(default=256, metadata={"min": 2, "max_limit": "max_kernel_shap_samples"})
-    # SLIC's target number of superpixels (it may return fewer)
-    n_segments: int = field(default=50, metadata={"min": 2, "max": 500})
-    # SLIC's balance of colour against space: higher gives squarer segments
-    compactness: float = field(default=10.0, metadata={"min": 0.01, "max": 1000})
-    # what an "off" segment becomes (see attribution/superpixels.py)
-    baseline: str = field(default="zeros", metadata={"choices": BASELINES})
-    # Gaussian sigma in pixels, for baseline "blur"
-    blur_sigma: float = field(default=10.0, metadata={"min": 0.1, "max": 100})
-    seed: int = field(default=0, metadata={"min": 0, "max": 2**63 - 1})
 
     def validate(self, limits: Limits) -> None:
         require(
@@ -65,7 +57,7 @@ class KernelShapParams:
             f"{self.n_samples} is outside [2, {limits.max_kernel_shap_samples}] "
             "(two samples are the all-kept and all-off images)",
         )
-        validate_segmentation("kernel_shap", self)
+        self.validate_segmentation()
 
 
 def shapley_kernel_weights(m: int, sizes: torch.Tensor) -> torch.Tensor:

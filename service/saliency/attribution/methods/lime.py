@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -29,12 +30,11 @@ from saliency.attribution.executor import ChunkOutput, DeepTask, SampleStream
 from saliency.attribution.limits import Limits
 from saliency.attribution.registry import register
 from saliency.attribution.superpixels import (
-    BASELINES,
     SEGMENTS,
     LazySegmentation,
+    SegmentationParams,
     SegmentCache,
     segment_map,
-    validate_segmentation,
 )
 from saliency.attribution.types import Attribution
 from saliency.errors import require
@@ -42,22 +42,14 @@ from saliency.models import LoadedModel
 
 
 @dataclass(frozen=True)
-class LimeParams:
+class LimeParams(SegmentationParams):
+    method: ClassVar[str] = "lime"
     # model calls: sampled coalitions
     n_samples: int = field(default=256, metadata={"min": 1, "max_limit": "max_lime_samples"})
-    # SLIC's target number of superpixels (it may return fewer)
-    n_segments: int = field(default=50, metadata={"min": 2, "max": 500})
-    # SLIC's balance of colour against space: higher gives squarer segments
-    compactness: float = field(default=10.0, metadata={"min": 0.01, "max": 1000})
-    # what an "off" segment becomes (see attribution/superpixels.py)
-    baseline: str = field(default="zeros", metadata={"choices": BASELINES})
-    # Gaussian sigma in pixels, for baseline "blur"
-    blur_sigma: float = field(default=10.0, metadata={"min": 0.1, "max": 100})
     # width of the exponential similarity kernel on the cosine distance (in [0, 1])
     kernel_width: float = field(default=0.25, metadata={"min": 0.05, "max": 100})
     # ridge penalty on the coefficients (0: weighted least squares)
     alpha: float = field(default=1.0, metadata={"min": 0, "max": 1e6})
-    seed: int = field(default=0, metadata={"min": 0, "max": 2**63 - 1})
 
     def validate(self, limits: Limits) -> None:
         require(
@@ -65,7 +57,7 @@ class LimeParams:
             "lime.n_samples",
             f"{self.n_samples} is outside [1, {limits.max_lime_samples}]",
         )
-        validate_segmentation("lime", self)
+        self.validate_segmentation()
         require(
             math.isfinite(self.kernel_width) and 0.05 <= self.kernel_width <= 100,
             "lime.kernel_width",
