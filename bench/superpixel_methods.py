@@ -17,7 +17,7 @@ from bench.deep import versus_captum
 from bench.report import Table
 from bench.settings import Settings
 from bench.workload import Workload, reference_workload
-from saliency.attribution.superpixels import SegmentCache, denormalize, slic_segments
+from saliency.attribution.superpixels import SegmentCache, slic_segments
 
 SUMMARY = "KernelSHAP and LIME over SLIC superpixels vs Captum's KernelShap and Lime; SLIC cost"
 N_SEGMENTS, COMPACTNESS, SEED, KERNEL_WIDTH, ALPHA = 50, 10.0, 0, 0.25, 1.0
@@ -48,7 +48,7 @@ def run(settings: Settings) -> list[Table]:
     w = reference_workload(settings.device)
     auto = c.auto_chunk_sizes(w)
     ex = c.executor(w)
-    pixels = denormalize(w.model.spec, w.x.cpu())
+    pixels = w.model.spec.denormalize(w.x.cpu())
     labels = slic_segments(pixels, N_SEGMENTS, COMPACTNESS)
     mask = labels[None, None].to(w.x.device)
     n = settings.pick(256, 64)

@@ -63,3 +63,10 @@ def test_tinycnn_is_deterministic():
 def test_unknown_model_is_not_found():
     with pytest.raises(NotFound, match="model"):
         get_spec("resnet9000")
+
+
+def test_denormalize_inverts_normalize_and_clips():
+    spec = get_spec("efficientnet_lite0")
+    pixels = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(spec.denormalize(spec.normalize(pixels)), pixels)
+    assert float(spec.denormalize(torch.full((3, 2, 2), 100.0)).max()) == 1.0

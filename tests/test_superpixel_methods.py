@@ -25,7 +25,6 @@ from saliency.attribution.registry import get_method, make_params
 from saliency.attribution.superpixels import (
     SegmentCache,
     baseline_image,
-    denormalize,
     masked_images,
     slic_segments,
 )
@@ -45,7 +44,7 @@ def run(model, x, target, method, chunk=(5, 16), cache=None, **params):
 
 
 def labels_of(model, x, n_segments, compactness):
-    return slic_segments(denormalize(model.spec, x), n_segments, compactness)
+    return slic_segments(model.spec.denormalize(x), n_segments, compactness)
 
 
 def quadrant_image(model) -> torch.Tensor:

@@ -100,13 +100,11 @@ def input_from_request(
         # validate_input_tensor allows up to 4096 px per side; never decode more than that.
         cap = 3 * min(image_limits.max_pixels, 4096 * 4096)
         x = validate_input_tensor(tensor_from_proto(request.tensor, "tensor", cap), spec, "tensor")
-        return x, _denormalize(x, spec)
+        return x, _rgb_pixels(x, spec)
     raise InvalidArgument("set `image` (PNG/JPEG/WebP bytes) or `tensor` (model input)", "input")
 
 
-def _denormalize(x: torch.Tensor, spec: ModelSpec) -> np.ndarray:
+def _rgb_pixels(x: torch.Tensor, spec: ModelSpec) -> np.ndarray:
     """Normalised [3, H, W] -> uint8 [H, W, 3] pixels (clipped to the displayable range)."""
-    mean = torch.tensor(spec.mean, dtype=x.dtype)[:, None, None]
-    std = torch.tensor(spec.std, dtype=x.dtype)[:, None, None]
-    pixels = (x * std + mean).clamp(0, 1).mul(255).round().to(torch.uint8)
+    pixels = spec.denormalize(x).mul(255).round().to(torch.uint8)
     return np.ascontiguousarray(pixels.permute(1, 2, 0).numpy())

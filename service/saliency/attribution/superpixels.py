@@ -85,13 +85,6 @@ def slic_segments(pixels: torch.Tensor, n_segments: int, compactness: float) -> 
     return torch.from_numpy(consecutive.reshape(labels.shape).astype(np.int32))
 
 
-def denormalize(spec: ModelSpec, x: torch.Tensor) -> torch.Tensor:
-    """[C, H, W] model input -> pixels in [0, 1] (clipped: inputs need not come from an image)."""
-    mean = torch.tensor(spec.mean, dtype=x.dtype)[:, None, None]
-    std = torch.tensor(spec.std, dtype=x.dtype)[:, None, None]
-    return (x * std + mean).clamp(0, 1)
-
-
 class SegmentCache(TensorCache):
     """Segmentations keyed by (image bytes, normalisation, SLIC parameters), under a byte
     budget (int32 labels: 200 kB at 224x224)."""
@@ -103,7 +96,7 @@ class SegmentCache(TensorCache):
         """x [C, H, W] normalised -> labels [H, W] int32 (shared: do not modify)."""
         digest = hashlib.blake2b(x.contiguous().numpy().tobytes(), digest_size=16).hexdigest()
         key = (digest, tuple(x.shape), spec.mean, spec.std, n_segments, compactness)
-        return self.get_or_build(key, lambda: slic_segments(denormalize(spec, x), n_segments, compactness))
+        return self.get_or_build(key, lambda: slic_segments(spec.denormalize(x), n_segments, compactness))
 
 
 SEGMENTS = SegmentCache()

@@ -52,6 +52,12 @@ class ModelSpec:
         std = torch.tensor(self.std, dtype=pixels.dtype, device=pixels.device)
         return (pixels - mean[:, None, None]) / std[:, None, None]
 
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """[.., 3, H, W] model input -> pixels in [0, 1] (clipped: an input need not come from an image)."""
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device)
+        return (x * std[:, None, None] + mean[:, None, None]).clamp(0, 1)
+
 
 @dataclass(frozen=True)
 class LoadedModel:

@@ -33,7 +33,6 @@ from saliency.attribution.methods.integrated_gradients import (
     plan_integrated_gradients,
 )
 from saliency.attribution.registry import register
-from saliency.attribution.superpixels import denormalize
 from saliency.attribution.types import Attribution
 from saliency.errors import require
 
@@ -162,7 +161,7 @@ def plan_xrai(model, x: torch.Tensor, target: int, params: XraiParams) -> DeepTa
         )
         for b in xrai_baselines(model, x, params.baseline)
     ]
-    pixels = denormalize(model.spec, x).permute(1, 2, 0).numpy()  # [H, W, 3] for segmentation
+    pixels = model.spec.denormalize(x).permute(1, 2, 0).numpy()  # [H, W, 3] for segmentation
 
     def finish() -> Attribution:
         igs = [task.finish() for task in ig_tasks]
