@@ -28,7 +28,7 @@ def test_fast_threads_use_their_own_intra_op_count_and_deep_keeps_the_process_on
     try:
         expected = fast_threads or max(1, process - 1)
         assert worker.fast_threads == expected
-        seen = {worker._fast_pool.submit(torch.get_num_threads).result() for _ in range(4)}
+        seen = {worker.fast_pool.submit(torch.get_num_threads).result() for _ in range(4)}
         assert seen == {expected}
 
         counts: dict[str, int] = {}  # thread name -> intra-op threads, seen inside the model
@@ -41,7 +41,7 @@ def test_fast_threads_use_their_own_intra_op_count_and_deep_keeps_the_process_on
 
             async def fast_then_deep():
                 await worker.run_fast(tiny_images[0], Targets(top_k=1), {"vanilla": make_params("vanilla")}, 1)
-                ((_, future),) = worker.submit_deep(tiny_images[0], (0,), {"ig": make_params("ig", n_steps=2)}, "r1")
+                ((_, future),) = await worker.submit_deep(tiny_images[0], (0,), {"ig": make_params("ig", n_steps=2)}, "r1")
                 return await future
 
             asyncio.run(fast_then_deep())

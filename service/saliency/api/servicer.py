@@ -6,6 +6,7 @@ Validation happens here, before any work is queued; errors map to status codes i
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from contextlib import aclosing, asynccontextmanager
@@ -137,6 +138,12 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
                 span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))
                 await context.abort(code, str(exc))
             except grpc.aio.AbortError:
+                raise
+            except asyncio.CancelledError:
+                # gRPC cancels the handler when the client's deadline passes or it goes away.
+                remaining = context.time_remaining()
+                late = remaining is not None and remaining <= DEADLINE_MARGIN_S
+                code = grpc.StatusCode.DEADLINE_EXCEEDED if late else grpc.StatusCode.CANCELLED
                 raise
             except Exception as exc:  # a bug: report it without details, keep serving
                 code = grpc.StatusCode.INTERNAL

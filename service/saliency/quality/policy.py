@@ -175,6 +175,12 @@ class CostTracker:
                 self._sample = self._update(self._sample, seconds / samples)
 
     @property
+    def fast_seconds(self) -> float:
+        """One prediction pass (0.0 until one was measured)."""
+        with self._lock:
+            return self._fast or 0.0
+
+    @property
     def sample_seconds(self) -> float:
         with self._lock:
             return self._sample if self._sample is not None else (self._fast or 0.0)

@@ -18,7 +18,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -43,7 +43,6 @@ from saliency.quality.policy import (
     FALLBACKS,
     IG_START_STEPS,
     Costs,
-    CostTracker,
     MethodChoice,
     PolicyDecision,
     next_ig_round,
@@ -65,6 +64,7 @@ from saliency.runtime.backend import (
     check_model,
 )
 from saliency.runtime.config import ServiceConfig
+from saliency.runtime.fast_pool import BEFORE_DEEP, URGENT
 from saliency.runtime.metrics import Metrics
 from saliency.runtime.telemetry import method_span, request_in_flight
 from saliency.runtime.worker import ModelWorker
@@ -100,7 +100,8 @@ class Runtime:
         }
 
         self.models = {name: worker.model.spec for name, worker in self.workers.items()}
-        self.costs = {name: CostTracker() for name in self.workers}
+        for worker in self.workers.values():
+            worker.warm_up()
         self._background: set[asyncio.Task] = set()  # sampled quality scoring
         self._sanity_pool = ThreadPoolExecutor(1, thread_name_prefix="sanity")
         self._sanity_running = threading.Lock()  # one sanity check at a time
@@ -122,12 +123,16 @@ class Runtime:
         fast, deep = split_by_kind(job.methods)
         labels = {"model": job.model, "backend": BACKEND}
         submitted: list[DeepTask] = []  # every task queued for this request, dropped on exit
-        with request_in_flight(self.metrics, job.model):
+        deep_samples = await asyncio.to_thread(self._admitted_samples, worker, job, deep)
+        priority = BEFORE_DEEP if deep else URGENT
+        self._admit(worker, job, deep_samples, priority, timeout)
+        with request_in_flight(self.metrics, job.model, deadline), worker.deep_reservation(deep_samples) as queued:
             try:
                 with self.tracer.start_as_current_span("fast_pass", attributes={"methods": list(fast)}):
-                    result = await _within(deadline, worker.run_fast(job.x, job.targets, fast, job.n_predictions))
+                    result = await _within(
+                        deadline, worker.run_fast(job.x, job.targets, fast, job.n_predictions, priority)
+                    )
                 fast_seconds = time.perf_counter() - started
-                self.costs[job.model].observe_fast(fast_seconds)
                 for attribution in result.attributions:
                     self.metrics.method_latency.labels(method=attribution.method, **labels).observe(fast_seconds)
                 delivered = list(result.attributions)
@@ -146,7 +151,7 @@ class Runtime:
                         )
                         delivered.append(attribution)
                         yield DeepEvent(attribution, 0.0, time.perf_counter() - extra_started)
-                deep_maps = self._deep_maps(worker, job, result.targets, plan, started, deadline, submitted)
+                deep_maps = self._deep_maps(worker, job, result.targets, plan, started, deadline, submitted, queued)
                 async with aclosing(deep_maps) as events:  # closed at once if the caller goes away
                     async for event in events:
                         delivered.append(event.attribution)
@@ -174,10 +179,13 @@ class Runtime:
         started: float,
         deadline: float,
         submitted: list[DeepTask],
+        queued: Callable[[], None],
     ) -> AsyncIterator[DeepEvent]:
-        """DeepEvents of the planned deep maps (and adaptive IG rounds) as each completes."""
-        pairs = worker.submit_deep(job.x, targets, plan.deep, job.request_id) if plan.deep else []
+        """DeepEvents of the planned deep maps (and adaptive IG rounds) as each completes.
+        `queued()` hands the request's admission reservation over to the executor's queue."""
+        pairs = await worker.submit_deep(job.x, targets, plan.deep, job.request_id) if plan.deep else []
         submitted.extend(task for task, _ in pairs)
+        queued()
         pending: dict[asyncio.Future, DeepTask | None] = {future: task for task, future in pairs}
         if plan.ig is not None:
             for target in targets:
@@ -221,7 +229,7 @@ class Runtime:
         n, rounds, queue_seconds, compute_seconds = steps[0], 0, 0.0, 0.0
         while True:
             ig = dataclasses.replace(params, n_steps=n, rule="gausslegendre")
-            ((task, future),) = worker.submit_deep(job.x, (target,), {"ig": ig}, job.request_id)
+            ((task, future),) = await worker.submit_deep(job.x, (target,), {"ig": ig}, job.request_id)
             submitted.append(task)
             attribution = await future
             rounds += 1
@@ -229,7 +237,7 @@ class Runtime:
             compute_seconds += task.compute_seconds
             self._task_done(job.model, task, started)
             error = attribution.stats["completeness_error"]
-            costs = Costs(self.costs[job.model].sample_seconds, worker.executor.pending_samples, 0.0)
+            costs = Costs(worker.costs.sample_seconds, worker.executor.pending_samples, 0.0)
             nxt, why = next_ig_round(
                 steps, n, error, completeness_target, budget_end - time.perf_counter(), costs
             )
@@ -242,10 +250,34 @@ class Runtime:
             n = nxt
 
     def _task_done(self, model: str, task: DeepTask, request_started: float) -> None:
-        self.costs[model].observe_samples(task.compute_seconds, task.n_samples)
+        self.workers[model].costs.observe_samples(task.compute_seconds, task.n_samples)
         method_span(
             self.tracer, task.method, task.target, request_started,
             task.queue_seconds, task.compute_seconds, task.n_samples,
+        )
+
+    # ---- admission -------------------------------------------------------------------------
+
+    def _admitted_samples(self, worker: ModelWorker, job: ExplainJob, deep: dict[str, Any]) -> int:
+        """Deep samples the request will queue, for admission (a plan for class 0 has the same
+        sample count as any class's). A latency budget fits its deep work to the budget itself."""
+        if not deep or (job.policy is not None and job.policy.latency_budget_ms):
+            return 0
+        n_targets = len(job.targets.classes) if job.targets.classes else job.targets.top_k
+        return n_targets * sum(task.n_samples for task in worker.plan_deep(job.x, (0,), deep))
+
+    def _admit(self, worker: ModelWorker, job: ExplainJob, deep_samples: int, priority: int, timeout: float) -> None:
+        """Refuse at once (RESOURCE_EXHAUSTED, with the estimate) a request that the work queued
+        ahead of it would keep from finishing before its deadline."""
+        estimate = worker.estimate_seconds(deep_samples, priority)
+        if estimate <= timeout:
+            return
+        self.metrics.rejected.labels(job.model, "overloaded").inc()
+        work = f"its {deep_samples} deep samples behind the work queued ahead" if deep_samples else "the queue ahead"
+        raise ResourceExhausted(
+            f"{job.model} would take about {estimate:.2f} s to serve this request ({work}), longer than "
+            f"its deadline of {timeout:.2f} s; retry later, with a longer deadline or fewer samples",
+            "methods" if deep_samples else "model",
         )
 
     # ---- policy ----------------------------------------------------------------------------
@@ -268,7 +300,7 @@ class Runtime:
             return _Plan(deep, {}, None, PolicyDecision(True, uncertain))
         kinds = {name: get_method(name).kind for name in job.methods}
         samples = {name: self._samples_per_target(worker, job, result, name, p) for name, p in deep.items()}
-        tracker = self.costs[job.model]
+        tracker = worker.costs
         costs = Costs(tracker.sample_seconds, worker.executor.pending_samples, spent)
         fallbacks = {FALLBACKS[name] for name in deep}
         budget = plan_within_budget(

@@ -15,10 +15,12 @@ from saliency.runtime.metrics import Metrics
 
 
 @contextmanager
-def request_in_flight(metrics: Metrics, model: str) -> Iterator[None]:
-    """Count the request in flight while the body runs, and count a deadline or cancellation.
+def request_in_flight(metrics: Metrics, model: str, deadline: float | None = None) -> Iterator[None]:
+    """Count the request in flight while the body runs, and count how it ended early:
+    "deadline" (DeadlineExceeded, or stopped at or after `deadline`, time.monotonic()) or
+    "cancelled" (the caller went away before it).
 
-    Safe around `yield`s of an async generator: closing it (GeneratorExit) counts as cancelled.
+    Safe around `yield`s of an async generator: closing it (GeneratorExit) counts as stopped.
     """
     metrics.inflight.labels(model).inc()
     try:
@@ -27,7 +29,8 @@ def request_in_flight(metrics: Metrics, model: str) -> Iterator[None]:
         metrics.rejected.labels(model, "deadline").inc()
         raise
     except (asyncio.CancelledError, GeneratorExit):
-        metrics.rejected.labels(model, "cancelled").inc()
+        late = deadline is not None and time.monotonic() >= deadline
+        metrics.rejected.labels(model, "deadline" if late else "cancelled").inc()
         raise
     finally:
         metrics.inflight.labels(model).dec()

@@ -21,8 +21,8 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -30,12 +30,14 @@ from opentelemetry import trace
 
 from saliency.attribution.executor import ChunkExecutor, ChunkReport, DeepTask
 from saliency.attribution.fast import FastResult, fast_pass
-from saliency.attribution.registry import get_method
+from saliency.attribution.registry import get_method, make_params
 from saliency.attribution.tuning import configured_chunk_sizes
 from saliency.attribution.types import Targets
 from saliency.errors import ResourceExhausted
 from saliency.models import LoadedModel
+from saliency.quality.policy import CostTracker
 from saliency.runtime.config import ServiceConfig
+from saliency.runtime.fast_pool import BEFORE_DEEP, FastPool
 from saliency.runtime.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -53,14 +55,16 @@ class ModelWorker:
         # Read once here: every thread sets its own count, so creation order does not matter.
         self._deep_threads = torch.get_num_threads()
         self.fast_threads = config.fast_threads or max(1, self._deep_threads - 1)
-        self._fast_pool = ThreadPoolExecutor(
+        self.fast_pool = FastPool(
             config.fast_workers,
-            thread_name_prefix=f"fast-{self.name}",
-            initializer=_set_intra_op_threads,
-            initargs=(self.fast_threads,),
+            config.max_fast_queue,
+            name=f"fast-{self.name}",
+            initializer=lambda: _set_intra_op_threads(self.fast_threads),
+            on_depth=self.metrics.queue_depth.labels(self.name, "fast").set,
         )
-        self._fast_waiting = 0
-        self._fast_lock = threading.Lock()
+        self.costs = CostTracker()
+        self._reserved_samples = 0  # deep samples of admitted requests not queued yet
+        self._reserved_lock = threading.Lock()
         self._wakeup = threading.Condition()
         self._stopping = False
         self._deep_thread = threading.Thread(target=self._deep_loop, name=f"deep-{self.name}", daemon=True)
@@ -68,46 +72,94 @@ class ModelWorker:
 
     # ---- fast pool -------------------------------------------------------------------------
 
-    async def run_fast(self, x: torch.Tensor, targets: Targets, methods: Mapping[str, Any], n_predictions: int) -> FastResult:
-        """Prediction and fast maps for one image, on the fast pool."""
-        with self._fast_lock:
-            if self._fast_waiting >= self.config.max_fast_queue:
-                self.metrics.rejected.labels(self.name, "fast_queue_full").inc()
-                raise ResourceExhausted(
-                    f"fast queue of {self.name} is full ({self.config.max_fast_queue} waiting); retry later",
-                    "model",
-                )
-            self._fast_waiting += 1
-            self.metrics.queue_depth.labels(self.name, "fast").set(self._fast_waiting)
+    async def run_fast(
+        self, x: torch.Tensor, targets: Targets, methods: Mapping[str, Any], n_predictions: int,
+        priority: int = BEFORE_DEEP,
+    ) -> FastResult:
+        """Prediction and fast maps for one image, on the fast pool (RESOURCE_EXHAUSTED at once
+        when its queue is full). Cancelling the await drops the job if it has not started."""
         queued = time.perf_counter()
 
         def compute() -> FastResult:
-            self._fast_started(queued)
+            self.metrics.queue_wait.labels(self.name, "fast").observe(time.perf_counter() - queued)
+            started = time.perf_counter()
             result = fast_pass(self.model, x[None], [targets], methods, n_predictions)[0]
+            self.costs.observe_fast(time.perf_counter() - started)
             self.metrics.batch_samples.labels(self.name, "fast").observe(1)
             self.metrics.batch_requests.labels(self.name, "fast").observe(1)
             return result
 
-        return await asyncio.get_running_loop().run_in_executor(self._fast_pool, compute)
+        try:
+            return await self.fast_pool.run(compute, priority)
+        except ResourceExhausted:
+            self.metrics.rejected.labels(self.name, "fast_queue_full").inc()
+            raise ResourceExhausted(
+                f"fast queue of {self.name} is full ({self.config.max_fast_queue} waiting); retry later",
+                "model",
+            ) from None
 
-    def _fast_started(self, queued: float) -> None:
-        self.metrics.queue_wait.labels(self.name, "fast").observe(time.perf_counter() - queued)
-        with self._fast_lock:
-            self._fast_waiting -= 1
-            self.metrics.queue_depth.labels(self.name, "fast").set(self._fast_waiting)
+    def estimate_seconds(self, deep_samples: int, priority: int) -> float:
+        """How long a request arriving now would take: the prediction passes ahead of it and
+        its own, then the deep samples queued or admitted ahead of it and its own."""
+        fast = self.costs.fast_seconds
+        workers = self.config.fast_workers
+        fast_wait = fast * (self.fast_pool.waiting_ahead(priority) // workers + 1)
+        if not deep_samples:
+            return fast_wait
+        with self._reserved_lock:
+            ahead = self.executor.pending_samples + self._reserved_samples
+        return fast_wait + (ahead + deep_samples) * self.costs.sample_seconds
+
+    @contextmanager
+    def deep_reservation(self, samples: int) -> Iterator[Callable[[], None]]:
+        """Count `samples` as queued from admission until `release()` (call it once they are
+        submitted) or the end of the block, whichever comes first."""
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            with self._reserved_lock:
+                if not released:
+                    released = True
+                    self._reserved_samples -= samples
+
+        with self._reserved_lock:
+            self._reserved_samples += samples
+        try:
+            yield release
+        finally:
+            release()
+
+    def warm_up(self) -> None:
+        """Two prediction passes (the first pays for lazy initialisation), so that admission
+        has a measured cost from the first request."""
+        x = torch.zeros(3, *self.model.spec.input_size)
+        methods = {"vanilla": make_params("vanilla")}
+
+        def timed() -> float:
+            started = time.perf_counter()
+            fast_pass(self.model, x[None], [Targets()], methods, 1)
+            return time.perf_counter() - started
+
+        self.fast_pool.submit(timed).result()
+        self.costs.observe_fast(self.fast_pool.submit(timed).result())
 
     # ---- deep worker -----------------------------------------------------------------------
 
-    def submit_deep(
+    async def submit_deep(
         self, x: torch.Tensor, targets: tuple[int, ...], methods: Mapping[str, Any], request_id: str
     ) -> list[tuple[DeepTask, asyncio.Future]]:
-        """Plan every (deep method, target) and queue it; futures resolve on the event loop."""
-        tasks = [
+        """Plan every (deep method, target) on a thread and queue it; futures resolve on the
+        event loop."""
+        tasks = await asyncio.to_thread(self.plan_deep, x, targets, methods)
+        return self.submit_tasks(tasks, request_id)
+
+    def plan_deep(self, x: torch.Tensor, targets: tuple[int, ...], methods: Mapping[str, Any]) -> list[DeepTask]:
+        return [
             get_method(name).plan(self.model, x, target, params)
             for name, params in methods.items()
             for target in targets
         ]
-        return self.submit_tasks(tasks, request_id)
 
     def submit_tasks(self, tasks: list[DeepTask], request_id: str) -> list[tuple[DeepTask, asyncio.Future]]:
         """Queue planned tasks (deep maps, quality curves) under the queue limit; futures
@@ -198,7 +250,7 @@ class ModelWorker:
             self._stopping = True
             self._wakeup.notify_all()
         self._deep_thread.join(timeout=30)
-        self._fast_pool.shutdown(wait=True, cancel_futures=True)
+        self.fast_pool.close()
 
 
 def _set_intra_op_threads(n: int) -> None:
