@@ -8,6 +8,12 @@ arrival order, into chunks of at most `max_chunk` samples, runs the model once p
 scatters the outputs back. Streams are consumed in order, so inputs are generated a chunk at a
 time and memory stays bounded for any sample count.
 
+Requests are kept apart: a chunk only packs samples of one input shape (`sample_shape`, declared
+by the plan, so no input is generated to find it), and a chunk that fails with several tasks in
+it is run again task by task, from the inputs already generated, so only the tasks whose
+samples cause the failure fail (a wrongly shaped or non-finite input, a generator that raises,
+a model call that fails on them); the others get exactly the result they get alone.
+
 Three optional stream properties serve methods beyond plain gradients and forwards:
 - `backward_rule` ("guided", "deconvnet", "rescale" or an LRP `RelevanceRules`): the chunk's
   forward runs inside `hooks.backward_rule`, so its input gradient follows the modified rule.
@@ -27,6 +33,7 @@ Three optional stream properties serve methods beyond plain gradients and forwar
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 import time
 from collections import deque
@@ -73,6 +80,9 @@ class SampleStream:
     backward_rule: str | RelevanceRules | None = None  # modified backward for this stream's chunks
     capture_layer: bool = False  # its outputs carry the CAM layer's activations (and grads)
     after: SampleStream | None = None  # not started before this stream is fully consumed
+    # [C, H, W] of one input sample: chunks only pack streams of one shape. None (unknown)
+    # streams pack together and fall back on the per-task re-run if their shapes differ.
+    sample_shape: tuple[int, ...] | None = None
     cursor: int = 0  # next sample to generate
     consumed: int = 0  # samples whose outputs were consumed
 
@@ -84,6 +94,8 @@ class SampleStream:
                 raise ValueError("a backward rule only means something for a gradient stream")
             if is_paired(self.backward_rule) and self.n_samples % 2:
                 raise ValueError(f"a {self.backward_rule} stream holds (input, reference) pairs: even n_samples")
+        if self.sample_shape is not None:
+            self.sample_shape = tuple(int(d) for d in self.sample_shape)
 
     @property
     def remaining(self) -> int:
@@ -95,9 +107,17 @@ class SampleStream:
         return self.after is None or self.after.consumed >= self.after.n_samples
 
     @property
-    def kind(self) -> tuple[bool, str | RelevanceRules | None]:
-        """Streams of one kind can share a chunk: (needs_grad, backward_rule)."""
-        return self.needs_grad, self.backward_rule
+    def kind(self) -> tuple[bool, str | RelevanceRules | None, tuple[int, ...] | None]:
+        """Streams of one kind can share a chunk: (needs_grad, backward_rule, sample_shape).
+
+        Dtype and device are not part of it: every slice is made float32 on the model's device
+        before the chunk is put together (the model call needs that anyway)."""
+        return self.needs_grad, self.backward_rule, self.sample_shape
+
+    @property
+    def sample_bytes(self) -> int:
+        """Bytes of one sample as the model receives it (float32); 0 when the shape is unknown."""
+        return 4 * math.prod(self.sample_shape) if self.sample_shape is not None else 0
 
 
 _task_ids = itertools.count()
@@ -124,6 +144,7 @@ class DeepTask:
     compute_seconds: float = 0.0
     submitted_at: float | None = None  # perf_counter() at submit
     started_at: float | None = None  # perf_counter() when its first chunk started
+    held_bytes: int | None = None  # the plan's estimate of what the task holds: see memory_bytes
 
     @property
     def queue_seconds(self) -> float:
@@ -138,6 +159,24 @@ class DeepTask:
     @property
     def done(self) -> bool:
         return self.result is not None or self.error is not None
+
+    @property
+    def sample_bytes(self) -> int:
+        """Bytes of its largest input sample as the model receives it (float32)."""
+        return max((s.sample_bytes for s in self.streams), default=0)
+
+    @property
+    def memory_bytes(self) -> int:
+        """Estimated bytes the task holds from plan to result *outside* the chunks it is in.
+
+        Its copy of the input, reducer state, per-task tensors (baselines, reference stacks,
+        segmentations, activations, generator states) and what `finish` builds. The chunks are
+        not included: they are bounded by the executor's chunk size times `sample_bytes`,
+        whoever's samples fill them; neither are entries of the shared caches, which have
+        budgets of their own. An estimate for admission control, not an exact count: the plan
+        states it (`held_bytes`); a task whose plan does not is counted as four input samples.
+        """
+        return self.held_bytes if self.held_bytes is not None else 4 * self.sample_bytes
 
 
 @dataclass(frozen=True)
@@ -169,6 +208,21 @@ class ExecutorStats:
     samples: int = 0
     tasks_finished: int = 0
     tasks_dropped: int = 0
+    chunks_rerun: int = 0  # chunks that failed with several tasks in them and were re-run per task
+
+
+_Piece = tuple[DeepTask, SampleStream, int, int]  # a slice [start, stop) of a task's stream
+_Batch = list[tuple[DeepTask, SampleStream, int, int, torch.Tensor]]  # slices with their inputs
+
+
+def tensor_bytes(*tensors: torch.Tensor | None) -> int:
+    """Bytes of the storages behind `tensors`, each storage counted once (for memory_bytes)."""
+    storages: dict[tuple[str, int], int] = {}
+    for t in tensors:
+        if t is not None:
+            storage = t.untyped_storage()
+            storages[str(t.device), storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
 
 
 class ChunkExecutor:
@@ -226,32 +280,86 @@ class ChunkExecutor:
         pieces = self._take_chunk()
         if not pieces:
             return 0
-        needs_grad, rule = pieces[0][1].kind
-        # Plain chunks call _evaluate exactly as they always did; the extras only when used.
-        extras: dict = {}
-        if rule is not None:
-            extras["backward_rule"] = rule
-        if any(s.capture_layer for _, s, *_ in pieces):
-            extras["capture_layer"] = True
         started = time.perf_counter()
         for task, *_ in pieces:
             if task.started_at is None:
                 task.started_at = started
-        try:
-            inputs = torch.cat([s.make_inputs(start, stop) for _, s, start, stop in pieces])
-            targets = torch.tensor(
-                [t.target for t, _, start, stop in pieces for _ in range(stop - start)]
-            )
-            output = self._evaluate(inputs, targets, needs_grad, **extras)
-        except Exception as exc:  # a failed chunk fails only the tasks that were in it
-            for task, *_ in pieces:
-                self._fail(task, exc)
-            return sum(stop - start for *_, start, stop in pieces)
-        elapsed = time.perf_counter() - started
-        offset = 0
+        batch = self._generate(pieces)
+        if batch:
+            try:
+                output = self._call(batch)
+            except Exception as exc:
+                self._isolate(batch, exc)
+            else:
+                self._scatter(batch, output, time.perf_counter() - started)
+        return sum(stop - start for *_, start, stop in pieces)
+
+    def _generate(self, pieces: list[_Piece]) -> _Batch:
+        """The inputs [stop - start, C, H, W] of each slice; a task whose generator fails or
+        makes inputs of another shape than its stream declares fails here, alone."""
+        batch = []
         for task, stream, start, stop in pieces:
+            if task.done:  # an earlier slice of this chunk failed it
+                continue
+            try:
+                inputs = stream.make_inputs(start, stop)
+                expected = None if stream.sample_shape is None else (stop - start, *stream.sample_shape)
+                if expected is not None and tuple(inputs.shape) != expected:
+                    raise ValueError(
+                        f"{task.method} made inputs of shape {list(inputs.shape)} for samples "
+                        f"[{start}, {stop}), expected {list(expected)}"
+                    )
+            except Exception as exc:
+                self._fail(task, exc)
+                continue
+            batch.append((task, stream, start, stop, inputs))
+        return [b for b in batch if not b[0].done]  # a later slice may have failed its task
+
+    def _call(self, batch: _Batch) -> ChunkOutput:
+        """One model call on the batch's inputs (all of one kind)."""
+        needs_grad, rule, _ = batch[0][1].kind
+        # Plain chunks call _evaluate exactly as they always did; the extras only when used.
+        extras: dict = {}
+        if rule is not None:
+            extras["backward_rule"] = rule
+        if any(s.capture_layer for _, s, *_ in batch):
+            extras["capture_layer"] = True
+        # Slices may come from the CPU or the model's device (IG makes its path points there).
+        device = self.model.device
+        inputs = torch.cat([x.to(device, torch.float32) for *_, x in batch])
+        if not bool(torch.isfinite(inputs).all()):
+            methods = sorted({t.method for t, *_ in batch})
+            raise ValueError(f"{', '.join(methods)} made non-finite model inputs (NaN or Inf)")
+        targets = torch.tensor([t.target for t, _, start, stop, _ in batch for _ in range(stop - start)])
+        return self._evaluate(inputs, targets, needs_grad, **extras)
+
+    def _isolate(self, batch: _Batch, exc: Exception) -> None:
+        """A failed chunk: with one task, it fails; with several, each task's slices run alone
+        (from the inputs already made: generators such as SmoothGrad's noise run once, in order),
+        so only the tasks whose samples fail the call fail."""
+        by_task: dict[int, _Batch] = {}
+        for item in batch:
+            by_task.setdefault(id(item[0]), []).append(item)
+        if len(by_task) == 1:
+            self._fail(batch[0][0], exc)
+            return
+        self.stats.chunks_rerun += 1
+        for own in by_task.values():
+            started = time.perf_counter()
+            try:
+                output = self._call(own)
+            except Exception as own_exc:
+                self._fail(own[0][0], own_exc)
+            else:
+                self._scatter(own, output, time.perf_counter() - started)
+
+    def _scatter(self, batch: _Batch, output: ChunkOutput, elapsed: float) -> None:
+        """Hand each slice its rows of the outputs; finish the tasks that are complete."""
+        total = sum(stop - start for _, _, start, stop, _ in batch)
+        offset = 0
+        for task, stream, start, stop, _ in batch:
             n = stop - start
-            task.compute_seconds += elapsed * n / len(targets)
+            task.compute_seconds += elapsed * n / total
             if not task.done:
                 try:
                     stream.consume(start, output.rows(offset, offset + n))
@@ -262,18 +370,15 @@ class ChunkExecutor:
                     self._fail(task, exc)
             offset += n
         self.stats.chunks += 1
-        self.stats.samples += len(targets)
+        self.stats.samples += total
         if self.on_chunk:
-            tasks = {id(t): t for t, *_ in pieces}.values()
-            self.on_chunk(
-                ChunkReport(
-                    len(targets), len(tasks), tuple(t.tag for t in tasks), needs_grad, elapsed, rule
-                )
-            )
-        return len(targets)
+            needs_grad, rule, _ = batch[0][1].kind
+            tasks = {id(t): t for t, *_ in batch}.values()
+            self.on_chunk(ChunkReport(total, len(tasks), tuple(t.tag for t in tasks), needs_grad, elapsed, rule))
 
-    def _take_chunk(self) -> list[tuple[DeepTask, SampleStream, int, int]]:
-        """Slices [start, stop) of ready pending streams, all of one kind, FIFO, within the budget."""
+    def _take_chunk(self) -> list[_Piece]:
+        """Slices [start, stop) of ready pending streams, all of one kind (gradient or not,
+        backward rule, input shape), FIFO, within the budget."""
         with self._lock:
             live = deque()
             for task, stream in self._pending:

@@ -83,5 +83,5 @@ def plan_deeplift(model: LoadedModel, x: torch.Tensor, target: int, params: Deep
             },
         )
 
-    stream = SampleStream(2, True, the_pair, keep, backward_rule="rescale")
+    stream = SampleStream(2, True, the_pair, keep, backward_rule="rescale", sample_shape=tuple(x.shape))
     return DeepTask("deeplift", target, [stream], finish)

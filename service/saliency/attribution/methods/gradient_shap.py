@@ -176,8 +176,8 @@ def plan_gradient_shap(model, x: torch.Tensor, target: int, params: GradientShap
         "gradient_shap",
         target,
         [
-            SampleStream(params.n_samples, True, interpolated, accumulate),
-            SampleStream(1 + len(drawn), False, endpoints, record),
+            SampleStream(params.n_samples, True, interpolated, accumulate, sample_shape=tuple(x.shape)),
+            SampleStream(1 + len(drawn), False, endpoints, record, sample_shape=tuple(x.shape)),
         ],
         finish,
     )

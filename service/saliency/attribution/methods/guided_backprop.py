@@ -83,7 +83,9 @@ def _one_gradient(x: torch.Tensor, rule: str | None, capture_layer: bool = False
             outputs["layer"] = out.layer[0].detach().float().cpu()
             outputs["layer_grad"] = out.layer_grads[0].detach().float().cpu()
 
-    stream = SampleStream(1, True, the_input, keep, backward_rule=rule, capture_layer=capture_layer)
+    stream = SampleStream(
+        1, True, the_input, keep, backward_rule=rule, capture_layer=capture_layer, sample_shape=tuple(x.shape)
+    )
     return stream, outputs
 
 

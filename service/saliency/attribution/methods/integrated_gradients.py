@@ -122,8 +122,8 @@ def plan_integrated_gradients(
         "ig",
         target,
         [
-            SampleStream(params.n_steps, True, path_points, add_gradients),
-            SampleStream(2, False, endpoints, record_endpoints),
+            SampleStream(params.n_steps, True, path_points, add_gradients, sample_shape=tuple(x.shape)),
+            SampleStream(2, False, endpoints, record_endpoints, sample_shape=tuple(x.shape)),
         ],
         finish,
     )

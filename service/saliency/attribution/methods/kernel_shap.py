@@ -173,6 +173,8 @@ def plan_kernel_shap(
         }
         return Attribution("kernel_shap", target, segment_map(phi, lazy.labels), phi.float(), stats)
 
-    first = SampleStream(2, False, end_inputs, record_ends)
-    others = SampleStream(params.n_samples - 2, False, other_inputs, record_others, after=first)
+    first = SampleStream(2, False, end_inputs, record_ends, sample_shape=tuple(x.shape))
+    others = SampleStream(
+        params.n_samples - 2, False, other_inputs, record_others, after=first, sample_shape=tuple(x.shape)
+    )
     return DeepTask("kernel_shap", target, [first, others], finish)

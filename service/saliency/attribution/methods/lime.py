@@ -155,4 +155,4 @@ def plan_lime(
         }
         return Attribution("lime", target, segment_map(coef, lazy.labels), coef.float(), stats)
 
-    return DeepTask("lime", target, [SampleStream(params.n_samples, False, inputs, record)], finish)
+    return DeepTask("lime", target, [SampleStream(params.n_samples, False, inputs, record, sample_shape=tuple(x.shape))], finish)

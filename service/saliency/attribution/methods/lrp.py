@@ -88,5 +88,5 @@ def plan_lrp(model: LoadedModel, x: torch.Tensor, target: int, params: LrpParams
             },
         )
 
-    stream = SampleStream(1, True, the_input, keep, backward_rule=params.rules())
+    stream = SampleStream(1, True, the_input, keep, backward_rule=params.rules(), sample_shape=tuple(x.shape))
     return DeepTask("lrp", target, [stream], finish)

@@ -126,4 +126,4 @@ def plan_occlusion(
             {"windows": float(n_windows), "score_input": float(scores[0])},
         )
 
-    return DeepTask("occlusion", target, [SampleStream(1 + n_windows, False, occluded, record)], finish)
+    return DeepTask("occlusion", target, [SampleStream(1 + n_windows, False, occluded, record, sample_shape=tuple(x.shape))], finish)

@@ -93,4 +93,4 @@ def plan_rise(model, x: torch.Tensor, target: int, params: RiseParams, banks: Ma
         result = saliency / (params.n_masks * params.p)
         return Attribution("rise", target, result, None, {"n_masks": float(params.n_masks)})
 
-    return DeepTask("rise", target, [SampleStream(params.n_masks, False, masked_inputs, accumulate)], finish)
+    return DeepTask("rise", target, [SampleStream(params.n_masks, False, masked_inputs, accumulate, sample_shape=tuple(x.shape))], finish)

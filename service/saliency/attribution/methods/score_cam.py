@@ -129,6 +129,8 @@ def plan_score_cam(model: LoadedModel, x: torch.Tensor, target: int, params: Sco
             "scorecam", target, upsample(raw, size), raw, {"channels": float(len(kept))}
         )
 
-    first = SampleStream(1, False, the_input, keep_activations, capture_layer=True)
-    masked = SampleStream(_channel_bound(model, params), False, masked_inputs, record, after=first)
+    first = SampleStream(1, False, the_input, keep_activations, capture_layer=True, sample_shape=tuple(x.shape))
+    masked = SampleStream(
+        _channel_bound(model, params), False, masked_inputs, record, after=first, sample_shape=tuple(x.shape)
+    )
     return DeepTask("scorecam", target, [first, masked], finish)

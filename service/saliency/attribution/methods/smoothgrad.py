@@ -85,5 +85,5 @@ def plan_smoothgrad(model, x: torch.Tensor, target: int, params: SmoothGradParam
         )
 
     return DeepTask(
-        "smoothgrad", target, [SampleStream(params.n_samples, True, noisy_copies, accumulate)], finish
+        "smoothgrad", target, [SampleStream(params.n_samples, True, noisy_copies, accumulate, sample_shape=tuple(x.shape))], finish
     )
