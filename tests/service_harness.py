@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import io
 import threading
+import time
 
 import grpc
 import skimage.data
@@ -86,3 +87,95 @@ def method(kind: int, **params) -> pb.MethodRequest:
     if params:
         getattr(request, slot).MergeFrom(type(getattr(request, slot))(**params))
     return request
+
+
+class ServerProcess:
+    """`saliency serve ARGS...` as its own process on free loopback ports, SERVING on return.
+
+    For tests whose clients must not share the server's interpreter (bursts, soaks, RSS)."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None, ready_timeout: float = 180):
+        import os
+        import subprocess
+        import sys
+        import tempfile
+
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        self.port, self.metrics_port = free_port(), free_port()
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="saliency-serve-", suffix=".log", delete=False)
+        command = [
+            sys.executable, "-c", "from saliency.cli import main; raise SystemExit(main())", "serve",
+            "--port", str(self.port), "--metrics-port", str(self.metrics_port), *args,
+        ]
+        base = {k: v for k, v in os.environ.items() if k.startswith(("SALIENCY_CACHE_DIR", "PATH", "HOME"))}
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env={**base, **(env or {})})
+        self.address = f"127.0.0.1:{self.port}"
+        health = health_pb2_grpc.HealthStub(self.channel())
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            try:
+                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                    break
+            except grpc.RpcError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"saliency serve did not come up:\n{self.output()}")
+            time.sleep(0.2)
+
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(self.address, options=[("grpc.max_receive_message_length", 64 << 20)])
+
+    def stub(self) -> pb_grpc.ExplainerStub:
+        return pb_grpc.ExplainerStub(self.channel())
+
+    def health(self) -> int:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        return health_pb2_grpc.HealthStub(self.channel()).Check(health_pb2.HealthCheckRequest(), timeout=2).status
+
+    def metric(self, name: str, labels: dict[str, str]) -> float:
+        """One sample from the process's /metrics (0.0 when absent)."""
+        import urllib.request
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return sample.value
+        return 0.0
+
+    def rss_bytes(self) -> int:
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
+
+    def output(self) -> str:
+        self.log.flush()
+        with open(self.log.name) as f:
+            return f.read()
+
+    def stop(self) -> None:
+        import signal
+        import subprocess
+
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=30)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -10,10 +10,10 @@ import time
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from saliency.v1 import explainer_pb2 as pb
-from service_harness import ServiceThread, chelsea_png, method, with_config
+from service_harness import ServerProcess, ServiceThread, chelsea_png, method, with_config
 
 EFFNET = "efficientnet_lite0"
 FAST_METHODS = [
@@ -109,19 +109,19 @@ def test_requests_counter_reports_deadline_and_cancel(service):
 
 
 @pytest.fixture(scope="module")
-def default_service():
-    running = ServiceThread(with_config(models=(EFFNET,), max_chunk=0, max_chunk_forward=0, max_batch_delay_ms=5))
+def served():
+    """Default settings, in a process of its own: the burst's 50 client threads must not share
+    the server's interpreter."""
+    running = ServerProcess("--models", EFFNET)
     yield running
     running.stop()
 
 
-def test_a_burst_is_refused_at_once_or_served_in_time_and_gradcam_is_not_starved(default_service):
+def test_a_burst_is_refused_at_once_or_served_in_time_and_gradcam_is_not_starved(served):
     """50 concurrent IG calls with a 5 s deadline: each either completes within it or is
     refused (RESOURCE_EXHAUSTED) within 100 ms; a Grad-CAM sent during the burst completes
     within twice its unloaded latency."""
-    service = default_service
-    stub = service.stub()
-    health = health_pb2_grpc.HealthStub(service.channel())
+    stub = served.stub()
 
     def gradcam_seconds() -> float:
         started = time.perf_counter()
@@ -152,7 +152,7 @@ def test_a_burst_is_refused_at_once_or_served_in_time_and_gradcam_is_not_starved
         thread.start()
     time.sleep(0.3)
     loaded = [gradcam_seconds() for _ in range(5)]
-    assert health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING
+    assert served.health() == health_pb2.HealthCheckResponse.SERVING
     for thread in threads:
         thread.join(timeout=60)
 
@@ -163,4 +163,4 @@ def test_a_burst_is_refused_at_once_or_served_in_time_and_gradcam_is_not_starved
     assert all(seconds < 5.0 for code, seconds in outcomes if code == "OK")
     assert all(seconds < 0.1 for code, seconds in outcomes if code == "RESOURCE_EXHAUSTED")
     assert statistics.median(loaded) <= 2 * unloaded, (loaded, unloaded)
-    assert settle(lambda: service.metric("saliency_queue_depth", {"model": EFFNET, "pool": "deep"}) == 0)
+    assert settle(lambda: served.metric("saliency_queue_depth", {"model": EFFNET, "pool": "deep"}) == 0)

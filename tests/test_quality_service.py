@@ -327,11 +327,11 @@ def test_a_backend_without_the_features_answers_unimplemented():
         ({"explain_if": pb.ExplainCondition(margin_below=0.1)}, "explain_if"),
     ]:
         with pytest.raises(Unimplemented) as info:
-            servicer._prepare(request(**fields))
+            servicer._parse(request(**fields))
         assert info.value.field == field and _status_for(info.value) == grpc.StatusCode.UNIMPLEMENTED
     with pytest.raises(Unimplemented):
         servicer._prepare_sanity(pb.SanityCheckRequest(**SANITY))
-    servicer._prepare(request())  # a plain request is fine
+    servicer._parse(request())  # a plain request is fine
 
 
 def test_quality_sample_rate_is_checked():

@@ -166,29 +166,28 @@ def test_concurrent_ig_requests_share_batches_and_match_unbatched(service):
         np.testing.assert_allclose(decode_map(response.attributions[0].map), alone.map.numpy(), rtol=1e-4, atol=1e-6)
 
 
-def test_deadline_drops_queued_deep_work_without_computing_it(service):
+def test_queued_deep_work_is_refused_or_dropped_without_computing_it(service):
+    """Behind a long IG: a call whose deadline the queue would outlast is refused at once; a
+    call that gives up while its samples wait has them dropped, never computed."""
     stub = service.stub()
     dropped_before = service.metric("saliency_dropped_samples_total", {"model": "efficientnet_lite0"})
     samples_before = service.service.backend.workers["efficientnet_lite0"].executor.stats.samples
-    blocker = stub.Explain.future(
-        pb.ExplainRequest(
-            model="efficientnet_lite0",
-            image=chelsea_png(),
-            methods=[method(pb.METHOD_INTEGRATED_GRADIENTS, n_steps=400)],
-        ),
-        timeout=120,
-    )
-    time.sleep(1.0)  # the blocker's samples are queued ahead
-    with pytest.raises(grpc.RpcError) as info:
-        stub.Explain(
-            pb.ExplainRequest(
-                model="efficientnet_lite0",
-                image=chelsea_png(),
-                methods=[method(pb.METHOD_INTEGRATED_GRADIENTS, n_steps=300)],
-            ),
-            timeout=2.0,
+
+    def ig(n_steps: int) -> pb.ExplainRequest:
+        return pb.ExplainRequest(
+            model="efficientnet_lite0", image=chelsea_png(), methods=[method(pb.METHOD_INTEGRATED_GRADIENTS, n_steps=n_steps)]
         )
-    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+    blocker = stub.Explain.future(ig(400), timeout=120)
+    time.sleep(1.0)  # the blocker's samples are queued ahead
+    started = time.perf_counter()
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Explain(ig(300), timeout=2.0)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "deadline" in info.value.details() and time.perf_counter() - started < 1.0
+    waiting = stub.Explain.future(ig(300), timeout=120)
+    time.sleep(1.0)
+    waiting.cancel()
     blocker.cancel()
     worker = service.service.backend.workers["efficientnet_lite0"]
     for _ in range(100):
@@ -198,9 +197,10 @@ def test_deadline_drops_queued_deep_work_without_computing_it(service):
     assert worker.executor.pending_samples == 0
     computed = worker.executor.stats.samples - samples_before
     dropped = service.metric("saliency_dropped_samples_total", {"model": "efficientnet_lite0"}) - dropped_before
-    assert dropped >= 302  # every sample of the short request, none computed
+    assert dropped >= 302  # every sample of the cancelled request, none computed
     assert computed + dropped == 402 + 302  # each sample either computed or dropped, once
-    assert service.metric("saliency_rejected_total", {"model": "efficientnet_lite0", "reason": "deadline"}) >= 1
+    assert service.metric("saliency_rejected_total", {"model": "efficientnet_lite0", "reason": "overloaded"}) >= 1
+    assert service.metric("saliency_rejected_total", {"model": "efficientnet_lite0", "reason": "cancelled"}) >= 1
 
 
 BAD_REQUESTS = [

@@ -144,6 +144,18 @@ def overlay(
     return np.rint(blended).astype(np.uint8)
 
 
+def fit_within(image_rgb: np.ndarray, max_side: int) -> np.ndarray:
+    """uint8 [H0, W0, 3] -> the same picture scaled down (aspect kept) so that its longer side
+    is at most `max_side`; returned as is when it already fits. Overlays are drawn on this, so
+    their cost is bounded whatever the size of the photograph."""
+    height, width = image_rgb.shape[:2]
+    if max(height, width) <= max_side:
+        return image_rgb
+    scale = max_side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(image_rgb).resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0))
+
+
 def encode_png(rgb: np.ndarray) -> bytes:
     """uint8 RGB [H, W, 3] -> PNG bytes."""
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:

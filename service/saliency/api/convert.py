@@ -85,13 +85,22 @@ def request_inputs_from_proto(
 
     The one decoder of a request's payload, for the servicer and the TorchServe handler alike.
     """
+    targets, methods = request_head_from_proto(request, spec, limits, max_methods)
     x, rgb = input_from_request(request, spec, image_limits)
+    return x, rgb, targets, methods
+
+
+def request_head_from_proto(
+    request: pb.ExplainRequest, spec: ModelSpec, limits: Limits, max_methods: int
+) -> tuple[Targets, dict[str, Any]]:
+    """What an ExplainRequest asks for, validated without decoding its input: (targets, methods).
+    Inputs always reach the model at its input size, so that is the shape methods see."""
     targets = targets_from_proto(
         request.targets if request.HasField("targets") else None, spec.num_classes, limits.max_targets
     )
-    methods = methods_from_proto(request.methods, limits, max_methods, tuple(x.shape))
+    methods = methods_from_proto(request.methods, limits, max_methods, (3, *spec.input_size))
     check_supported(list(methods), spec, [f"methods[{i}].method" for i in range(len(methods))])
-    return x, rgb, targets, methods
+    return targets, methods
 
 
 def targets_from_proto(targets: pb.Targets | None, num_classes: int, max_targets: int) -> Targets:

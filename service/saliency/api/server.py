@@ -39,6 +39,7 @@ class RunningService:
     health: health.aio.HealthServicer
     tracer_provider: TracerProvider
     _metrics_http: object
+    _servicer: ExplainerServicer
     _health_watch: asyncio.Task | None = None
 
     async def stop(self, grace: float) -> None:
@@ -47,6 +48,7 @@ class RunningService:
             self._health_watch.cancel()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        self._servicer.close()
         self.backend.close()
         self._metrics_http.shutdown()
         self.tracer_provider.shutdown()
@@ -86,7 +88,8 @@ async def start_service(config: ServiceConfig, span_exporter: SpanExporter | Non
         ],
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    pb_grpc.add_ExplainerServicer_to_server(ExplainerServicer(backend, config, metrics, tracer), server)
+    servicer = ExplainerServicer(backend, config, metrics, tracer)
+    pb_grpc.add_ExplainerServicer_to_server(servicer, server)
     if config.reflection:
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
 
@@ -106,7 +109,8 @@ async def start_service(config: ServiceConfig, span_exporter: SpanExporter | Non
         watch = asyncio.create_task(_watch_backend(probe, health_servicer), name="backend-health")
     log.info("saliency serving %s on %s:%d (metrics :%d)", ", ".join(config.models), config.host, port, metrics_port)
     return RunningService(
-        server, port, metrics_port, backend, metrics, health_servicer, provider, metrics_http, _health_watch=watch
+        server, port, metrics_port, backend, metrics, health_servicer, provider, metrics_http, servicer,
+        _health_watch=watch,
     )
 
 

@@ -7,15 +7,18 @@ Validation happens here, before any work is queued; errors map to status codes i
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing, asynccontextmanager
 
 import grpc
 from opentelemetry import trace
 from opentelemetry.propagate import extract
 
-from saliency.api import convert, quality_codec
+from saliency import render
+from saliency.api import convert, quality_codec, tensors
 from saliency.attribution.registry import get_method
 from saliency.errors import (
     DeadlineExceeded,
@@ -27,6 +30,7 @@ from saliency.errors import (
     Unimplemented,
 )
 from saliency.imaging import ImageLimits
+from saliency.runtime.admission import Admission, MemoryBudget, request_bytes
 from saliency.runtime.backend import (
     EVALUATE,
     POLICY,
@@ -73,6 +77,15 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
         self.metrics = metrics
         self.tracer = tracer
         self.image_limits = ImageLimits(config.max_image_bytes, config.max_image_pixels)
+        self.memory = MemoryBudget(config.max_inflight_bytes)
+        # Decoding, resizing and rendering: bounded, and never on the event loop.
+        self._pool = ThreadPoolExecutor(config.prepare_workers, thread_name_prefix="prepare")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _off_loop(self, function, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
 
     async def Explain(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext) -> pb.ExplainResponse:
         async with self._rpc("Explain", request, context) as prepared:
@@ -81,7 +94,7 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
             # aclosing: a cancelled RPC closes the flow at once, dropping its queued deep work.
             async with aclosing(self.backend.explain(job, self._timeout(context))) as events:
                 async for event in events:
-                    self._add_event(response, event, options, rgb)
+                    await self._off_loop(self._add_event, response, event, options, rgb)
             return response
 
     async def ExplainStream(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext):
@@ -91,7 +104,7 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
                 async for event in events:
                     if isinstance(event, FastEvent):
                         first = pb.ExplainResponse(model=job.model, request_id=job.request_id)
-                        self._add_event(first, event, options, rgb)
+                        await self._off_loop(self._add_event, first, event, options, rgb)
                         yield pb.ExplainEvent(prediction=first)
                     elif isinstance(event, PolicyEvent):
                         yield pb.ExplainEvent(policy=quality_codec.policy_decision_to_proto(event.decision))
@@ -99,12 +112,13 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
                         scores = [quality_codec.quality_score_to_proto(s) for s in event.scores]
                         yield pb.ExplainEvent(quality=pb.QualityReport(scores=scores))
                     else:
-                        yield pb.ExplainEvent(attribution=self._deep_proto(event, options, rgb))
+                        attribution = await self._off_loop(self._deep_proto, event, options, rgb)
+                        yield pb.ExplainEvent(attribution=attribution)
 
     async def SanityCheck(
         self, request: pb.SanityCheckRequest, context: grpc.aio.ServicerContext
     ) -> pb.SanityCheckResponse:
-        async with self._rpc("SanityCheck", request, context, self._prepare_sanity) as job:
+        async with self._rpc("SanityCheck", request, context, self._prepare_sanity_off_loop) as job:
             outcome = await self.backend.sanity_check(job, self._timeout(context))
             return quality_codec.sanity_response_to_proto(outcome)
 
@@ -118,15 +132,17 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
 
     @asynccontextmanager
     async def _rpc(self, rpc: str, request, context: grpc.aio.ServicerContext, prepare=None):
-        """Span, validation (`prepare`, default: an Explain request's), metrics and error
-        mapping around one RPC that names a model."""
+        """Span, validation and admission (`prepare`, default: an Explain request's), metrics
+        and error mapping around one RPC that names a model."""
         model_label = request.model if request.model in self.backend.models else ""
         parent = extract(dict(context.invocation_metadata() or ()))
         code = grpc.StatusCode.OK
+        admission = None
         with self.tracer.start_as_current_span(f"saliency.v1.Explainer/{rpc}", context=parent) as span:
             try:
-                prepared = (prepare or self._prepare)(request)
+                prepared = await (prepare or self._prepare)(request, context)
                 job = prepared[0] if isinstance(prepared, tuple) else prepared
+                admission = getattr(job, "admission", None)
                 if getattr(job, "request_id", None):
                     span.set_attribute("saliency.request_id", job.request_id)
                 span.set_attribute("saliency.model", job.model)
@@ -151,35 +167,71 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
                 span.record_exception(exc)
                 await context.abort(code, f"internal error ({type(exc).__name__}); see server logs")
             finally:
+                if admission is not None:
+                    admission.close()
                 if context.cancelled() and code == grpc.StatusCode.OK:
                     code = grpc.StatusCode.CANCELLED
                 self.metrics.requests.labels(rpc, model_label, code.name).inc()
 
-    def _prepare(self, request: pb.ExplainRequest):
-        """Validate everything a user controls and build the domain job."""
+    async def _prepare(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext):
+        """Validate what the request asks for, admit it, then decode its input and reserve the
+        memory it will hold: each step before any work, the heavy ones off the event loop.
+        Returns (job with its admission, output options, the picture overlays are drawn on)."""
+        job, options = await self._off_loop(self._parse, request)
+        admission = await self._admit(job, context)
+        try:
+            x, rgb = await self._off_loop(
+                tensors.input_from_request, request, self.backend.models[job.model], self.image_limits
+            )
+            if (remaining := context.time_remaining()) is not None and remaining <= DEADLINE_MARGIN_S:
+                raise DeadlineExceeded("the deadline passed while the input was decoded")
+            evaluate = None
+            if request.HasField("evaluate"):
+                evaluate = quality_codec.evaluate_from_proto(request.evaluate, rgb.shape[:2], tuple(x.shape[-2:]))
+                evaluate.groups(list(job.methods), job.targets)  # a listed metric that cannot apply is an error
+            picture = await self._off_loop(render.fit_within, rgb, self.config.max_overlay_side) if options.include_overlay else None
+            needed = request_bytes(job, x, picture, options.map_dtype, admission.deep_bytes)
+            if needed > self.config.max_request_bytes:
+                raise ResourceExhausted(
+                    f"this request would hold about {needed / 2**20:.0f} MiB, over the limit of "
+                    f"{self.config.max_request_bytes / 2**20:.0f} MiB; ask for fewer targets or methods, "
+                    "fewer samples, or no overlay",
+                    "methods",
+                )
+            admission.until_closed(self.memory.reserve(needed, "model"))
+        except BaseException:
+            admission.close()
+            raise
+        job = dataclasses.replace(job, x=x, evaluate=evaluate, admission=admission)
+        return job, options, picture
+
+    def _parse(self, request: pb.ExplainRequest):
+        """Everything a user controls but the input itself, validated: (job without x, options)."""
         if not request.model:
             raise InvalidArgument(f"name a model; served: {', '.join(sorted(self.backend.models))}", "model")
-        spec = check_model(self.backend, request.model)  # NOT_FOUND before any decoding
+        spec = check_model(self.backend, request.model)  # NOT_FOUND before anything else
         request_id = request.request_id or uuid.uuid4().hex
         if len(request_id) > 128 or not request_id.isprintable():
             raise InvalidArgument("must be at most 128 printable characters", "request_id")
-        x, rgb, targets, methods = convert.request_inputs_from_proto(
-            request, spec, self.image_limits, self.config.limits, self.config.max_methods
+        targets, methods = convert.request_head_from_proto(
+            request, spec, self.config.limits, self.config.max_methods
         )
         options = convert.output_options_from_proto(request.output if request.HasField("output") else None)
-        evaluate = None
         if request.HasField("evaluate"):
             require_feature(self.backend, EVALUATE, "evaluate")
-            evaluate = quality_codec.evaluate_from_proto(request.evaluate, rgb.shape[:2], tuple(x.shape[-2:]))
-            evaluate.groups(list(methods), targets)  # a listed metric that cannot apply is an error
         policy = quality_codec.policy_from_request(request)
         if policy is not None:
             field = next(f for f in ("latency_budget_ms", "completeness_target", "explain_if") if request.HasField(f))
             require_feature(self.backend, POLICY, field)
-        job = ExplainJob(
-            request.model, x, targets, methods, options.top_predictions, request_id, evaluate, policy
-        )
-        return job, options, rgb
+        job = ExplainJob(request.model, None, targets, methods, options.top_predictions, request_id, None, policy)
+        return job, options
+
+    async def _admit(self, job: ExplainJob, context: grpc.aio.ServicerContext) -> Admission:
+        admit = getattr(self.backend, "admit", None)
+        return await admit(job, self._timeout(context)) if admit is not None else Admission()
+
+    async def _prepare_sanity_off_loop(self, request: pb.SanityCheckRequest, context) -> SanityJob:
+        return await self._off_loop(self._prepare_sanity, request)
 
     def _prepare_sanity(self, request: pb.SanityCheckRequest) -> SanityJob:
         if not request.model:

@@ -174,6 +174,11 @@ class CostTracker:
             with self._lock:
                 self._sample = self._update(self._sample, seconds / samples)
 
+    def reset_samples(self, seconds: float, samples: int) -> None:
+        """Start the per-sample estimate afresh from one measurement."""
+        with self._lock:
+            self._sample = seconds / samples
+
     @property
     def fast_seconds(self) -> float:
         """One prediction pass (0.0 until one was measured)."""

@@ -21,6 +21,7 @@ from saliency.models import ModelSpec
 from saliency.quality.evaluate import EvaluateOptions, QualityScore
 from saliency.quality.policy import PolicyDecision, PolicyOptions
 from saliency.quality.sanity import SanityResult
+from saliency.runtime.admission import Admission
 from saliency.runtime.config import BACKENDS, ServiceConfig
 from saliency.runtime.metrics import Metrics
 
@@ -28,13 +29,15 @@ from saliency.runtime.metrics import Metrics
 @dataclass(frozen=True)
 class ExplainJob:
     model: str
-    x: torch.Tensor  # [3, H, W] normalised, validated
+    x: torch.Tensor | None  # [3, H, W] normalised, validated; None only while being admitted
     targets: Targets
     methods: dict[str, Any]  # name -> validated params, in request order
     n_predictions: int
     request_id: str
     evaluate: EvaluateOptions | None = None  # set: yield a QualityEvent last
     policy: PolicyOptions | None = None  # latency budget / explain_if
+    # Set by whoever admitted the job (and closes it); None: the backend admits it itself.
+    admission: Admission | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,11 @@ class Backend(Protocol):
         """Yield one FastEvent, then one DeepEvent per deep map as it completes, then a
         PolicyEvent (job.policy set) and a QualityEvent (job.evaluate set); raise
         DeadlineExceeded after `timeout` seconds. Closing the iterator drops queued work."""
+        ...
+
+    async def admit(self, job: ExplainJob, timeout: float) -> Admission:
+        """Admit `job` before its input is decoded (job.x may be None), reserving what it will
+        queue, or raise ResourceExhausted at once. The caller closes the Admission."""
         ...
 
     async def sanity_check(self, job: SanityJob, timeout: float) -> SanityOutcome:

@@ -33,8 +33,14 @@ class ServiceConfig:
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     max_methods: int = 16
+    max_overlay_side: int = 2048  # overlays are drawn at most this many pixels on the longest side
+    # Memory admission (docs/service.md, "Memory and overload"): what one request may hold, and
+    # what all requests in flight may hold together; over either, RESOURCE_EXHAUSTED at once.
+    max_request_bytes: int = 512 * 2**20
+    max_inflight_bytes: int = 2 * 2**30
     limits: Limits = field(default_factory=Limits)
     # Scheduling.
+    prepare_workers: int = 2  # threads that decode images and render overlays, off the event loop
     fast_workers: int = 2
     # torch intra-op threads of each fast-pool thread; 0 = the process's count minus one (at
     # least 1). An OpenMP team led by any thread but the main one loses libgomp's spin-wait and

@@ -24,6 +24,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from opentelemetry import trace
 
 from saliency.attribution.executor import DeepTask, TaskCancelled
@@ -49,6 +50,7 @@ from saliency.quality.policy import (
     plan_within_budget,
 )
 from saliency.quality.sanity import model_randomisation, weights_hash
+from saliency.runtime.admission import Admission
 from saliency.runtime.backend import (
     EVALUATE,
     POLICY,
@@ -123,14 +125,12 @@ class Runtime:
         fast, deep = split_by_kind(job.methods)
         labels = {"model": job.model, "backend": BACKEND}
         submitted: list[DeepTask] = []  # every task queued for this request, dropped on exit
-        deep_samples = await asyncio.to_thread(self._admitted_samples, worker, job, deep)
-        priority = BEFORE_DEEP if deep else URGENT
-        self._admit(worker, job, deep_samples, priority, timeout)
-        with request_in_flight(self.metrics, job.model, deadline), worker.deep_reservation(deep_samples) as queued:
+        admission = job.admission or await self.admit(job, timeout)
+        with request_in_flight(self.metrics, job.model, deadline):
             try:
                 with self.tracer.start_as_current_span("fast_pass", attributes={"methods": list(fast)}):
                     result = await _within(
-                        deadline, worker.run_fast(job.x, job.targets, fast, job.n_predictions, priority)
+                        deadline, worker.run_fast(job.x, job.targets, fast, job.n_predictions, admission.priority)
                     )
                 fast_seconds = time.perf_counter() - started
                 for attribution in result.attributions:
@@ -138,7 +138,7 @@ class Runtime:
                 delivered = list(result.attributions)
                 yield FastEvent(result, fast_seconds)
 
-                plan = self._plan(worker, job, result, deep, fast_seconds)
+                plan = await asyncio.to_thread(self._plan, worker, job, result, deep, fast_seconds)
                 if plan.fast_extra:  # the policy's fallbacks: one more cheap pass
                     extra_started = time.perf_counter()
                     extra = await _within(
@@ -151,7 +151,9 @@ class Runtime:
                         )
                         delivered.append(attribution)
                         yield DeepEvent(attribution, 0.0, time.perf_counter() - extra_started)
-                deep_maps = self._deep_maps(worker, job, result.targets, plan, started, deadline, submitted, queued)
+                deep_maps = self._deep_maps(
+                    worker, job, result.targets, plan, started, deadline, submitted, admission.queued
+                )
                 async with aclosing(deep_maps) as events:  # closed at once if the caller goes away
                     async for event in events:
                         delivered.append(event.attribution)
@@ -167,6 +169,8 @@ class Runtime:
                 raise DeadlineExceeded(str(exc)) from None
             finally:
                 worker.cancel(submitted)
+                if job.admission is None:  # admitted here: released here
+                    admission.close()
 
     # ---- deep maps -----------------------------------------------------------------------------
 
@@ -258,27 +262,40 @@ class Runtime:
 
     # ---- admission -------------------------------------------------------------------------
 
-    def _admitted_samples(self, worker: ModelWorker, job: ExplainJob, deep: dict[str, Any]) -> int:
-        """Deep samples the request will queue, for admission (a plan for class 0 has the same
-        sample count as any class's). A latency budget fits its deep work to the budget itself."""
-        if not deep or (job.policy is not None and job.policy.latency_budget_ms):
-            return 0
-        n_targets = len(job.targets.classes) if job.targets.classes else job.targets.top_k
-        return n_targets * sum(task.n_samples for task in worker.plan_deep(job.x, (0,), deep))
+    async def admit(self, job: ExplainJob, timeout: float) -> Admission:
+        """Admit `job` (its input may not be decoded yet) or refuse it at once: RESOURCE_EXHAUSTED
+        with the estimate when the work queued ahead would keep it past `timeout` seconds."""
+        worker = self.worker(job.model)
+        _, deep = split_by_kind(job.methods)
+        samples, deep_bytes = await asyncio.to_thread(self._deep_cost, worker, job, deep)
+        # No await from here on: the estimate and the reservation are one step on the loop.
+        priority = BEFORE_DEEP if deep else URGENT
+        estimate = worker.estimate_seconds(samples, priority)
+        if estimate > timeout:
+            self.metrics.rejected.labels(job.model, "overloaded").inc()
+            work = f"its {samples} deep samples behind the work queued ahead" if samples else "the queue ahead"
+            raise ResourceExhausted(
+                f"{job.model} would take about {estimate:.2f} s to serve this request ({work}), longer "
+                f"than its deadline of {timeout:.2f} s; retry later, with a longer deadline or fewer samples",
+                "methods" if samples else "model",
+            )
+        admission = Admission(samples, deep_bytes, priority)
+        admission.until_queued(worker.reserve_samples(samples))
+        return admission
 
-    def _admit(self, worker: ModelWorker, job: ExplainJob, deep_samples: int, priority: int, timeout: float) -> None:
-        """Refuse at once (RESOURCE_EXHAUSTED, with the estimate) a request that the work queued
-        ahead of it would keep from finishing before its deadline."""
-        estimate = worker.estimate_seconds(deep_samples, priority)
-        if estimate <= timeout:
-            return
-        self.metrics.rejected.labels(job.model, "overloaded").inc()
-        work = f"its {deep_samples} deep samples behind the work queued ahead" if deep_samples else "the queue ahead"
-        raise ResourceExhausted(
-            f"{job.model} would take about {estimate:.2f} s to serve this request ({work}), longer than "
-            f"its deadline of {timeout:.2f} s; retry later, with a longer deadline or fewer samples",
-            "methods" if deep_samples else "model",
-        )
+    def _deep_cost(self, worker: ModelWorker, job: ExplainJob, deep: dict[str, Any]) -> tuple[int, int]:
+        """(deep samples, bytes of per-task state) the request will queue. A plan for class 0
+        costs what any class's does; superpixel methods are counted at their n_samples bound.
+        A latency budget fits its deep work to the budget itself: nothing to reserve."""
+        if not deep or (job.policy is not None and job.policy.latency_budget_ms):
+            return 0, 0
+        x = job.x if job.x is not None else torch.zeros(3, *worker.model.spec.input_size)
+        n_targets = len(job.targets.classes) if job.targets.classes else job.targets.top_k
+        samples = state = 0
+        for task, params in zip(worker.plan_deep(x, (0,), deep), deep.values()):
+            samples += max(task.n_samples, getattr(params, "n_samples", 0))
+            state += getattr(task, "memory_bytes", 0)
+        return n_targets * samples, n_targets * state
 
     # ---- policy ----------------------------------------------------------------------------
 

@@ -21,8 +21,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -41,6 +40,7 @@ from saliency.runtime.fast_pool import BEFORE_DEEP, FastPool
 from saliency.runtime.metrics import Metrics
 
 log = logging.getLogger(__name__)
+ESTIMATE_MARGIN = 1.25
 
 
 class ModelWorker:
@@ -100,7 +100,8 @@ class ModelWorker:
 
     def estimate_seconds(self, deep_samples: int, priority: int) -> float:
         """How long a request arriving now would take: the prediction passes ahead of it and
-        its own, then the deep samples queued or admitted ahead of it and its own."""
+        its own, then the deep samples queued or admitted ahead of it and its own, with a
+        margin for what the measured costs do not see (CPU shared with the passes around it)."""
         fast = self.costs.fast_seconds
         workers = self.config.fast_workers
         fast_wait = fast * (self.fast_pool.waiting_ahead(priority) // workers + 1)
@@ -108,31 +109,24 @@ class ModelWorker:
             return fast_wait
         with self._reserved_lock:
             ahead = self.executor.pending_samples + self._reserved_samples
-        return fast_wait + (ahead + deep_samples) * self.costs.sample_seconds
+        return ESTIMATE_MARGIN * (fast_wait + (ahead + deep_samples) * self.costs.sample_seconds)
 
-    @contextmanager
-    def deep_reservation(self, samples: int) -> Iterator[Callable[[], None]]:
-        """Count `samples` as queued from admission until `release()` (call it once they are
-        submitted) or the end of the block, whichever comes first."""
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            with self._reserved_lock:
-                if not released:
-                    released = True
-                    self._reserved_samples -= samples
-
+    def reserve_samples(self, samples: int) -> Callable[[], None]:
+        """Count `samples` as queued ahead of later requests until the returned release is
+        called: once they are submitted (the executor counts them then) or the request ends."""
         with self._reserved_lock:
             self._reserved_samples += samples
-        try:
-            yield release
-        finally:
-            release()
+
+        def release() -> None:
+            with self._reserved_lock:
+                self._reserved_samples -= samples
+
+        return release
 
     def warm_up(self) -> None:
-        """Two prediction passes (the first pays for lazy initialisation), so that admission
-        has a measured cost from the first request."""
+        """Measure what admission estimates with, before the first request: a prediction pass
+        and a chunk of gradient samples on the deep worker, each run twice (the first run pays
+        for lazy initialisation)."""
         x = torch.zeros(3, *self.model.spec.input_size)
         methods = {"vanilla": make_params("vanilla")}
 
@@ -143,6 +137,15 @@ class ModelWorker:
 
         self.fast_pool.submit(timed).result()
         self.costs.observe_fast(self.fast_pool.submit(timed).result())
+        steps = max(1, self.executor.chunk_sizes.grad - 2)  # IG adds the input and the baseline
+        for _ in range(2):
+            (task,) = self.plan_deep(x, (0,), {"ig": make_params("ig", n_steps=steps)})
+            finished = threading.Event()
+            task.on_done = lambda _, done=finished: done.set()
+            self.executor.submit(task)
+            self._notify()
+            finished.wait(timeout=300)
+        self.costs.reset_samples(task.compute_seconds, task.n_samples)
 
     # ---- deep worker -----------------------------------------------------------------------
 
