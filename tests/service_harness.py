@@ -108,7 +108,7 @@ class ServerProcess:
             sys.executable, "-c", "from saliency.cli import main; raise SystemExit(main())", "serve",
             "--port", str(self.port), "--metrics-port", str(self.metrics_port), *args,
         ]
-        base = {k: v for k, v in os.environ.items() if k.startswith(("SALIENCY_CACHE_DIR", "PATH", "HOME"))}
+        base = {k: v for k, v in os.environ.items() if k.startswith(("SALIENCY_CACHE_DIR", "PATH", "HOME", "PYTHONPATH"))}
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env={**base, **(env or {})})
         self.address = f"127.0.0.1:{self.port}"
         health = health_pb2_grpc.HealthStub(self.channel())

@@ -142,6 +142,7 @@ class ModelWorker:
             (task,) = self.plan_deep(x, (0,), {"ig": make_params("ig", n_steps=steps)})
             finished = threading.Event()
             task.on_done = lambda _, done=finished: done.set()
+            task.tag = ("warm-up", None)  # (request id, span context), as submit_tasks tags
             self.executor.submit(task)
             self._notify()
             finished.wait(timeout=300)
