@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
 
 from helpers import LinearModel, QuadrantModel, wrap
 from saliency.attribution.executor import ChunkExecutor, ChunkSizes, TaskCancelled
+from saliency.attribution.methods import rise
 from saliency.attribution.methods.integrated_gradients import RULES, gaussian_blur, quadrature
-from saliency.attribution.methods.rise import MaskBankCache, build_mask_bank, plan_rise
+from saliency.attribution.methods.rise import MaskSampler, plan_rise
 from saliency.attribution.registry import all_methods, get_method, make_params
 
 
@@ -118,24 +122,64 @@ def test_rise_finds_the_quadrant_the_logit_depends_on():
     assert tl - br > 3 * (max(tr, bl) - br), (tl, tr, bl, br)
 
 
-def test_rise_mask_bank_is_built_once_and_deterministic(tiny, tiny_images):
-    banks = MaskBankCache()
-    params = make_params("rise", n_masks=64, grid_size=4)
-    executor = ChunkExecutor(tiny, ChunkSizes(4, 16))
-    first = executor.run([plan_rise(tiny, tiny_images[0], 1, params, banks=banks)])[0]
-    second = executor.run([plan_rise(tiny, tiny_images[0], 1, params, banks=banks)])[0]
-    assert banks.builds == 1
-    torch.testing.assert_close(first.map, second.map)
-    bank = build_mask_bank(32, 32, 8, 4, 0.5, seed=3)
-    assert bank.shape == (8, 32, 32) and 0 <= float(bank.min()) and float(bank.max()) <= 1
-    assert torch.equal(bank, build_mask_bank(32, 32, 8, 4, 0.5, seed=3))
+def reference_mask_bank(height: int, width: int, n: int, s: int, p: float, seed: int) -> torch.Tensor:
+    """The whole bank [n, H, W] float16, as RISE built it before it made masks per chunk (its
+    code, kept as the reference the per-chunk masks must equal)."""
+    generator = torch.Generator().manual_seed(seed)
+    cell_h, cell_w = math.ceil(height / s), math.ceil(width / s)
+    up_h, up_w = (s + 1) * cell_h, (s + 1) * cell_w
+    bank = torch.empty(n, height, width, dtype=torch.float16)
+    block = 128
+    for start in range(0, n, block):
+        m = min(block, n - start)
+        grids = (torch.rand(m, 1, s, s, generator=generator) < p).float()
+        up = F.interpolate(grids, size=(up_h, up_w), mode="bilinear", align_corners=False)[:, 0]
+        dy = torch.randint(0, cell_h, (m,), generator=generator)
+        dx = torch.randint(0, cell_w, (m,), generator=generator)
+        for i in range(m):
+            bank[start + i] = up[i, dy[i] : dy[i] + height, dx[i] : dx[i] + width]
+    return bank
 
 
-def test_rise_mask_bank_cache_respects_its_byte_budget():
-    banks = MaskBankCache(max_bytes=3 * 16 * 32 * 32 * 2)
-    for seed in range(5):
-        banks.get(32, 32, make_params("rise", n_masks=16, seed=seed))
-    assert len(banks) == 3
+@pytest.mark.parametrize("size, n, s, p, seed", [((32, 32), 300, 4, 0.5, 3), ((40, 24), 130, 5, 0.3, 9)])
+def test_rise_masks_made_per_chunk_equal_the_whole_bank(size, n, s, p, seed):
+    bank = reference_mask_bank(*size, n, s, p, seed)
+    sampler = MaskSampler(*size, n, s, p, seed)
+    for start, stop in [(0, 7), (7, 127), (127, 129), (129, 130), (130, n), (5, 6), (0, n)]:
+        assert torch.equal(sampler.masks(start, stop), bank[start:stop]), (start, stop)
+    # Any range first, without walking through the earlier ones by hand.
+    assert torch.equal(MaskSampler(*size, n, s, p, seed).masks(n - 3, n), bank[n - 3 :])
+    assert 0 <= float(bank.min()) and float(bank.max()) <= 1
+
+
+def test_rise_equals_the_formula_over_the_reference_bank(tiny, tiny_images):
+    x, target, n = tiny_images[0], 4, 150
+    params = make_params("rise", n_masks=n, grid_size=4, p=0.4, seed=11)
+    bank = reference_mask_bank(32, 32, n, 4, 0.4, 11).float()
+    with torch.no_grad():
+        probs = tiny.module(x[None] * bank[:, None]).softmax(-1)[:, target]
+    expected = torch.einsum("n,nhw->hw", probs, bank) / (n * 0.4)
+    for chunk in (7, 64):
+        (result,) = ChunkExecutor(tiny, ChunkSizes(4, chunk)).run([plan_rise(tiny, x, target, params)])
+        torch.testing.assert_close(result.map, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_rise_plan_makes_no_mask_and_holds_no_bank(tiny, monkeypatch):
+    """plan() runs on the request path: 8192 masks at 224x224 used to build a 0.8 GB bank in it."""
+    x = torch.zeros(3, 224, 224)
+
+    def no_masks_in_plan(*args, **kwargs):
+        raise AssertionError("a mask was made in plan()")
+
+    with monkeypatch.context() as m:
+        m.setattr(rise.F, "interpolate", no_masks_in_plan)
+        big = plan_rise(tiny, x, 1, make_params("rise", n_masks=8192))
+    small = plan_rise(tiny, x, 1, make_params("rise", n_masks=64))
+    bank_bytes = 8192 * 224 * 224 * 2
+    assert big.memory_bytes < bank_bytes / 500  # input, map, generator states: ~1 MB
+    assert small.memory_bytes <= big.memory_bytes < small.memory_bytes + (1 << 20)
+    first = big.streams[0].make_inputs(0, 3)  # masks are made with the chunk
+    assert first.shape == (3, 3, 224, 224)
 
 
 DEEP = sorted(name for name, info in all_methods().items() if info.kind == "deep")

@@ -21,7 +21,7 @@ import torch
 
 from saliency.attribution.baselines import BASELINES, make_reference, validate_baseline
 from saliency.attribution.completeness import completeness_stats
-from saliency.attribution.executor import ChunkOutput, DeepTask, SampleStream
+from saliency.attribution.executor import ChunkOutput, DeepTask, SampleStream, tensor_bytes
 from saliency.attribution.limits import Limits
 from saliency.attribution.propagation import cnn_only, require_propagation_support
 from saliency.attribution.registry import register
@@ -84,4 +84,5 @@ def plan_deeplift(model: LoadedModel, x: torch.Tensor, target: int, params: Deep
         )
 
     stream = SampleStream(2, True, the_pair, keep, backward_rule="rescale", sample_shape=tuple(x.shape))
-    return DeepTask("deeplift", target, [stream], finish)
+    # the (input, reference) pair and the reference; the multipliers and attr in finish
+    return DeepTask("deeplift", target, [stream], finish, held_bytes=tensor_bytes(pair, reference) + 2 * x.nbytes)

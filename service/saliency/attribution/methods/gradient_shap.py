@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from saliency.attribution.completeness import completeness_stats
-from saliency.attribution.executor import ChunkOutput, DeepTask, SampleStream
+from saliency.attribution.executor import ChunkOutput, DeepTask, SampleStream, tensor_bytes
 from saliency.attribution.limits import Limits
 from saliency.attribution.methods.reference_sets import ReferenceSet
 from saliency.attribution.registry import register
@@ -180,4 +180,8 @@ def plan_gradient_shap(model, x: torch.Tensor, target: int, params: GradientShap
             SampleStream(1 + len(drawn), False, endpoints, record, sample_shape=tuple(x.shape)),
         ],
         finish,
+        # A custom reference stack is the request's, held for its tasks' lifetime; built-in
+        # sets live in their cache, under its own budget.
+        held_bytes=tensor_bytes(total, scores, draws.alphas, references.custom)
+        + draws.indices.nbytes + drawn.nbytes + counts.nbytes + x.nbytes,  # + attr in finish
     )

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from saliency.attribution import cams
 from saliency.attribution.executor import ChunkOutput, DeepTask, SampleStream
 from saliency.attribution.limits import Limits
+from saliency.attribution.methods.score_cam import cam_channels, cam_layer_bytes
 from saliency.attribution.reduce import CHANNEL_REDUCTIONS, reduce_channels, upsample
 from saliency.attribution.registry import register
 from saliency.attribution.types import Attribution
@@ -104,7 +105,7 @@ def _plan_rule(name: str, rule: str):
             g = outputs["grad"]
             return Attribution(name, target, reduce_channels(g, params.reduction), g)
 
-        return DeepTask(name, target, [stream], finish)
+        return DeepTask(name, target, [stream], finish, held_bytes=4 * x.numel())  # the gradient [C, H, W]
 
     plan.__name__ = plan.__qualname__ = f"plan_{name}"
     return plan
@@ -154,4 +155,8 @@ def plan_guided_gradcam(
             "guided_gradcam", target, reduce_channels(attr, params.reduction), attr
         )
 
-    return DeepTask("guided_gradcam", target, [plain, guided], finish)
+    # both gradients and attr [C, H, W]; the CAM layer's activations and their gradient (K
+    # taken as 1024 when the spec declares no CAM classifier to read it from)
+    channels = cam_channels(model) or 1024
+    held = 3 * x.nbytes + 2 * cam_layer_bytes(channels, *size)
+    return DeepTask("guided_gradcam", target, [plain, guided], finish, held_bytes=held)

@@ -17,7 +17,7 @@ from saliency.attribution.baselines import (
     gaussian_blur as gaussian_blur,  # its old home, still imported
 )
 from saliency.attribution.completeness import completeness_stats
-from saliency.attribution.executor import ChunkOutput, DeepTask, SampleStream
+from saliency.attribution.executor import ChunkOutput, DeepTask, SampleStream, tensor_bytes
 from saliency.attribution.limits import Limits
 from saliency.attribution.registry import register
 from saliency.attribution.types import Attribution
@@ -126,4 +126,6 @@ def plan_integrated_gradients(
             SampleStream(2, False, endpoints, record_endpoints, sample_shape=tuple(x.shape)),
         ],
         finish,
+        # baseline, delta, the gradient sum, their device copies, and attr in finish
+        held_bytes=tensor_bytes(baseline, delta, path_grad_sum, *on_device) + delta.nbytes,
     )

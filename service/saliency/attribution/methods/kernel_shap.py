@@ -110,6 +110,17 @@ def constrained_shapley_fit(
     return even + basis @ u
 
 
+def coalition_task_bytes(x: torch.Tensor, n_samples: int, n_segments: int) -> int:
+    """Estimated bytes a superpixel task (KernelSHAP, LIME) holds besides its chunks, for x
+    [C, H, W]: its segment labels (int32 [H, W], kept even if the cache lets them go) and
+    baseline image, the coalitions (bool [n, M], with their distinct copy) and a few numbers
+    per sample, and the float64 least-squares fit of `finish` (about four [n, M] arrays). M is
+    taken as n_segments, SLIC's target."""
+    height, width = x.shape[-2:]
+    per_coalition = n_segments * (2 + 4 * 8) + 4 * 8
+    return 4 * height * width + 4 * x.numel() + n_samples * per_coalition
+
+
 @register(
     "kernel_shap",
     "deep",
@@ -177,4 +188,4 @@ def plan_kernel_shap(
     others = SampleStream(
         params.n_samples - 2, False, other_inputs, record_others, after=first, sample_shape=tuple(x.shape)
     )
-    return DeepTask("kernel_shap", target, [first, others], finish)
+    return DeepTask("kernel_shap", target, [first, others], finish, held_bytes=coalition_task_bytes(x, params.n_samples, params.n_segments))

@@ -28,6 +28,7 @@ import torch
 
 from saliency.attribution.executor import ChunkOutput, DeepTask, SampleStream
 from saliency.attribution.limits import Limits
+from saliency.attribution.methods.kernel_shap import coalition_task_bytes
 from saliency.attribution.registry import register
 from saliency.attribution.superpixels import (
     SEGMENTS,
@@ -155,4 +156,5 @@ def plan_lime(
         }
         return Attribution("lime", target, segment_map(coef, lazy.labels), coef.float(), stats)
 
-    return DeepTask("lime", target, [SampleStream(params.n_samples, False, inputs, record, sample_shape=tuple(x.shape))], finish)
+    stream = SampleStream(params.n_samples, False, inputs, record, sample_shape=tuple(x.shape))
+    return DeepTask("lime", target, [stream], finish, held_bytes=coalition_task_bytes(x, params.n_samples, params.n_segments))

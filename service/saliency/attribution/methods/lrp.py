@@ -89,4 +89,4 @@ def plan_lrp(model: LoadedModel, x: torch.Tensor, target: int, params: LrpParams
         )
 
     stream = SampleStream(1, True, the_input, keep, backward_rule=params.rules(), sample_shape=tuple(x.shape))
-    return DeepTask("lrp", target, [stream], finish)
+    return DeepTask("lrp", target, [stream], finish, held_bytes=x.nbytes)  # the relevance [C, H, W]

@@ -126,4 +126,7 @@ def plan_occlusion(
             {"windows": float(n_windows), "score_input": float(scores[0])},
         )
 
-    return DeepTask("occlusion", target, [SampleStream(1 + n_windows, False, occluded, record, sample_shape=tuple(x.shape))], finish)
+    stream = SampleStream(1 + n_windows, False, occluded, record, sample_shape=tuple(x.shape))
+    # one score per window; finish's coverage matrices and three float64 [H, W] maps
+    held = scores.nbytes + 8 * (len(ys) * height + len(xs) * width) + 3 * 8 * height * width
+    return DeepTask("occlusion", target, [stream], finish, held_bytes=held)

@@ -3,8 +3,16 @@
 saliency = sum_i P(target | x * M_i) * M_i / (N * p). Masks are s x s Bernoulli(p) grids,
 bilinearly upsampled to (s + 1) cells and randomly shifted by up to one cell, as in the paper.
 Masked-out pixels become 0 in the model's input space (the dataset mean colour after
-normalisation). The bank for (H, W, N, s, p, seed) is built once and cached (float16, with an
-LRU byte budget): building it costs ~125 ms for N=2000 at 224x224 here (about 18 forwards).
+normalisation).
+
+Masks are made a chunk at a time (`MaskSampler`), never as a bank: a bank of N=8192 masks at
+224x224 is 0.8 GB in float16, and plan() runs on the request path, so memory and plan time no
+longer grow with N. Masks are float16, as the bank they replace, and equal to its rows for the
+same seed (tests keep the bank's code as the reference). Measured (224x224, s=7, chunks of 64,
+2 shared CPUs): making masks costs ~75 us each, against ~4 us to slice a cached bank, ~200 us
+to multiply a mask into the input and ~17 ms for an EfficientNet-Lite0 forward; building the
+whole N=2000 bank cost 390 ms and 191 MiB, paid by every first request of a (size, N, s, p,
+seed). A cache of banks no longer pays for itself, so there is none.
 """
 
 from __future__ import annotations
@@ -15,8 +23,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from saliency.attribution.cache import TensorCache
-from saliency.attribution.executor import ChunkOutput, DeepTask, SampleStream
+from saliency.attribution.executor import ChunkOutput, DeepTask, SampleStream, tensor_bytes
 from saliency.attribution.limits import Limits
 from saliency.attribution.registry import register
 from saliency.attribution.types import Attribution
@@ -43,54 +50,96 @@ class RiseParams:
         require(0 <= self.seed < 2**63, "rise.seed", "must be in [0, 2^63)")
 
 
-def build_mask_bank(height: int, width: int, n: int, s: int, p: float, seed: int) -> torch.Tensor:
-    """[n, H, W] float16 masks in [0, 1], deterministic for the arguments."""
-    generator = torch.Generator().manual_seed(seed)
-    cell_h, cell_w = math.ceil(height / s), math.ceil(width / s)
-    up_h, up_w = (s + 1) * cell_h, (s + 1) * cell_w
-    bank = torch.empty(n, height, width, dtype=torch.float16)
-    block = 128  # bounds the float32 temporaries of the upsampling
-    for start in range(0, n, block):
-        m = min(block, n - start)
-        grids = (torch.rand(m, 1, s, s, generator=generator) < p).float()
-        up = F.interpolate(grids, size=(up_h, up_w), mode="bilinear", align_corners=False)[:, 0]
-        dy = torch.randint(0, cell_h, (m,), generator=generator)
-        dx = torch.randint(0, cell_w, (m,), generator=generator)
-        for i in range(m):
-            bank[start + i] = up[i, dy[i] : dy[i] + height, dx[i] : dx[i] + width]
-    return bank
+BLOCK = 128  # masks per generator call: part of the draw order, so never to be changed
 
 
-class MaskBankCache(TensorCache):
-    """Mask banks by (H, W, N, s, p, seed) under a byte budget (default 1 GiB)."""
+class MaskSampler:
+    """The masks of (H, W, N, s, p, seed), made on demand for any index range [start, stop);
+    row i equals row i of the whole bank the service used to build (its code is the reference
+    in tests/test_deep_methods.py).
 
-    def __init__(self, max_bytes: int = 1 << 30):
-        super().__init__(max_bytes)
+    The draws come from one generator in blocks of BLOCK masks (grids, then row shifts, then
+    column shifts), so mask i depends on every earlier block's draws. Walking the generator
+    costs only the low-resolution draws (N * s^2 numbers); its state at each block start is kept
+    (5 kB per block), so any block can be drawn again and only the requested rows upsampled.
+    Not thread-safe: one task's chunks are made by one executor thread.
+    """
 
-    def get(self, height: int, width: int, params: RiseParams) -> torch.Tensor:
-        key = (height, width, params.n_masks, params.grid_size, params.p, params.seed)
-        return self.get_or_build(key, lambda: build_mask_bank(height, width, *key[2:]))
+    def __init__(self, height: int, width: int, n: int, s: int, p: float, seed: int):
+        self.height, self.width, self.n, self.s, self.p = height, width, n, s, p
+        self.cell_h, self.cell_w = math.ceil(height / s), math.ceil(width / s)
+        self._walker = torch.Generator().manual_seed(seed)
+        self._states: list[torch.Tensor] = []  # the generator's state at the start of block b
+        self._last: tuple[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
 
+    @property
+    def state_bytes(self) -> int:
+        """Bytes it holds once every block was drawn: the states and one block's draws."""
+        blocks = math.ceil(self.n / BLOCK)
+        state = self._walker.get_state().nbytes
+        return blocks * state + BLOCK * (4 * self.s * self.s + 16)
 
-MASK_BANKS = MaskBankCache()
+    def _draw(self, generator: torch.Generator, block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Block `block`'s grids [m, 1, s, s] (float 0/1), row and column shifts [m]."""
+        m = min(BLOCK, self.n - block * BLOCK)
+        grids = (torch.rand(m, 1, self.s, self.s, generator=generator) < self.p).float()
+        dy = torch.randint(0, self.cell_h, (m,), generator=generator)
+        dx = torch.randint(0, self.cell_w, (m,), generator=generator)
+        return grids, dy, dx
 
+    def _block(self, block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self._last is not None and self._last[0] == block:
+            return self._last[1]
+        if block < len(self._states):
+            generator = torch.Generator()
+            generator.set_state(self._states[block])
+            draws = self._draw(generator, block)
+        else:
+            while len(self._states) <= block:  # chunks come in order: usually one step
+                self._states.append(self._walker.get_state())
+                draws = self._draw(self._walker, len(self._states) - 1)
+        self._last = block, draws
+        return draws
+
+    def masks(self, start: int, stop: int) -> torch.Tensor:
+        """Masks [stop - start, H, W] float16 in [0, 1] for indices [start, stop)."""
+        h, w = self.height, self.width
+        up_size = ((self.s + 1) * self.cell_h, (self.s + 1) * self.cell_w)
+        out = torch.empty(stop - start, h, w, dtype=torch.float16)
+        for block in range(start // BLOCK, (stop - 1) // BLOCK + 1):
+            grids, dy, dx = self._block(block)
+            first, last = max(start, block * BLOCK) - block * BLOCK, min(stop, (block + 1) * BLOCK) - block * BLOCK
+            up = F.interpolate(grids[first:last], size=up_size, mode="bilinear", align_corners=False)[:, 0]
+            for k, i in enumerate(range(first, last)):
+                out[block * BLOCK + i - start] = up[k, dy[i] : dy[i] + h, dx[i] : dx[i] + w]
+        return out
 
 @register("rise", "deep", RiseParams, "RISE randomised input sampling (Petsiuk et al. 2018)")
-def plan_rise(model, x: torch.Tensor, target: int, params: RiseParams, banks: MaskBankCache = MASK_BANKS) -> DeepTask:
+def plan_rise(model, x: torch.Tensor, target: int, params: RiseParams) -> DeepTask:
+    """x [C, H, W] normalised input -> a DeepTask whose map [H, W] is the RISE saliency."""
     x = x.detach().float().cpu()
-    bank = banks.get(x.shape[-2], x.shape[-1], params)
-    saliency = torch.zeros(x.shape[-2:], dtype=torch.float32)
+    height, width = x.shape[-2:]
+    sampler = MaskSampler(height, width, params.n_masks, params.grid_size, params.p, params.seed)
+    saliency = torch.zeros(height, width, dtype=torch.float32)
+    # The masks of a generated, unconsumed slice (start -> [n, H, W] float16): made once.
+    made: dict[int, torch.Tensor] = {}
+    # Masks travel to the model's device in float16 and meet the input there: a sixth of the
+    # bytes of a masked float32 input, and the same products (one multiply, rounded alike).
+    x_on_device = x.to(model.device)
 
     def masked_inputs(start: int, stop: int) -> torch.Tensor:
-        return x * bank[start:stop, None].float()
+        made[start] = masks = sampler.masks(start, stop)
+        return x_on_device * masks.to(model.device)[:, None].float()
 
     def accumulate(start: int, out: ChunkOutput) -> None:
         probs = out.logits.float().softmax(-1)[:, target].cpu()
-        masks = bank[start : start + len(probs)].float()
-        saliency.add_(torch.einsum("n,nhw->hw", probs, masks))
+        saliency.add_(torch.einsum("n,nhw->hw", probs, made.pop(start).float()))
 
     def finish() -> Attribution:
         result = saliency / (params.n_masks * params.p)
         return Attribution("rise", target, result, None, {"n_masks": float(params.n_masks)})
 
-    return DeepTask("rise", target, [SampleStream(params.n_masks, False, masked_inputs, accumulate, sample_shape=tuple(x.shape))], finish)
+    stream = SampleStream(params.n_masks, False, masked_inputs, accumulate, sample_shape=tuple(x.shape))
+    return DeepTask(
+        "rise", target, [stream], finish, held_bytes=tensor_bytes(x, x_on_device, saliency) + sampler.state_bytes
+    )

@@ -23,6 +23,7 @@ out get weight 0, so under "channel_softmax" the softmax runs over the kept ones
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -77,17 +78,32 @@ def channel_masks(acts: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return (up - low) / (high - low)
 
 
+def cam_channels(model: LoadedModel) -> int | None:
+    """The CAM layer's channel count K when the spec's CAM classifier reveals it, else None."""
+    try:
+        layer = resolve_layer(model.module, model.spec.classifier_layer)
+    except InvalidArgument:
+        return None
+    return layer.in_features if isinstance(layer, nn.Linear) else None
+
+
+# The CAM layer's spatial size is known only after a forward. For memory estimates it is taken
+# as 8x smaller per side than the input: EfficientNet-Lite0's head is 32x, a ViT's patch grid
+# 16x (overestimated, by a few MB at most); tinycnn's 2x is underestimated, by kilobytes.
+CAM_STRIDE_ESTIMATE = 8
+
+
+def cam_layer_bytes(channels: int, height: int, width: int) -> int:
+    """Estimated float32 bytes of one sample's CAM-layer activations [K, h, w]."""
+    return 4 * channels * math.ceil(height / CAM_STRIDE_ESTIMATE) * math.ceil(width / CAM_STRIDE_ESTIMATE)
+
+
 def _channel_bound(model: LoadedModel, params: ScoreCamParams) -> int:
     """How many masked inputs to reserve before the activations are known: max_channels, or
     fewer when the spec's CAM classifier reveals the layer's channel count K (queue admission
     counts this; the first phase sets the exact number)."""
-    try:
-        layer = resolve_layer(model.module, model.spec.classifier_layer)
-    except InvalidArgument:
-        return params.max_channels
-    if isinstance(layer, nn.Linear):
-        return min(params.max_channels, layer.in_features)
-    return params.max_channels
+    channels = cam_channels(model)
+    return params.max_channels if channels is None else min(params.max_channels, channels)
 
 
 @register("scorecam", "deep", ScoreCamParams, "Score-CAM: channels weighted by masked-input scores (Wang et al. 2020)")
@@ -133,4 +149,8 @@ def plan_score_cam(model: LoadedModel, x: torch.Tensor, target: int, params: Sco
     masked = SampleStream(
         _channel_bound(model, params), False, masked_inputs, record, after=first, sample_shape=tuple(x.shape)
     )
-    return DeepTask("scorecam", target, [first, masked], finish)
+    # The activations [K, h, w], the kept ones again in finish, a score per channel, the map.
+    channels = cam_channels(model) or params.max_channels
+    acts = cam_layer_bytes(channels, *size)
+    held = acts + acts * min(channels, params.max_channels) // channels + 8 * channels + 4 * size[0] * size[1]
+    return DeepTask("scorecam", target, [first, masked], finish, held_bytes=held)

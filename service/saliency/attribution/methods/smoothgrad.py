@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from saliency.attribution.executor import ChunkOutput, DeepTask, SampleStream
+from saliency.attribution.executor import ChunkOutput, DeepTask, SampleStream, tensor_bytes
 from saliency.attribution.limits import Limits
 from saliency.attribution.reduce import CHANNEL_REDUCTIONS, reduce_channels
 from saliency.attribution.registry import register
@@ -84,6 +84,6 @@ def plan_smoothgrad(model, x: torch.Tensor, target: int, params: SmoothGradParam
             {"noise_stdev": stdev},
         )
 
-    return DeepTask(
-        "smoothgrad", target, [SampleStream(params.n_samples, True, noisy_copies, accumulate, sample_shape=tuple(x.shape))], finish
-    )
+    stream = SampleStream(params.n_samples, True, noisy_copies, accumulate, sample_shape=tuple(x.shape))
+    # the two running sums, and finish's mean, mean square and variance
+    return DeepTask("smoothgrad", target, [stream], finish, held_bytes=tensor_bytes(total, total_sq) + 3 * x.nbytes)
