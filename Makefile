@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 OUT ?= out
 
-.PHONY: run demo test bench lint clean
+.PHONY: run demo test soak bench lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check service tests bench handlers
 	$(BIN)/python -m pytest
+
+# The soak test of docs/service.md for 3 minutes per backend (`make test` runs it for 1).
+soak: $(STAMP)
+	SOAK_SECONDS=180 $(BIN)/python -m pytest tests/test_soak.py -s
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -37,7 +37,7 @@ class ServiceConfig:
     # Memory admission (docs/service.md, "Memory and overload"): what one request may hold, and
     # what all requests in flight may hold together; over either, RESOURCE_EXHAUSTED at once.
     max_request_bytes: int = 512 * 2**20
-    max_inflight_bytes: int = 2 * 2**30
+    max_inflight_bytes: int = 2**30
     limits: Limits = field(default_factory=Limits)
     # Scheduling.
     prepare_workers: int = 2  # threads that decode images and render overlays, off the event loop
