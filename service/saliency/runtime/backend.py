@@ -99,7 +99,10 @@ Event = FastEvent | DeepEvent | PolicyEvent | QualityEvent
 class Backend(Protocol):
     """What the servicer calls. A backend that can become unable to serve (a remote one) may
     also define `async def healthy(self) -> bool`; api/server.py then polls it and reports the
-    service NOT_SERVING on grpc.health.v1 while it returns False."""
+    service NOT_SERVING on grpc.health.v1 while it returns False. A backend that schedules its
+    own work may define `async def admit(self, job, timeout) -> Admission`: called before the
+    input is decoded (job.x is None), it reserves what the job will queue or raises
+    ResourceExhausted at once; the servicer closes the Admission when the call ends."""
 
     name: str  # the `backend` label of saliency_method_latency_seconds
     models: dict[str, ModelSpec]  # the models served, by name
@@ -110,11 +113,6 @@ class Backend(Protocol):
         """Yield one FastEvent, then one DeepEvent per deep map as it completes, then a
         PolicyEvent (job.policy set) and a QualityEvent (job.evaluate set); raise
         DeadlineExceeded after `timeout` seconds. Closing the iterator drops queued work."""
-        ...
-
-    async def admit(self, job: ExplainJob, timeout: float) -> Admission:
-        """Admit `job` before its input is decoded (job.x may be None), reserving what it will
-        queue, or raise ResourceExhausted at once. The caller closes the Admission."""
         ...
 
     async def sanity_check(self, job: SanityJob, timeout: float) -> SanityOutcome:
