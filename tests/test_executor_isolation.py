@@ -136,3 +136,31 @@ def test_isolation_reuses_generated_inputs_so_stateful_streams_stay_in_order(tin
     assert bad.error is not None and good.error is None
     expected = alone(tiny, tiny_images[0], 1, "smoothgrad", n_samples=10, seed=5)
     torch.testing.assert_close(good.result.raw, expected.raw)
+
+
+@pytest.mark.gpu
+def test_slices_made_on_the_device_and_on_the_host_share_chunks_on_cuda():
+    """IG makes its path points on the model's device, SmoothGrad and GradientSHAP on the host:
+    their slices share chunks (concatenating across devices used to fail every task in them),
+    and each result equals the task's result alone on cuda and matches the CPU."""
+    from saliency.models import load_model
+
+    on_cpu, on_cuda = load_model("tinycnn"), load_model("tinycnn", "cuda")
+    xs = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    specs = [
+        ("ig", {"n_steps": 9}),
+        ("smoothgrad", {"n_samples": 7, "seed": 2}),
+        ("gradient_shap", {"n_samples": 9, "reference": "uniform", "seed": 4}),
+        ("rise", {"n_masks": 40, "grid_size": 4}),
+    ]
+    packed = [plan(on_cuda, xs[i], i, m, **p) for i, (m, p) in enumerate(specs)]
+    executor = ChunkExecutor(on_cuda, ChunkSizes(32, 64))
+    run_all(executor, packed)
+    assert executor.stats.chunks_rerun == 0
+    for i, (task, (method, params)) in enumerate(zip(packed, specs, strict=True)):
+        assert task.error is None, (method, task.error)
+        (solo,) = ChunkExecutor(on_cuda, ChunkSizes(4, 8)).run([plan(on_cuda, xs[i], i, method, **params)])
+        torch.testing.assert_close(task.result.map, solo.map, rtol=1e-4, atol=1e-6)
+        (host,) = ChunkExecutor(on_cpu, ChunkSizes(4, 8)).run([plan(on_cpu, xs[i], i, method, **params)])
+        scale = float(host.map.abs().max()) or 1.0
+        torch.testing.assert_close(task.result.map.cpu() / scale, host.map / scale, rtol=0, atol=2e-3)
