@@ -169,10 +169,11 @@ class DeepTask:
     def memory_bytes(self) -> int:
         """Estimated bytes the task holds from plan to result *outside* the chunks it is in.
 
-        Its copy of the input, reducer state, per-task tensors (baselines, reference stacks,
-        segmentations, activations, generator states) and what `finish` builds. The chunks are
-        not included: they are bounded by the executor's chunk size times `sample_bytes`,
-        whoever's samples fill them; neither are entries of the shared caches, which have
+        Its reducer state, per-task tensors (baselines, reference stacks, segmentations,
+        activations, generator states) and what `finish` builds. Not included: the request's
+        input, which all its tasks share (a float32 CPU input is held without a copy: count it
+        once per request); the chunks, bounded by the executor's chunk size times
+        `sample_bytes` whoever's samples fill them; entries of the shared caches, which have
         budgets of their own. An estimate for admission control, not an exact count: the plan
         states it (`held_bytes`); a task whose plan does not is counted as four input samples.
         """

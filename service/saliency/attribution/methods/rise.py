@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from saliency.attribution.executor import ChunkOutput, DeepTask, SampleStream, tensor_bytes
+from saliency.attribution.executor import ChunkOutput, DeepTask, SampleStream
 from saliency.attribution.limits import Limits
 from saliency.attribution.registry import register
 from saliency.attribution.types import Attribution
@@ -140,6 +140,6 @@ def plan_rise(model, x: torch.Tensor, target: int, params: RiseParams) -> DeepTa
         return Attribution("rise", target, result, None, {"n_masks": float(params.n_masks)})
 
     stream = SampleStream(params.n_masks, False, masked_inputs, accumulate, sample_shape=tuple(x.shape))
-    return DeepTask(
-        "rise", target, [stream], finish, held_bytes=tensor_bytes(x, x_on_device, saliency) + sampler.state_bytes
-    )
+    # the map, the generator's states, and the input's copy on an accelerator
+    held = saliency.nbytes + sampler.state_bytes + (0 if x_on_device is x else x_on_device.nbytes)
+    return DeepTask("rise", target, [stream], finish, held_bytes=held)
