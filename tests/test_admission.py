@@ -16,6 +16,7 @@ from saliency.v1 import explainer_pb2 as pb
 from service_harness import ServerProcess, ServiceThread, chelsea_png, method, with_config
 
 EFFNET = "efficientnet_lite0"
+CHELSEA = chelsea_png()  # encoded once: the burst's clients must not spend the CPU it measures
 FAST_METHODS = [
     method(kind)
     for kind in (
@@ -31,16 +32,16 @@ FAST_METHODS = [
 
 def slow_fast_request() -> pb.ExplainRequest:
     """A valid request whose fast pass is slow: 16 targets x 6 fast methods."""
-    return pb.ExplainRequest(model=EFFNET, image=chelsea_png(), targets=pb.Targets(top_k=16), methods=FAST_METHODS)
+    return pb.ExplainRequest(model=EFFNET, image=CHELSEA, targets=pb.Targets(top_k=16), methods=FAST_METHODS)
 
 
 def gradcam_request() -> pb.ExplainRequest:
-    return pb.ExplainRequest(model=EFFNET, image=chelsea_png(), methods=[method(pb.METHOD_GRADCAM)])
+    return pb.ExplainRequest(model=EFFNET, image=CHELSEA, methods=[method(pb.METHOD_GRADCAM)])
 
 
 def ig_request(n_steps: int) -> pb.ExplainRequest:
     return pb.ExplainRequest(
-        model=EFFNET, image=chelsea_png(), methods=[method(pb.METHOD_INTEGRATED_GRADIENTS, n_steps=n_steps)]
+        model=EFFNET, image=CHELSEA, methods=[method(pb.METHOD_INTEGRATED_GRADIENTS, n_steps=n_steps)]
     )
 
 
@@ -160,7 +161,21 @@ def test_a_burst_is_refused_at_once_or_served_in_time_and_gradcam_is_not_starved
     assert len(codes) == 50
     assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, (codes, details, outcomes)
     assert "RESOURCE_EXHAUSTED" in codes and "OK" in codes, details[:3]
-    assert all(seconds < 5.0 for code, seconds in outcomes if code == "OK")
-    assert all(seconds < 0.1 for code, seconds in outcomes if code == "RESOURCE_EXHAUSTED")
+    assert max(seconds for code, seconds in outcomes if code == "OK") < 5.0, outcomes
+    assert max(seconds for code, seconds in outcomes if code == "RESOURCE_EXHAUSTED") < 0.1, sorted(outcomes)
     assert statistics.median(loaded) <= 2 * unloaded, (loaded, unloaded)
     assert settle(lambda: served.metric("saliency_queue_depth", {"model": EFFNET, "pool": "deep"}) == 0)
+
+
+def test_admission_costs_are_remembered_only_for_parameters_without_tensors():
+    import torch
+
+    from saliency.attribution.registry import make_params
+    from saliency.attribution.types import Targets
+    from saliency.runtime.explainer import _admission_key
+
+    plain = {"ig": make_params("ig", n_steps=8)}
+    assert _admission_key("m", Targets(), plain, None) == _admission_key("m", Targets(), {"ig": make_params("ig", n_steps=8)}, None)
+    assert _admission_key("m", Targets(), plain, None) != _admission_key("m", Targets(top_k=2), plain, None)
+    custom = {"ig": make_params("ig", baseline="custom", custom_baseline=torch.zeros(3, 8, 8))}
+    assert _admission_key("m", Targets(), custom, None) is None  # it would keep the tensor alive

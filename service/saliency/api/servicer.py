@@ -138,7 +138,11 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
         parent = extract(dict(context.invocation_metadata() or ()))
         code = grpc.StatusCode.OK
         admission = None
-        with self.tracer.start_as_current_span(f"saliency.v1.Explainer/{rpc}", context=parent) as span:
+        # Status and exceptions are recorded below; the SDK's own recording formats a traceback
+        # (a stat per frame) on the event loop for every refused call.
+        with self.tracer.start_as_current_span(
+            f"saliency.v1.Explainer/{rpc}", context=parent, record_exception=False, set_status_on_exception=False
+        ) as span:
             try:
                 prepared = await (prepare or self._prepare)(request, context)
                 job = prepared[0] if isinstance(prepared, tuple) else prepared

@@ -40,7 +40,7 @@ from saliency.runtime.fast_pool import BEFORE_DEEP, FastPool
 from saliency.runtime.metrics import Metrics
 
 log = logging.getLogger(__name__)
-ESTIMATE_MARGIN = 1.25
+ESTIMATE_MARGIN = 1.5
 
 
 class ModelWorker:
