@@ -105,8 +105,8 @@ def plan_perturbation_curves(
         f"quality:{method}",
         target,
         [
-            SampleStream(steps + 1, False, deletion_inputs, recorder(0)),
-            SampleStream(steps + 1, False, insertion_inputs, recorder(1)),
+            SampleStream(steps + 1, False, deletion_inputs, recorder(0), sample_shape=tuple(x.shape)),
+            SampleStream(steps + 1, False, insertion_inputs, recorder(1), sample_shape=tuple(x.shape)),
         ],
         finish,
     )
