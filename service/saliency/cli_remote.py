@@ -207,6 +207,8 @@ _SERVE_HELP = {
     "max_methods": "methods one request may ask for",
     "max_targets": "target classes one request may ask for",
     "quality_sample_rate": "fraction of requests scored for saliency_explanation_quality (0-1)",
+    "log_format": "json (one object per line) or text, on stderr",
+    "log_level": "debug, info (one access line per RPC), warning or error",
 }
 
 
@@ -255,8 +257,11 @@ def serve(args: argparse.Namespace) -> int:
     """`saliency serve`: build the config, then run the server until SIGTERM / SIGINT."""
     import yaml
 
+    from saliency.runtime.tracing import otlp_target
+
     try:
         config = config_from_args(args)
+        otlp_target(config.otlp_endpoint)  # a bad tracing setting stops here, in one line
     except (ValueError, OSError, yaml.YAMLError) as exc:
         return _fail(f"saliency serve: {' '.join(str(exc).split())}")
     from saliency.api.server import run_server

@@ -15,10 +15,12 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 
+from saliency.api.access_log import AccessLogInterceptor
 from saliency.api.auth import BearerTokenInterceptor
 from saliency.api.servicer import ExplainerServicer
 from saliency.runtime.backend import Backend, make_backend
 from saliency.runtime.config import ServiceConfig
+from saliency.runtime.logs import configure_logging
 from saliency.runtime.metrics import Metrics
 from saliency.runtime.tracing import make_tracer_provider, tracer_from
 from saliency.v1 import explainer_pb2 as pb
@@ -76,7 +78,7 @@ async def start_service(config: ServiceConfig, span_exporter: SpanExporter | Non
     health_servicer = health.aio.HealthServicer()
     await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
 
-    interceptors = []
+    interceptors = [AccessLogInterceptor()]  # first: calls that auth refuses are logged too
     tokens = config.auth_tokens()
     if tokens:
         interceptors.append(BearerTokenInterceptor(tokens, metrics))
@@ -135,7 +137,7 @@ async def _watch_backend(probe, health_servicer: health.aio.HealthServicer) -> N
 
 def run_server(config: ServiceConfig) -> int:
     """Serve until SIGTERM/SIGINT, then drain in-flight requests within config.grace_s."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(config.log_format, config.log_level)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from saliency.attribution.limits import Limits
+from saliency.runtime.logs import LOG_FORMATS, LOG_LEVELS
 
 BACKENDS = ("embedded", "torchserve")
 
@@ -71,6 +72,9 @@ class ServiceConfig:
     torchserve_model_store: str = "model_store"  # when starting one: the archives (`make models`)
     torchserve_config: str = "deploy/torchserve/config.properties"  # when starting one: the base config
     torchserve_startup_timeout_s: float = 180.0  # when starting one: until every worker is loaded
+    # Logs (docs/deploy.md, "Logs"): JSON lines or text on stderr, and the root level.
+    log_format: str = "text"  # json | text
+    log_level: str = "info"  # debug | info | warning | error | critical
 
     def auth_tokens(self) -> frozenset[str]:
         """Tokens from SALIENCY_AUTH_TOKENS (comma-separated) and the tokens file."""
@@ -137,4 +141,8 @@ def load_config(
         raise ValueError(f"config fast_threads: {config.fast_threads} is negative (0 = automatic)")
     if not 0.0 <= config.quality_sample_rate <= 1.0:
         raise ValueError(f"config quality_sample_rate: {config.quality_sample_rate} is outside [0, 1]")
+    if config.log_format not in LOG_FORMATS:
+        raise ValueError(f"config log_format: {config.log_format!r} is not one of {LOG_FORMATS}")
+    if config.log_level.lower() not in LOG_LEVELS:
+        raise ValueError(f"config log_level: {config.log_level!r} is not one of {LOG_LEVELS}")
     return config
