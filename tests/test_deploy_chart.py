@@ -28,6 +28,7 @@ SERVICE_PORTS = {50051, 9464}
 CHART_OWNED = {
     "host", "port", "metrics_host", "metrics_port", "backend", "device",
     "auth_tokens_file", "tls_cert_file", "tls_key_file", "tls_client_ca_file",
+    "otlp_endpoint",  # from tracing.endpoint
 }
 
 
@@ -266,6 +267,28 @@ def test_torchserve_backend_is_a_loopback_sidecar(rendered, tmp_path):
     assert settings["metrics_config"].endswith("/model_store/metrics.yaml")
 
 
+def test_tracing_values_set_the_endpoint_and_the_otel_environment(rendered, tmp_path):
+    from saliency.runtime.tracing import OtlpTarget, otlp_target
+
+    docs = rendered["gpu"]
+    config = service_config(docs, tmp_path)
+    assert otlp_target(config.otlp_endpoint, {}) == OtlpTarget("otel-collector.observability:4317", tls=False)
+    assert config.log_format == "json" and config.log_level == "info"
+    env = {e["name"]: e for e in containers(docs)["saliency"]["env"]}
+    assert env["OTEL_SERVICE_NAME"]["value"] == "saliency-gpu"
+    assert env["OTEL_TRACES_SAMPLER"]["value"] == "parentbased_traceidratio"
+    assert float(env["OTEL_TRACES_SAMPLER_ARG"]["value"]) == 0.1
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    # $(VAR) references expand only to variables defined earlier in the list.
+    names = list(env)
+    assert names.index("POD_NAME") < names.index("OTEL_RESOURCE_ATTRIBUTES")
+    assert "k8s.pod.name=$(POD_NAME)" in env["OTEL_RESOURCE_ATTRIBUTES"]["value"]
+    # No endpoint: no export, and no sampler that would leave log lines without trace ids.
+    default = rendered["default"]
+    assert service_config(default, tmp_path).otlp_endpoint == ""
+    assert not [e for e in containers(default)["saliency"]["env"] if e["name"].startswith("OTEL_")]
+
+
 def test_schema_covers_exactly_the_service_config():
     """values.schema.json's `config` = ServiceConfig's fields minus those the chart sets."""
     schema = json.loads((CHART / "values.schema.json").read_text())
@@ -288,8 +311,12 @@ def test_schema_covers_exactly_the_service_config():
         ["--set", "config.max_ig_step=10"],  # misspelt key
         ["--set", "service.grpcPort=7070"],  # a TorchServe port
         ["--set", "gpu.count=0"],
+        # Plaintext or TLS must be said: a bare host would be refused by the service at start.
+        ["--set", "tracing.endpoint=otel-collector:4317"],
+        ["--set", "config.log_format=yaml"],
     ],
-    ids=["replicaCount-string", "backend", "unknown-config-key", "torchserve-port", "gpu-count"],
+    ids=["replicaCount-string", "backend", "unknown-config-key", "torchserve-port", "gpu-count",
+         "tracing-endpoint-scheme", "log-format"],
 )
 def test_schema_rejects_bad_values(rendered, flags, tmp_path):
     result = subprocess.run(

@@ -69,6 +69,7 @@ backend, device, auth and TLS file paths). */}}
 {{- $_ := set $config "metrics_port" (int .Values.service.metricsPort) -}}
 {{- $_ := set $config "backend" .Values.backend -}}
 {{- $_ := set $config "device" (ternary "cuda" "cpu" (and .Values.gpu.enabled (eq .Values.backend "embedded"))) -}}
+{{- $_ := set $config "otlp_endpoint" .Values.tracing.endpoint -}}
 {{- if .Values.auth.enabled -}}
 {{- $_ := set $config "auth_tokens_file" (printf "%s/tokens" (include "saliency.authDir" .)) -}}
 {{- end -}}
