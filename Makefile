@@ -60,7 +60,7 @@ LOADTEST_MODEL ?= tinycnn
 LOADTEST_PORT ?= 50061
 LOADTEST_METRICS_PORT ?= 9465
 
-.PHONY: tools promtool chart loadtest
+.PHONY: tools promtool chart loadtest alerts
 
 $(HELM):
 	rm -rf $(TOOLS)/npm && mkdir -p $(TOOLS)/npm
@@ -91,6 +91,11 @@ chart: tools
 	  $(HELM_ENV) $(HELM) template saliency $(CHART) --kube-version $(KUBE_VERSION) $$flag > $(OUT)/chart/$$name.yaml; \
 	  $(BIN)/kubernetes-validate --strict --quiet -k $(KUBE_VERSION) $(OUT)/chart/$$name.yaml; \
 	done
+
+# Prometheus rules from scripts/gen_alerts.py (SLOs and thresholds live there) into
+# deploy/prometheus/alerts.yml, and the chart's copies of the rules and the dashboard.
+alerts: $(STAMP)
+	$(BIN)/python scripts/gen_alerts.py
 
 # A local service (tinycnn) on port $(LOADTEST_PORT), ~20 s of locust against it, then stop it.
 # Results: out/loadtest/ (CSVs and loadtest.png).

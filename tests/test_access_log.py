@@ -14,7 +14,12 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
 from saliency.runtime.config import load_config
-from saliency.runtime.logs import CURRENT_REQUEST, RequestContext, RequestContextFilter, configure_logging
+from saliency.runtime.logs import (
+    CURRENT_REQUEST,
+    RequestContext,
+    RequestContextFilter,
+    configure_logging,
+)
 from saliency.v1 import explainer_pb2 as pb
 from service_harness import ServerProcess, ServiceThread, chelsea_png, method, with_config
 

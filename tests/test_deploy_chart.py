@@ -289,6 +289,32 @@ def test_tracing_values_set_the_endpoint_and_the_otel_environment(rendered, tmp_
     assert not [e for e in containers(default)["saliency"]["env"] if e["name"].startswith("OTEL_")]
 
 
+def test_prometheus_rule_ships_the_promtool_tested_rules(rendered, tmp_path):
+    """The PrometheusRule's spec, written back to a rules file, passes alerts_test.yml."""
+    rule = only(rendered["gpu"], "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    prometheus = ROOT / "deploy" / "prometheus"
+    assert rule["spec"] == yaml.safe_load((prometheus / "alerts.yml").read_text())
+    (tmp_path / "alerts.yml").write_text(yaml.safe_dump(rule["spec"]))
+    (tmp_path / "alerts_test.yml").write_text((prometheus / "alerts_test.yml").read_text())
+    result = subprocess.run(
+        ["promtool", "test", "rules", "alerts_test.yml"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not kinds(rendered["default"], "PrometheusRule")
+
+
+def test_dashboard_config_map_for_the_grafana_sidecar(rendered):
+    (dashboard,) = [d for d in kinds(rendered["gpu"], "ConfigMap") if d["metadata"]["name"].endswith("-dashboard")]
+    assert dashboard["metadata"]["namespace"] == "monitoring"
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard["metadata"]["annotations"] == {"grafana_folder": "Saliency"}
+    shipped = json.loads(dashboard["data"]["saliency.json"])
+    assert shipped == json.loads((ROOT / "deploy" / "grafana" / "saliency.json").read_text())
+    assert not [d for d in kinds(rendered["default"], "ConfigMap") if d["metadata"]["name"].endswith("-dashboard")]
+
+
 def test_schema_covers_exactly_the_service_config():
     """values.schema.json's `config` = ServiceConfig's fields minus those the chart sets."""
     schema = json.loads((CHART / "values.schema.json").read_text())
