@@ -8,12 +8,14 @@ from torch import nn
 from saliency.models import LoadedModel, ModelSpec
 
 
-def wrap(module: nn.Module, size: tuple[int, int], classes: int, target_layer: str) -> LoadedModel:
+def wrap(
+    module: nn.Module, size: tuple[int, int], classes: int, target_layer: str, channels: int = 3
+) -> LoadedModel:
     spec = ModelSpec(
         name=f"test-{type(module).__name__.lower()}",
         input_size=size,
-        mean=(0.0, 0.0, 0.0),
-        std=(1.0, 1.0, 1.0),
+        mean=(0.0,) * channels,
+        std=(1.0,) * channels,
         target_layer=target_layer,
         labels=tuple(f"c{i}" for i in range(classes)),
         description="test model",

@@ -17,7 +17,6 @@ from torch import nn
 from helpers import wrap
 from saliency.attribution.executor import ChunkExecutor, ChunkSizes, SampleStream
 from saliency.attribution.hooks import backward_rule, has_hooks
-from saliency.attribution.propagation import propagation_support
 from saliency.attribution.registry import get_method, make_params
 from saliency.attribution.relevance import RelevanceRules
 from saliency.errors import InvalidArgument
@@ -361,7 +360,7 @@ def test_lrp_residual_split_and_pass_through_closed_form():
             return self.fc(torch.flatten(self.pool(self.conv(x) + x), 1))
 
     net = Skip().eval()
-    model = wrap(net, (1, 1), 2, "conv")
+    model = wrap(net, (1, 1), 2, "conv", channels=2)
     x = torch.tensor([[[0.7]], [[1.3]]])
     ours = explain(model, "lrp", [x], [1], epsilon=0.0)[0]
     with torch.no_grad():
@@ -473,13 +472,17 @@ class GeluNet(nn.Module):
         return self.fc(self.features(x).mean((2, 3)))
 
 
-def test_propagation_support_names_the_first_unsupported_module(tiny, tiny_vit, effnet):
-    assert propagation_support(tiny.module) is None
-    assert propagation_support(effnet.module) is None
-    reason = propagation_support(GeluNet())
-    assert "features.1 (GELU)" in reason
-    assert propagation_support(tiny_vit.module) is not None
-    for name in ("deeplift", "lrp"):
+def test_propagation_support_names_the_first_call_without_a_rule(tiny, tiny_vit, effnet):
+    """Decided by the probe from the calls each forward makes: the first call no rule handles,
+    and the module it was made in."""
+    for family in ("guided", "rescale", "lrp"):
+        assert tiny.spec.profile.rule_gap(family) is None
+        assert effnet.spec.profile.rule_gap(family) is None
+        assert tiny_vit.spec.profile.rule_gap(family) is not None
+    gelu = wrap(GeluNet(), (8, 8), 2, "features")
+    for name in ("deeplift", "lrp", "guided_backprop"):
+        reason = get_method(name).unsupported_reason(gelu.spec)
+        assert reason == "no rule for torch.nn.functional.gelu at features.1 (torch.nn.GELU)", reason
         assert get_method(name).unsupported_reason(tiny_vit.spec) is not None
         assert get_method(name).unsupported_reason(tiny.spec) is None
 
@@ -487,7 +490,7 @@ def test_propagation_support_names_the_first_unsupported_module(tiny, tiny_vit, 
 @pytest.mark.parametrize("name", ["deeplift", "lrp"])
 def test_an_unsupported_model_is_refused_at_plan_time(name):
     model = wrap(GeluNet(), (8, 8), 2, "features")
-    with pytest.raises(InvalidArgument, match=r"features\.1 \(GELU\)") as info:
+    with pytest.raises(InvalidArgument, match=r"torch\.nn\.functional\.gelu at features\.1 \(torch\.nn\.GELU\)") as info:
         get_method(name).plan(model, torch.zeros(3, 8, 8), 0, make_params(name))
     assert info.value.field == "methods"
 

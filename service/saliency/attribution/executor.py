@@ -433,7 +433,8 @@ class ChunkExecutor:
         if device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
         targets = targets.to(device)
-        capture = capture_output(module, self.model.spec.target_layer) if capture_layer else nullcontext([])
+        spec = self.model.spec
+        capture = capture_output(module, spec.target_layer, spec.cam_tokens) if capture_layer else nullcontext([])
         rule = _backward_rule_context(backward_rule)
         if not needs_grad:
             with capture as captured, torch.inference_mode():

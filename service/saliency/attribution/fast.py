@@ -6,6 +6,7 @@ For k targets the forward runs once and the backward k times over the retained g
 input and the CAM layer only, so no parameter gradient is computed or written.
 Vision transformers' attention maps (methods/attention.py) come from the same forward: each
 block's attention probabilities are captured, for this thread only, when one is requested.
+A CAM layer that is a transformer's tokens is read as its patch grid (`ModelSpec.cam_tokens`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from saliency.attribution.limits import Limits
 from saliency.attribution.methods import attention, cam
 from saliency.attribution.reduce import CHANNEL_REDUCTIONS, reduce_channels, upsample
 from saliency.attribution.registry import get_method, register
+from saliency.attribution.requirements import CAM_LAYER, INPUT_GRADIENT
 from saliency.attribution.types import Attribution, Prediction, Targets
 from saliency.errors import require
 from saliency.models import LoadedModel
@@ -53,11 +55,14 @@ class CamParams:
         pass
 
 
-register("vanilla", "fast", GradientParams, "vanilla gradient |dS/dx| (Simonyan et al. 2014)")(None)
-register("input_x_gradient", "fast", InputXGradientParams, "input x gradient", signed=True)(None)
-register("gradcam", "fast", CamParams, "Grad-CAM (Selvaraju et al. 2017)")(None)
-register("gradcam_pp", "fast", CamParams, "Grad-CAM++ (Chattopadhyay et al. 2018)")(None)
-register("eigencam", "fast", CamParams, "Eigen-CAM, class-agnostic (Muhammad & Yeasin 2020)")(None)
+register("vanilla", "fast", GradientParams, "vanilla gradient |dS/dx| (Simonyan et al. 2014)",
+         supports=INPUT_GRADIENT)(None)
+register("input_x_gradient", "fast", InputXGradientParams, "input x gradient", signed=True,
+         supports=INPUT_GRADIENT)(None)
+register("gradcam", "fast", CamParams, "Grad-CAM (Selvaraju et al. 2017)", supports=CAM_LAYER)(None)
+register("gradcam_pp", "fast", CamParams, "Grad-CAM++ (Chattopadhyay et al. 2018)", supports=CAM_LAYER)(None)
+register("eigencam", "fast", CamParams, "Eigen-CAM, class-agnostic (Muhammad & Yeasin 2020)",
+         supports=CAM_LAYER)(None)
 
 _INPUT_GRAD_METHODS = {"vanilla", "input_x_gradient"}
 _CAM_GRAD_METHODS = {"gradcam", "gradcam_pp"}
@@ -93,21 +98,20 @@ def fast_pass(
     need_acts = need_cam_grad or "eigencam" in methods or "cam" in methods
     cam_classifier = cam.classifier(model) if "cam" in methods else None  # checked before the forward
     need_backward = need_input_grad or need_cam_grad
-    # Attention probabilities are captured only when an attention map is asked for.
-    attention_layers = attention.layers_to_capture(model, methods)
 
     x = inputs.detach().to(model.device, torch.float32)
     if model.device.type == "cpu":
         x = x.contiguous(memory_format=torch.channels_last)
     x.requires_grad_(need_input_grad)
-    capture = capture_output(module, spec.target_layer) if need_acts else nullcontext([])
+    capture = capture_output(module, spec.target_layer, spec.cam_tokens) if need_acts else nullcontext([])
     with ExitStack() as stack:
         captured = stack.enter_context(capture)
-        attn_captured = [stack.enter_context(capture_output(module, name)) for name in attention_layers]
+        # Attention probabilities are captured only when an attention map is asked for.
+        attention_probs = stack.enter_context(attention.capture(model, methods, x.shape[0]))
         stack.enter_context(torch.enable_grad() if need_backward else torch.inference_mode())
         logits = module(x)
     acts = captured[-1] if need_acts else None
-    attns = _attention_probs(attn_captured, attention_layers, x.shape[0])
+    attns = attention_probs()
 
     per_image_targets = [t.resolve(row) for t, row in zip(targets, logits.detach())]
     results = [
@@ -124,7 +128,7 @@ def fast_pass(
                     Attribution("eigencam", target, eigen_up[b], eigen_raw[b])
                 )
     if attns:
-        per_image = attention.attention_attributions(methods, attns, per_image_targets, size)
+        per_image = attention.attention_attributions(methods, attns, per_image_targets, size, spec.prefix_tokens)
         for result, maps in zip(results, per_image):
             result.attributions.extend(maps)
     if cam_classifier is not None:
@@ -170,21 +174,6 @@ def _on_host(results: list[FastResult]) -> list[FastResult]:
             a.map = a.map.cpu()
             a.raw = a.raw.cpu() if a.raw is not None else None
     return results
-
-
-def _attention_probs(captured: list[list[torch.Tensor]], layers: Sequence[str], batch: int) -> list[torch.Tensor]:
-    """Each attention layer's one output of this forward, checked: [B, heads, N, N] per layer."""
-    attns = []
-    for name, outputs in zip(layers, captured):
-        shape = tuple(outputs[0].shape) if len(outputs) == 1 else ()
-        require(
-            len(shape) == 4 and shape[0] == batch and shape[2] == shape[3],
-            "attention_layers",
-            f"attention layer {name!r} gave {len(outputs)} output(s) of shape {list(shape)}; "
-            "expected one [batch, heads, tokens, tokens] per forward",
-        )
-        attns.append(outputs[0].detach())
-    return attns
 
 
 def _cam_maps(methods, acts, cam_grad, rows) -> dict[str, torch.Tensor]:

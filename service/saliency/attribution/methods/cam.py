@@ -27,6 +27,7 @@ from saliency.attribution.hooks import resolve_layer
 from saliency.attribution.limits import Limits
 from saliency.attribution.reduce import upsample
 from saliency.attribution.registry import register
+from saliency.attribution.requirements import CAM_HEAD, CAM_LAYER, needs
 from saliency.attribution.types import Attribution
 from saliency.errors import InvalidArgument, require
 from saliency.models import LoadedModel
@@ -44,7 +45,7 @@ register(
     ClassActivationMapParams,
     "CAM (Zhou et al. 2016): classifier weights x activations; GAP + linear heads only",
     signed=True,
-    supports=lambda spec: None if spec.classifier_layer else "it needs a global-average-pool + linear head",
+    supports=needs(CAM_LAYER, CAM_HEAD),
 )(None)
 
 

@@ -23,8 +23,8 @@ from saliency.attribution.baselines import BASELINES, make_reference, validate_b
 from saliency.attribution.completeness import completeness_stats
 from saliency.attribution.executor import ChunkOutput, DeepTask, SampleStream, tensor_bytes
 from saliency.attribution.limits import Limits
-from saliency.attribution.propagation import cnn_only, require_propagation_support
-from saliency.attribution.registry import register
+from saliency.attribution.registry import check_supported, register
+from saliency.attribution.requirements import INPUT_GRADIENT, RULES_RESCALE, needs
 from saliency.attribution.types import Attribution
 from saliency.models import LoadedModel
 
@@ -48,11 +48,11 @@ class DeepLiftParams:
     DeepLiftParams,
     "DeepLIFT, Rescale rule (Shrikumar et al. 2017); ReLU and ReLU6 networks",
     signed=True,
-    supports=cnn_only,
+    supports=needs(INPUT_GRADIENT, RULES_RESCALE),
 )
 def plan_deeplift(model: LoadedModel, x: torch.Tensor, target: int, params: DeepLiftParams) -> DeepTask:
     """x [C, H, W] normalised input -> a DeepTask whose map is sum_c attr [H, W], raw attr [C, H, W]."""
-    require_propagation_support("deeplift", model.module)
+    check_supported(["deeplift"], model.spec)  # also when planned directly, not through validation
     x = x.detach().float().cpu()
     reference = make_reference(
         "deeplift", model, x, params.baseline, params.blur_sigma, params.seed, params.custom_baseline

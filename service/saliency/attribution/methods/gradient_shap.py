@@ -29,6 +29,7 @@ from saliency.attribution.executor import ChunkOutput, DeepTask, SampleStream, t
 from saliency.attribution.limits import Limits
 from saliency.attribution.methods.reference_sets import ReferenceSet
 from saliency.attribution.registry import register
+from saliency.attribution.requirements import INPUT_GRADIENT
 from saliency.attribution.types import Attribution
 from saliency.errors import require
 
@@ -113,6 +114,7 @@ def reference_set(model, x: torch.Tensor, params: GradientShapParams) -> Referen
     GradientShapParams,
     "GradientSHAP / Expected Gradients (Lundberg & Lee 2017; Erion et al. 2021)",
     signed=True,
+    supports=INPUT_GRADIENT,
 )
 def plan_gradient_shap(model, x: torch.Tensor, target: int, params: GradientShapParams) -> DeepTask:
     """x [C, H, W] normalised input -> a DeepTask whose map is sum_c attr [H, W]."""

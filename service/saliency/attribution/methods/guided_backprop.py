@@ -31,9 +31,10 @@ from saliency.attribution.limits import Limits
 from saliency.attribution.methods.score_cam import cam_channels, cam_layer_bytes
 from saliency.attribution.reduce import CHANNEL_REDUCTIONS, reduce_channels, upsample
 from saliency.attribution.registry import register
+from saliency.attribution.requirements import CAM_LAYER, INPUT_GRADIENT, RULES_GUIDED, needs
 from saliency.attribution.types import Attribution
 from saliency.errors import require
-from saliency.models import LoadedModel, ModelSpec
+from saliency.models import LoadedModel
 
 INTERPOLATIONS = ("bilinear", "nearest")
 
@@ -90,12 +91,6 @@ def _one_gradient(x: torch.Tensor, rule: str | None, capture_layer: bool = False
     return stream, outputs
 
 
-def _relu_networks(spec: ModelSpec) -> str | None:
-    # On a network without ReLU / ReLU6 (a ViT's GELU) the rule changes nothing: the "guided"
-    # map would be a plain gradient under another name.
-    return None if spec.architecture == "cnn" else "its rules modify ReLU / ReLU6 backward passes, which this model lacks"
-
-
 def _plan_rule(name: str, rule: str):
     def plan(model: LoadedModel, x: torch.Tensor, target: int, params: GuidedBackpropParams) -> DeepTask:
         """x [C, H, W] normalised -> map [H, W] = reduction of the rule's input gradient."""
@@ -116,7 +111,7 @@ plan_guided_backprop = register(
     "deep",
     GuidedBackpropParams,
     "guided backpropagation (Springenberg et al. 2015); ReLU and ReLU6",
-    supports=_relu_networks,
+    supports=needs(INPUT_GRADIENT, RULES_GUIDED),
 )(_plan_rule("guided_backprop", "guided"))
 
 plan_deconvnet = register(
@@ -124,7 +119,7 @@ plan_deconvnet = register(
     "deep",
     DeconvnetParams,
     "deconvnet backward (Zeiler & Fergus 2014); ReLU and ReLU6",
-    supports=_relu_networks,
+    supports=needs(INPUT_GRADIENT, RULES_GUIDED),
 )(_plan_rule("deconvnet", "deconvnet"))
 
 
@@ -133,7 +128,7 @@ plan_deconvnet = register(
     "deep",
     GuidedGradCamParams,
     "Guided Grad-CAM: guided backpropagation x upsampled Grad-CAM (Selvaraju et al. 2017)",
-    supports=_relu_networks,
+    supports=needs(CAM_LAYER, INPUT_GRADIENT, RULES_GUIDED),
 )
 def plan_guided_gradcam(
     model: LoadedModel, x: torch.Tensor, target: int, params: GuidedGradCamParams

@@ -20,6 +20,7 @@ from saliency.attribution.completeness import completeness_stats
 from saliency.attribution.executor import ChunkOutput, DeepTask, SampleStream, tensor_bytes
 from saliency.attribution.limits import Limits
 from saliency.attribution.registry import register
+from saliency.attribution.requirements import INPUT_GRADIENT
 from saliency.attribution.types import Attribution
 from saliency.errors import require
 from saliency.models import LoadedModel
@@ -70,7 +71,7 @@ def make_baseline(model: LoadedModel, x: torch.Tensor, params: IntegratedGradien
     )
 
 
-@register("ig", "deep", IntegratedGradientsParams, "Integrated Gradients (Sundararajan et al. 2017)", signed=True)
+@register("ig", "deep", IntegratedGradientsParams, "Integrated Gradients (Sundararajan et al. 2017)", signed=True, supports=INPUT_GRADIENT)
 def plan_integrated_gradients(
     model: LoadedModel, x: torch.Tensor, target: int, params: IntegratedGradientsParams
 ) -> DeepTask:

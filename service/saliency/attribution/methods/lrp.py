@@ -20,9 +20,9 @@ import torch
 
 from saliency.attribution.executor import ChunkOutput, DeepTask, SampleStream
 from saliency.attribution.limits import Limits
-from saliency.attribution.propagation import cnn_only, require_propagation_support
-from saliency.attribution.registry import register
+from saliency.attribution.registry import check_supported, register
 from saliency.attribution.relevance import LRP_RULES, RelevanceRules
+from saliency.attribution.requirements import INPUT_GRADIENT, RULES_LRP, needs
 from saliency.attribution.types import Attribution
 from saliency.errors import require
 from saliency.models import LoadedModel
@@ -57,11 +57,11 @@ class LrpParams:
     LrpParams,
     "Layer-wise Relevance Propagation, epsilon / gamma / alpha-beta rules (Bach et al. 2015)",
     signed=True,
-    supports=cnn_only,
+    supports=needs(INPUT_GRADIENT, RULES_LRP),
 )
 def plan_lrp(model: LoadedModel, x: torch.Tensor, target: int, params: LrpParams) -> DeepTask:
     """x [C, H, W] normalised input -> a DeepTask whose map is sum_c R [H, W], raw R [C, H, W]."""
-    require_propagation_support("lrp", model.module)
+    check_supported(["lrp"], model.spec)  # also when planned directly, not through validation
     x = x.detach().float().cpu()
     outputs: dict[str, torch.Tensor] = {}
 

@@ -34,6 +34,7 @@ from saliency.attribution.hooks import resolve_layer
 from saliency.attribution.limits import Limits
 from saliency.attribution.reduce import upsample
 from saliency.attribution.registry import register
+from saliency.attribution.requirements import CAM_LAYER
 from saliency.attribution.types import Attribution
 from saliency.errors import InvalidArgument, require
 from saliency.models import LoadedModel
@@ -106,7 +107,7 @@ def _channel_bound(model: LoadedModel, params: ScoreCamParams) -> int:
     return params.max_channels if channels is None else min(params.max_channels, channels)
 
 
-@register("scorecam", "deep", ScoreCamParams, "Score-CAM: channels weighted by masked-input scores (Wang et al. 2020)")
+@register("scorecam", "deep", ScoreCamParams, "Score-CAM: channels weighted by masked-input scores (Wang et al. 2020)", supports=CAM_LAYER)
 def plan_score_cam(model: LoadedModel, x: torch.Tensor, target: int, params: ScoreCamParams) -> DeepTask:
     """x [C, H, W] normalised input -> a DeepTask whose map is Score-CAM [H, W] (raw [h, w])."""
     x = x.detach().float().cpu()

@@ -17,6 +17,7 @@ from saliency.attribution.executor import ChunkOutput, DeepTask, SampleStream, t
 from saliency.attribution.limits import Limits
 from saliency.attribution.reduce import CHANNEL_REDUCTIONS, reduce_channels
 from saliency.attribution.registry import register
+from saliency.attribution.requirements import INPUT_GRADIENT
 from saliency.attribution.types import Attribution
 from saliency.errors import require
 
@@ -52,7 +53,7 @@ class SmoothGradParams:
         require(0 <= self.seed < 2**63, "smoothgrad.seed", "must be in [0, 2^63)")
 
 
-@register("smoothgrad", "deep", SmoothGradParams, "SmoothGrad / SmoothGrad² / VarGrad of |dS/dx|")
+@register("smoothgrad", "deep", SmoothGradParams, "SmoothGrad / SmoothGrad² / VarGrad of |dS/dx|", supports=INPUT_GRADIENT)
 def plan_smoothgrad(model, x: torch.Tensor, target: int, params: SmoothGradParams) -> DeepTask:
     x = x.detach().float().cpu()
     stdev = params.sigma * float(x.max() - x.min())

@@ -33,6 +33,7 @@ from saliency.attribution.methods.integrated_gradients import (
     plan_integrated_gradients,
 )
 from saliency.attribution.registry import register
+from saliency.attribution.requirements import INPUT_GRADIENT
 from saliency.attribution.types import Attribution
 from saliency.errors import require
 
@@ -155,7 +156,7 @@ def xrai_baselines(model, x: torch.Tensor, baseline: str) -> list[torch.Tensor]:
     return [black] if baseline == "black" else [torch.zeros_like(x)]
 
 
-@register("xrai", "deep", XraiParams, "XRAI region attribution over IG (Kapishnikov et al. 2019)", signed=True)
+@register("xrai", "deep", XraiParams, "XRAI region attribution over IG (Kapishnikov et al. 2019)", signed=True, supports=INPUT_GRADIENT)
 def plan_xrai(model, x: torch.Tensor, target: int, params: XraiParams) -> DeepTask:
     """x [C, H, W] normalised input -> a DeepTask whose map is the region density [H, W]."""
     x = x.detach().float().cpu()
