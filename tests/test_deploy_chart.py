@@ -55,7 +55,7 @@ def rendered(tmp_path_factory) -> dict[str, list[dict]]:
         path.stem: [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
         for path in sorted((out / "chart").glob("*.yaml"))
     }
-    assert {"default", "gpu", "torchserve"} <= set(renders)
+    assert {"default", "gpu", "torchserve", "scaleout"} <= set(renders)
     return renders
 
 
@@ -113,6 +113,9 @@ def test_services_never_expose_torchserve_ports(rendered):
             ports = service["spec"]["ports"]
             numbers = {p["port"] for p in ports} | {p.get("targetPort") for p in ports}
             assert not numbers & TORCHSERVE_PORTS, name
+            if service["spec"].get("clusterIP") == "None":  # the headless one: gRPC only
+                assert [(p["name"], p["port"]) for p in ports] == [("grpc", 50051)], name
+                continue
             assert {p["port"] for p in ports} == SERVICE_PORTS, name
             assert {p["name"] for p in ports} == {"grpc", "metrics"}
         for container in containers(docs).values():
@@ -183,7 +186,7 @@ def test_network_policy_admits_only_the_service_ports(rendered):
     for name, docs in rendered.items():
         policy = only(docs, "NetworkPolicy")
         assert policy["spec"]["policyTypes"] == ["Ingress"]
-        assert policy["spec"]["podSelector"]["matchLabels"] == only(docs, "Service")["spec"]["selector"]
+        assert policy["spec"]["podSelector"]["matchLabels"] == kinds(docs, "Service")[0]["spec"]["selector"]
         rules = policy["spec"]["ingress"]
         ports = [p["port"] for rule in rules for p in rule["ports"]]
         assert set(ports) == SERVICE_PORTS, name
@@ -315,6 +318,53 @@ def test_dashboard_config_map_for_the_grafana_sidecar(rendered):
     assert not [d for d in kinds(rendered["default"], "ConfigMap") if d["metadata"]["name"].endswith("-dashboard")]
 
 
+def test_connections_age_so_new_replicas_get_calls(rendered, tmp_path):
+    for name, docs in rendered.items():
+        config = service_config(docs, tmp_path)
+        assert config.max_connection_age_s == 300, name
+        # A call that starts just before the GOAWAY may run for the whole default deadline.
+        assert config.max_connection_age_grace_s > config.default_deadline_s, name
+
+
+def test_scaleout_ways_in_point_at_the_grpc_port(rendered):
+    docs = rendered["scaleout"]
+    main = next(s for s in kinds(docs, "Service") if s["spec"].get("clusterIP") != "None")
+    headless = next(s for s in kinds(docs, "Service") if s["spec"].get("clusterIP") == "None")
+    assert headless["metadata"]["name"] == main["metadata"]["name"] + "-headless"
+    assert headless["spec"]["selector"] == main["spec"]["selector"]
+    assert "publishNotReadyAddresses" not in headless["spec"], "DNS must list ready pods only"
+
+    route = only(docs, "GRPCRoute")
+    assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
+    assert route["spec"]["parentRefs"] == [{"name": "public", "namespace": "gateways", "sectionName": "grpc"}]
+    assert route["spec"]["hostnames"] == ["saliency.example.com"]
+    assert route["spec"]["rules"] == [{"backendRefs": [{"name": main["metadata"]["name"], "port": 50051}]}]
+
+    ingress = only(docs, "Ingress")
+    annotations = ingress["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/backend-protocol"] == "GRPC"
+    assert annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"] == "120"  # the user's kept
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    (rule,) = ingress["spec"]["rules"]
+    backend = rule["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": main["metadata"]["name"], "port": {"name": "grpc"}}
+    assert ingress["spec"]["tls"][0]["secretName"] == "saliency-ingress-tls"
+
+    for name in ("default", "gpu", "torchserve"):
+        assert not kinds(rendered[name], "GRPCRoute") and not kinds(rendered[name], "Ingress"), name
+        assert len(kinds(rendered[name], "Service")) == 1, name
+
+
+def test_ingress_speaks_grpcs_to_tls_pods(rendered, tmp_path):
+    result = subprocess.run(
+        [str(HELM), "template", "saliency", str(CHART), "-f", str(CHART / "ci" / "scaleout-values.yaml"),
+         "--set", "tls.enabled=true", "--set", "tls.existingSecret=pod-tls"],
+        capture_output=True, text=True, env=helm_env(tmp_path), timeout=60, check=True,
+    )
+    ingress = only([d for d in yaml.safe_load_all(result.stdout) if d], "Ingress")
+    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"] == "GRPCS"
+
+
 def test_schema_covers_exactly_the_service_config():
     """values.schema.json's `config` = ServiceConfig's fields minus those the chart sets."""
     schema = json.loads((CHART / "values.schema.json").read_text())
@@ -340,9 +390,13 @@ def test_schema_covers_exactly_the_service_config():
         # Plaintext or TLS must be said: a bare host would be refused by the service at start.
         ["--set", "tracing.endpoint=otel-collector:4317"],
         ["--set", "config.log_format=yaml"],
+        ["--set", "grpcRoute.enabled=true"],  # no Gateway to attach to
+        ["--set", "ingress.enabled=true"],  # no host
+        ["--set", "config.max_connection_age_s=-1"],
     ],
     ids=["replicaCount-string", "backend", "unknown-config-key", "torchserve-port", "gpu-count",
-         "tracing-endpoint-scheme", "log-format"],
+         "tracing-endpoint-scheme", "log-format", "grpcroute-without-parent", "ingress-without-host",
+         "negative-connection-age"],
 )
 def test_schema_rejects_bad_values(rendered, flags, tmp_path):
     result = subprocess.run(

@@ -209,6 +209,8 @@ _SERVE_HELP = {
     "quality_sample_rate": "fraction of requests scored for saliency_explanation_quality (0-1)",
     "log_format": "json (one object per line) or text, on stderr",
     "log_level": "debug, info (one access line per RPC), warning or error",
+    "max_connection_age_s": "seconds before a client is asked to reconnect, spreading load over new replicas (0: never)",
+    "max_connection_age_grace_s": "seconds calls in flight get after that request (0: unbounded)",
 }
 
 

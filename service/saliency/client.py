@@ -43,6 +43,9 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # maps of several methods x targets add up
 CHANNEL_OPTIONS = (
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    # Calls go round the target's addresses: with "dns:///saliency-headless.NS:50051" (the
+    # chart's headless Service) every ready pod gets calls, not just the first one reached.
+    ("grpc.lb_policy_name", "round_robin"),
 )
 
 Image = bytes | torch.Tensor  # encoded PNG/JPEG/WebP, or a normalised model input [3, H, W]
@@ -86,8 +89,9 @@ class _Base:
 class ExplainerClient(_Base):
     """Blocking client on one gRPC channel; use as a context manager or call close().
 
-    target: "host:port". token: sent as `authorization: Bearer <token>`. root_certificates:
-    PEM bytes of the CA that signed the server's certificate; set, the channel uses TLS.
+    target: "host:port", or "dns:///name:port" to spread calls over every address of the name.
+    token: sent as `authorization: Bearer <token>`. root_certificates: PEM bytes of the CA
+    that signed the server's certificate; set, the channel uses TLS.
     timeout: default deadline in seconds for every call (None: no deadline).
     """
 

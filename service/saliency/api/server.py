@@ -67,6 +67,17 @@ def _server_credentials(config: ServiceConfig) -> grpc.ServerCredentials | None:
     )
 
 
+def _connection_age_options(config: ServiceConfig) -> list[tuple[str, int]]:
+    """Kubernetes Services balance connections, not calls: a bounded connection age makes
+    long-lived clients reconnect, and so reach replicas added since (docs/deploy.md)."""
+    options = []
+    if config.max_connection_age_s > 0:
+        options.append(("grpc.max_connection_age_ms", max(1, round(config.max_connection_age_s * 1000))))
+    if config.max_connection_age_grace_s > 0:
+        options.append(("grpc.max_connection_age_grace_ms", max(1, round(config.max_connection_age_grace_s * 1000))))
+    return options
+
+
 async def start_service(config: ServiceConfig, span_exporter: SpanExporter | None = None) -> RunningService:
     """Load the models, start gRPC and /metrics; return once the service is SERVING."""
     metrics = Metrics()
@@ -87,6 +98,7 @@ async def start_service(config: ServiceConfig, span_exporter: SpanExporter | Non
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
+            *_connection_age_options(config),
         ],
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

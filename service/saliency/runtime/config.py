@@ -75,6 +75,11 @@ class ServiceConfig:
     # Logs (docs/deploy.md, "Logs"): JSON lines or text on stderr, and the root level.
     log_format: str = "text"  # json | text
     log_level: str = "info"  # debug | info | warning | error | critical
+    # Load spread (docs/deploy.md, "Spreading load"): after this many seconds the server asks a
+    # client to reconnect (GOAWAY; gRPC adds +-10 % jitter), so long-lived channels reach pods
+    # added since they connected; in-flight calls get the grace to finish. 0 = never / unbounded.
+    max_connection_age_s: float = 0.0
+    max_connection_age_grace_s: float = 0.0
 
     def auth_tokens(self) -> frozenset[str]:
         """Tokens from SALIENCY_AUTH_TOKENS (comma-separated) and the tokens file."""
@@ -141,6 +146,9 @@ def load_config(
         raise ValueError(f"config fast_threads: {config.fast_threads} is negative (0 = automatic)")
     if not 0.0 <= config.quality_sample_rate <= 1.0:
         raise ValueError(f"config quality_sample_rate: {config.quality_sample_rate} is outside [0, 1]")
+    for name in ("max_connection_age_s", "max_connection_age_grace_s"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"config {name}: {getattr(config, name)} is negative (0 = unbounded)")
     if config.log_format not in LOG_FORMATS:
         raise ValueError(f"config log_format: {config.log_format!r} is not one of {LOG_FORMATS}")
     if config.log_level.lower() not in LOG_LEVELS:
