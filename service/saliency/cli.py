@@ -3,7 +3,9 @@
     saliency explain IMAGE|--sample NAME --model M --methods a,b [--top-k K|--targets 1,2]
                      --out DIR [--raw] [--param METHOD.FIELD=VALUE ...]
                      [--server HOST:PORT [--token T] [--tls-ca FILE]]
+    saliency explain IMAGE --model-config my.yaml --methods a,b ...   (a model described by a YAML config)
     saliency models [--server HOST:PORT ...]
+    saliency models inspect my.yaml      (load, probe, and say which methods can explain it)
     saliency sanity IMAGE|--sample NAME --model M [--methods a,b] [--layers l1,l2]
                     [--randomizations cascading,independent] [--server HOST:PORT ...]
     saliency report sanity --model M --images N --out DIR
@@ -57,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--sample", choices=SAMPLES, help="a bundled skimage.data photograph")
     explain.add_argument("--model", default="efficientnet_lite0", help="see `saliency models`")
     explain.add_argument(
+        "--model-config", metavar="FILE",
+        help="a model described by a YAML model config (docs/models.md), instead of --model",
+    )
+    explain.add_argument(
         "--methods", default="gradcam", help="comma-separated method names (default: gradcam)"
     )
     which = explain.add_mutually_exclusive_group()
@@ -79,6 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", help="list models, methods and method parameters")
     _add_server_arguments(models)
+    actions = models.add_subparsers(dest="models_command", parser_class=_Parser)
+    inspect = actions.add_parser(
+        "inspect", help="load a model config, probe the model and say which methods can explain it"
+    )
+    inspect.add_argument("model_config", metavar="FILE", help="the YAML model config")
+    inspect.add_argument(
+        "--no-chunk-sizes", action="store_true", help="skip measuring the deep methods' chunk sizes"
+    )
 
     serve = commands.add_parser("serve", help="run the gRPC service (blocks until SIGTERM/SIGINT)")
     from saliency.cli_remote import add_serve_arguments
@@ -147,6 +161,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             from saliency.cli_remote import serve
 
             return serve(args)
+        if getattr(args, "models_command", None) == "inspect":
+            require(not args.server, "server", "inspect loads the model here; it does not ask a server")
+            from saliency.cli_inspect import inspect
+
+            return inspect(args.model_config, measure_chunks=not args.no_chunk_sizes)
+        if getattr(args, "model_config", None):
+            # The server names its own models; a config given here would be ignored there.
+            require(not args.server, "model-config", "a model config is loaded here; with --server use --model")
+            from saliency.models import register_model_config
+
+            args.model = register_model_config(args.model_config).name
         remote_only = [f"--{k.replace('_', '-')}" for k in ("token", "tls_ca", "timeout") if getattr(args, k, None)]
         # Ignoring them would run locally while the user believes they talk to a server.
         require(not remote_only or bool(args.server), "server", f"{', '.join(remote_only)} only apply with --server")

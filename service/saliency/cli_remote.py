@@ -235,7 +235,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--config", metavar="FILE",
         help="YAML of config fields; precedence: flags > SALIENCY_<FIELD> env > file > defaults",
     )
+    parser.add_argument(
+        "--model-config", dest="model_configs", action="append", metavar="FILE",
+        help="a YAML model config to serve (repeatable; docs/models.md); without --models, only these",
+    )
     for name, default in _serve_fields():
+        if name == "model_configs":
+            continue  # --model-config above, one file per flag
         shown = ",".join(default) if isinstance(default, tuple) else default
         shown = "none" if shown == "" else shown
         parser.add_argument(
@@ -267,5 +273,9 @@ def serve(args: argparse.Namespace) -> int:
     except (ValueError, OSError, yaml.YAMLError) as exc:
         return _fail(f"saliency serve: {' '.join(str(exc).split())}")
     from saliency.api.server import run_server
+    from saliency.errors import SaliencyError
 
-    return run_server(config)
+    try:
+        return run_server(config)
+    except SaliencyError as exc:  # e.g. a model config that does not fit its model: nothing served
+        return _fail(f"saliency serve: {exc}")

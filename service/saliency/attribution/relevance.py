@@ -144,19 +144,26 @@ def _rule_backward(layer: _Affine, rules: RelevanceRules, x: torch.Tensor, z: to
 
 
 class _LinearRelevance(torch.autograd.Function):
-    """z = layer(x) forward (or a precomputed z); backward: the rule's input relevance."""
+    """z = layer(x) forward (or a precomputed z); backward: the rule's input relevance.
+
+    Outputs are never saved, only inputs: a model may overwrite an output in place (a ReLU with
+    inplace=True after a conv or a residual sum), so the backward recomputes z from x.
+    """
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, layer: _Affine, rules: RelevanceRules, z: torch.Tensor | None) -> torch.Tensor:
         z = layer.apply(x, layer.weight, layer.bias) if z is None else z
         ctx.layer, ctx.rules = layer, rules
-        ctx.save_for_backward(x, z)
+        ctx.save_for_backward(x)
         return z
 
     @staticmethod
     def backward(ctx: Any, r: torch.Tensor):
-        x, z = ctx.saved_tensors
-        return _rule_backward(ctx.layer, ctx.rules, x, z, r), None, None, None
+        (x,) = ctx.saved_tensors
+        layer = ctx.layer
+        with torch.no_grad():
+            z = layer.apply(x, layer.weight, layer.bias)
+        return _rule_backward(layer, ctx.rules, x, z, r), None, None, None
 
 
 class _PoolRelevance(torch.autograd.Function):
@@ -166,15 +173,16 @@ class _PoolRelevance(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, pool, args: tuple, kwargs: dict) -> torch.Tensor:
         y = pool(x, *args, **kwargs)
         ctx.pool, ctx.args, ctx.kwargs = pool, args, kwargs
-        ctx.save_for_backward(x, y)
+        ctx.save_for_backward(x)  # not y: see _LinearRelevance
         return y
 
     @staticmethod
     def backward(ctx: Any, r: torch.Tensor):
-        x, y = ctx.saved_tensors
+        (x,) = ctx.saved_tensors
         with torch.enable_grad():
             xx = x.detach().requires_grad_(True)
-            (g,) = torch.autograd.grad(ctx.pool(xx, *ctx.args, **ctx.kwargs), xx, r / _stabilize(y, STABILIZER))
+            y = ctx.pool(xx, *ctx.args, **ctx.kwargs)
+            (g,) = torch.autograd.grad(y, xx, r / _stabilize(y.detach(), STABILIZER))
         return x * g, None, None, None
 
 
@@ -183,14 +191,13 @@ class _SumRelevance(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        z = a + b
-        ctx.save_for_backward(a, b, z)
-        return z
+        ctx.save_for_backward(a, b)  # not a + b: see _LinearRelevance
+        return a + b
 
     @staticmethod
     def backward(ctx: Any, r: torch.Tensor):
-        a, b, z = ctx.saved_tensors
-        s = r / _stabilize(z, STABILIZER)
+        a, b = ctx.saved_tensors
+        s = r / _stabilize(a + b, STABILIZER)
         return a * s, b * s
 
 

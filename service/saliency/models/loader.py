@@ -20,7 +20,7 @@ from saliency.models import LoadedModel, ModelSpec
 from saliency.models.build import build_module
 from saliency.models.config import ModelConfig, ModelConfigError
 from saliency.models.optimize import Parity, serving_copy
-from saliency.models.probe import PROBE_BATCH, PROBE_SEED, ModelProfile, probe_model
+from saliency.models.probe import KIND_NAMES, PROBE_BATCH, PROBE_SEED, ModelProfile, probe_model
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def load_config_model(config: ModelConfig, device: torch.device | str = "cpu") -
     if kind == "module":
         served, parity = serving_copy(module, profile.foldable, device.type == "cpu", probe_input(config.input_size))
     else:
-        served, parity = module, Parity(0, False, 0.0, 0.0, 0.0, "unmodified", f"a {kind} program is served as it is")
+        served, parity = module, Parity(0, False, 0.0, 0.0, 0.0, "unmodified", f"{KIND_NAMES[kind]} is served as it is")
     served = served.to(device)
     profile = dataclasses.replace(profile, parity=parity)
     spec = dataclasses.replace(

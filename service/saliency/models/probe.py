@@ -49,6 +49,7 @@ PROBE_BATCH = 2
 PROBE_SEED = 0
 MAX_PREFIX_TOKENS = 16  # CLS + register / distillation tokens before the patch grid
 KINDS = ("module", "torchscript", "exported")
+KIND_NAMES = {"module": "a module", "torchscript": "a TorchScript module", "exported": "an exported program"}
 
 
 @dataclass(frozen=True)
@@ -285,6 +286,8 @@ def _type_name(module: nn.Module) -> str:
     cls = type(module)
     if cls.__module__.startswith("torch.nn.modules"):
         return f"torch.nn.{cls.__name__}"
+    if cls.__module__.startswith("saliency_user_models."):  # a model_file: its name, not our import key
+        return f"{cls.__module__.split('.', 1)[1].rsplit('_', 1)[0]}.{cls.__qualname__}"
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
@@ -357,7 +360,7 @@ def _attention(trace: _Trace, request: str | tuple[str, ...], kind: str) -> _Att
                                    "attention maps need self-attention over one token sequence")
         return _with_prefix(trace, _Attention(fused=len(trace.attention_calls), tokens=queries, heads=heads))
     if kind != "module":
-        return _Attention(note=f"a {kind} program shows no attention call or module to the probe")
+        return _Attention(note=f"{KIND_NAMES[kind]} shows no attention call or module to the probe")
     layers = tuple(p for p, out in trace.outputs if p and calls[p] == 1 and _is_probabilities(out))
     if layers:
         first = next(out for p, out in trace.outputs if p == layers[0])
@@ -438,7 +441,7 @@ def _cam_layer(trace: _Trace, grads: dict, request: str, kind: str, attention: _
     if request == "none":
         return _Cam(note="layers.cam: none", candidates=listed)
     if kind != "module":
-        return _Cam(note=f"a {kind} program has no submodules whose outputs can be captured", candidates=listed)
+        return _Cam(note=f"{KIND_NAMES[kind]} has no submodules whose outputs can be captured", candidates=listed)
     if request != "auto":
         if request not in trace.modules:
             usable = [c.path for c in listed if not c.note]

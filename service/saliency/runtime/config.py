@@ -27,6 +27,9 @@ class ServiceConfig:
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464
     models: tuple[str, ...] = ("efficientnet_lite0",)
+    # YAML model configs to serve too (docs/models.md), each under its `name`; when `models` is
+    # not set, only these. Paths in a config file are relative to that file.
+    model_configs: tuple[str, ...] = ()
     backend: str = "embedded"  # embedded (in-process engine) or torchserve
     device: str = "cpu"
     # Limits on what one request may ask for.
@@ -111,6 +114,28 @@ def _coerce(name: str, value: Any, current: Any) -> Any:
         raise ValueError(f"config {name}: {value!r} is not a valid {type(current).__name__}") from None
 
 
+def _with_model_configs(config: ServiceConfig, explicit_models: bool) -> ServiceConfig:
+    """Read each model config (nothing is built yet: models load at start-up) and serve it
+    under its name, beside `models` when those were set, instead of the default otherwise."""
+    if not config.model_configs:
+        return config
+    from saliency.models.config import ModelConfigError, read_model_config
+
+    paths, names = [], []
+    for path in config.model_configs:
+        try:
+            model_config = read_model_config(path)
+        except ModelConfigError as exc:
+            raise ValueError(f"config model_configs: {exc}") from None
+        paths.append(str(model_config.path))
+        names.append(model_config.name)
+    served = (config.models if explicit_models else ()) + tuple(names)
+    twice = sorted({name for name in served if served.count(name) > 1})
+    if twice:
+        raise ValueError(f"config model_configs: model name(s) {twice} served twice")
+    return dataclasses.replace(config, model_configs=tuple(paths), models=served)
+
+
 def load_config(
     path: str | None = None, env: dict[str, str] | None = None, overrides: dict[str, Any] | None = None
 ) -> ServiceConfig:
@@ -122,6 +147,8 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ValueError(f"config file {path} must hold a mapping")
         values.update(loaded)
+        if isinstance(loaded.get("model_configs"), list):  # relative to the file that names them
+            values["model_configs"] = [str(Path(path).parent / str(p)) for p in loaded["model_configs"]]
     for name in list(_FIELDS) + list(_LIMIT_FIELDS):
         key = f"SALIENCY_{name.upper()}"
         if key in env:
@@ -140,6 +167,7 @@ def load_config(
         raise ValueError(f"unknown config key(s) {unknown}")
     typed = {name: _coerce(name, value, getattr(base, name)) for name, value in values.items()}
     config = dataclasses.replace(base, limits=Limits(**limits), **typed)
+    config = _with_model_configs(config, explicit_models="models" in values)
     if config.backend not in BACKENDS:
         raise ValueError(f"config backend: {config.backend!r} is not one of {BACKENDS}")
     if config.fast_threads < 0:

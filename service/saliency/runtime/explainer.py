@@ -32,7 +32,7 @@ from saliency.attribution.fast import FastResult
 from saliency.attribution.registry import get_method, make_params, split_by_kind
 from saliency.attribution.types import Attribution, Targets
 from saliency.errors import DeadlineExceeded, ResourceExhausted, SaliencyError
-from saliency.models import load_model
+from saliency.models import load_model, register_model_config
 from saliency.quality.evaluate import (
     EvaluateOptions,
     QualityScore,
@@ -97,6 +97,8 @@ class Runtime:
         self.config = config
         self.metrics = metrics
         self.tracer = tracer
+        for path in config.model_configs:  # user models, served under their configs' names
+            register_model_config(path)
         self.workers = {
             name: ModelWorker(load_model(name, config.device), config, metrics, tracer)
             for name in config.models
