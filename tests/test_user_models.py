@@ -26,7 +26,7 @@ from saliency.attribution.registry import all_methods, make_params
 from saliency.attribution.types import Targets
 from saliency.cli import main
 from saliency.imaging import to_model_input
-from saliency.models import ZOO_DIR, load_model_config
+from saliency.models import ZOO_DIR, load_model, load_model_config
 from saliency.runtime.config import load_config
 from saliency.v1 import explainer_pb2 as pb
 from service_harness import ServiceThread, method, png_bytes, with_config
@@ -380,3 +380,24 @@ def convert_tensor(x: torch.Tensor):
     from saliency.api import tensors
 
     return tensors.tensor_to_proto(x)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["resnet", "vit", "upstream_lite0"])
+def test_a_user_model_on_cuda_gives_the_cpu_maps(configs, loaded, name):
+    """Loaded for cuda (parity checked on the CPU, then moved), the fast pass and IG equal the
+    CPU's; the ViT's fused attention is recomputed from the device's queries and keys."""
+    from saliency.models import register_model_config
+
+    on_gpu = load_model(register_model_config(configs[name]).name, "cuda")
+    parity = on_gpu.spec.profile.parity  # BatchNorms folded where there are any; no channels-last on cuda
+    assert parity.served == ("unmodified" if name == "vit" else "optimised") and not parity.channels_last
+    assert next(on_gpu.module.parameters()).is_cuda
+    x = torch.randn(3, SIZES[name], SIZES[name], generator=torch.Generator().manual_seed(2))
+    wanted = [m for m in ("vanilla", "gradcam", "attention_rollout", "ig") if m in EXPECTED[name][0]]
+    params = {m: make_params(m, n_steps=16) if m == "ig" else make_params(m) for m in wanted}
+    cpu = {a.method: a.map for a in _engine(loaded[name]).explain(x, Targets(classes=(1,)), params).attributions}
+    for a in _engine(on_gpu).explain(x, Targets(classes=(1,)), params).attributions:
+        expected = cpu[a.method]
+        close = (a.map.float() - expected).abs() <= 2e-3 * float(expected.abs().max()) + 1e-6
+        assert float(close.float().mean()) > 0.99, (a.method, float(close.float().mean()))
