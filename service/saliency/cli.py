@@ -514,7 +514,7 @@ def list_models() -> int:
         h, w = spec.input_size
         weights = "" if spec.pretrained else " [RANDOM WEIGHTS]"
         print(f"  {spec.name:<20} {h}x{w}, {spec.num_classes} classes, CAM layer "
-              f"{spec.target_layer}{weights}: {spec.description}")
+              f"{spec.target_layer or 'none'}{weights}: {spec.description}")
     print("methods (set parameters with --param METHOD.FIELD=VALUE):")
     api_order = {name: i for i, name in enumerate(METHOD_NAMES.values())}  # as ListModels lists them
     for info in sorted(all_methods().values(), key=lambda m: api_order.get(m.name, len(api_order))):
