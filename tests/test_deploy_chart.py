@@ -29,6 +29,7 @@ CHART_OWNED = {
     "host", "port", "metrics_host", "metrics_port", "backend", "device",
     "auth_tokens_file", "tls_cert_file", "tls_key_file", "tls_client_ca_file",
     "otlp_endpoint",  # from tracing.endpoint
+    "model_configs",  # user models in the chart (a volume of configs and weights): not yet, docs/models.md
 }
 
 
