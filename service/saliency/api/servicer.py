@@ -193,7 +193,9 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
             if request.HasField("evaluate"):
                 evaluate = quality_codec.evaluate_from_proto(request.evaluate, rgb.shape[:2], tuple(x.shape[-2:]))
                 evaluate.groups(list(job.methods), job.targets)  # a listed metric that cannot apply is an error
-            picture = await self._off_loop(render.fit_within, rgb, self.config.max_overlay_side) if options.include_overlay else None
+            picture = None  # the decoded photograph is kept only to draw overlays on, and capped
+            if options.include_overlay:
+                picture = await self._off_loop(render.fit_within, rgb, self.config.max_overlay_side)
             needed = request_bytes(job, x, picture, options.map_dtype, admission.deep_bytes)
             if needed > self.config.max_request_bytes:
                 raise ResourceExhausted(
