@@ -211,6 +211,7 @@ _SERVE_HELP = {
     "log_level": "debug, info (one access line per RPC), warning or error",
     "max_connection_age_s": "seconds before a client is asked to reconnect, spreading load over new replicas (0: never)",
     "max_connection_age_grace_s": "seconds calls in flight get after that request (0: unbounded)",
+    "reload_interval_s": "seconds between checks of the TLS files and tokens file for changes (0: on SIGHUP only)",
 }
 
 

@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from saliency.api.access_log import AccessLogInterceptor
-from saliency.api.auth import BearerTokenInterceptor
+from saliency.api.reload import CertificateStore, Reloader, ReloadingBearerTokens
 from saliency.api.servicer import ExplainerServicer
 from saliency.runtime.backend import Backend, make_backend
 from saliency.runtime.config import ServiceConfig
@@ -43,11 +43,14 @@ class RunningService:
     _metrics_http: object
     _servicer: ExplainerServicer
     _health_watch: asyncio.Task | None = None
+    reloader: Reloader | None = None  # TLS files and tokens; .request() on SIGHUP
 
     async def stop(self, grace: float) -> None:
         """Report NOT_SERVING, let in-flight RPCs finish within `grace`, then release all."""
         if self._health_watch is not None:
             self._health_watch.cancel()
+        if self.reloader is not None:
+            self.reloader.stop()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         self._servicer.close()
@@ -91,8 +94,12 @@ async def start_service(config: ServiceConfig, span_exporter: SpanExporter | Non
 
     interceptors = [AccessLogInterceptor()]  # first: calls that auth refuses are logged too
     tokens = config.auth_tokens()
+    watched = []
     if tokens:
-        interceptors.append(BearerTokenInterceptor(tokens, metrics))
+        # BearerTokenInterceptor over the tokens file as last read (api/reload.py).
+        auth = ReloadingBearerTokens(config, metrics, tokens)
+        interceptors.append(auth)
+        watched.append(auth.watched)
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[
@@ -109,11 +116,18 @@ async def start_service(config: ServiceConfig, span_exporter: SpanExporter | Non
 
     address = f"{config.host}:{config.port}"
     credentials = _server_credentials(config)
+    if credentials is not None:
+        # The same files as credentials that re-read them when they change (api/reload.py).
+        certificates = CertificateStore(config)
+        credentials = certificates.credentials()
+        watched.append(certificates.watched)
     port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"could not bind gRPC on {address}")
     await server.start()
     metrics_http, metrics_port = metrics.serve(config.metrics_host, config.metrics_port)
+    reloader = Reloader(watched, config.reload_interval_s)
+    reloader.start()
     probe = getattr(backend, "healthy", None)
     watch = None
     if probe is None:
@@ -124,7 +138,7 @@ async def start_service(config: ServiceConfig, span_exporter: SpanExporter | Non
     log.info("saliency serving %s on %s:%d (metrics :%d)", ", ".join(config.models), config.host, port, metrics_port)
     return RunningService(
         server, port, metrics_port, backend, metrics, health_servicer, provider, metrics_http, servicer,
-        _health_watch=watch,
+        _health_watch=watch, reloader=reloader,
     )
 
 
@@ -156,7 +170,10 @@ def run_server(config: ServiceConfig) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        # SIGHUP's default action would end the process; while starting, the files are read anyway.
+        loop.add_signal_handler(signal.SIGHUP, lambda: None)
         service = await start_service(config)
+        loop.add_signal_handler(signal.SIGHUP, service.reloader.request)
         print(f"saliency: serving on {config.host}:{service.port}, metrics on {config.metrics_host}:{service.metrics_port}", flush=True)
         await stop.wait()
         log.info("draining (grace %.1fs)", config.grace_s)

@@ -83,6 +83,9 @@ class ServiceConfig:
     # added since they connected; in-flight calls get the grace to finish. 0 = never / unbounded.
     max_connection_age_s: float = 0.0
     max_connection_age_grace_s: float = 0.0
+    # Reload (docs/deploy.md, "Certificate and token rotation"): the TLS files and the tokens
+    # file are checked this often, and on SIGHUP; 0 = on SIGHUP only.
+    reload_interval_s: float = 10.0
 
     def auth_tokens(self) -> frozenset[str]:
         """Tokens from SALIENCY_AUTH_TOKENS (comma-separated) and the tokens file."""
@@ -174,7 +177,7 @@ def load_config(
         raise ValueError(f"config fast_threads: {config.fast_threads} is negative (0 = automatic)")
     if not 0.0 <= config.quality_sample_rate <= 1.0:
         raise ValueError(f"config quality_sample_rate: {config.quality_sample_rate} is outside [0, 1]")
-    for name in ("max_connection_age_s", "max_connection_age_grace_s"):
+    for name in ("max_connection_age_s", "max_connection_age_grace_s", "reload_interval_s"):
         if getattr(config, name) < 0:
             raise ValueError(f"config {name}: {getattr(config, name)} is negative (0 = unbounded)")
     if config.log_format not in LOG_FORMATS:
