@@ -56,7 +56,7 @@ def rendered(tmp_path_factory) -> dict[str, list[dict]]:
         path.stem: [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
         for path in sorted((out / "chart").glob("*.yaml"))
     }
-    assert {"default", "gpu", "torchserve", "scaleout"} <= set(renders)
+    assert {"default", "gpu", "torchserve", "scaleout", "keda"} <= set(renders)
     return renders
 
 
@@ -367,6 +367,61 @@ def test_ingress_speaks_grpcs_to_tls_pods(rendered, tmp_path):
     )
     ingress = only([d for d in yaml.safe_load_all(result.stdout) if d], "Ingress")
     assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"] == "GRPCS"
+
+
+def assert_matches_crd(model, doc: dict) -> None:
+    """`doc` against the CRD's schema, as the pydantic models cloudcoil generates from it:
+    wrong types and missing required fields raise; unknown fields (which the models drop)
+    show up as a difference in the round trip."""
+    again = model.model_validate(doc).model_dump(by_alias=True, exclude_unset=True, mode="json")
+    assert again == doc, f"{doc['kind']}: fields the CRD does not know, or values it changes"
+
+
+def test_keda_scaled_object_replaces_the_hpa(rendered, tmp_path):
+    from cloudcoil.models.keda import v1alpha1 as keda
+
+    docs = rendered["keda"]
+    scaled = only(docs, "ScaledObject")
+    assert_matches_crd(keda.ScaledObject, scaled)
+    deployment = only(docs, "Deployment")
+    assert not kinds(docs, "HorizontalPodAutoscaler"), "KEDA owns the HPA"
+    assert "replicas" not in deployment["spec"]
+    spec = scaled["spec"]
+    assert spec["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (2, 12)
+    triggers = {t.get("name", t["type"]): t for t in spec["triggers"]}
+    assert set(triggers) == {"inflight", "deep-queue", "cpu"}
+    service = kinds(docs, "Service")[0]["metadata"]["name"]
+    queries = []
+    for name in ("inflight", "deep-queue"):
+        trigger = triggers[name]
+        assert trigger["metricType"] == "AverageValue"
+        assert trigger["authenticationRef"] == {"name": "prometheus-auth"}
+        query = trigger["metadata"]["query"]
+        # The labels a ServiceMonitor gives the series (namespace, service = the Service's name).
+        assert f'service="{service}"' in query and 'namespace="default"' in query
+        queries.append(query)
+    assert "saliency_inflight_requests" in queries[0] and 'pool="deep"' in queries[1]
+    rules = tmp_path / "keda_queries.yml"
+    rules.write_text(yaml.safe_dump({"groups": [{"name": "keda", "rules": [
+        {"record": f"keda:query{i}", "expr": q} for i, q in enumerate(queries)
+    ]}]}))
+    check = subprocess.run(["promtool", "check", "rules", str(rules)], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+    for name in ("default", "gpu", "torchserve", "scaleout"):
+        assert not kinds(rendered[name], "ScaledObject"), name
+
+
+def test_prometheus_operator_objects_match_their_crds(rendered):
+    from cloudcoil.models.prometheus_operator import v1 as operator
+
+    docs = rendered["gpu"]
+    assert_matches_crd(operator.ServiceMonitor, only(docs, "ServiceMonitor"))
+    assert_matches_crd(operator.PrometheusRule, only(docs, "PrometheusRule"))
+    broken = json.loads(json.dumps(only(docs, "ServiceMonitor")))
+    broken["spec"]["endpoints"][0]["scrape_interval"] = "15s"  # not a ServiceMonitor field
+    with pytest.raises(AssertionError):
+        assert_matches_crd(operator.ServiceMonitor, broken)
 
 
 def test_schema_covers_exactly_the_service_config():
