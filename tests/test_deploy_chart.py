@@ -97,8 +97,12 @@ def test_default_is_one_container_with_grpc_probes(rendered):
     assert list(containers(docs)) == ["saliency"]
     saliency = containers(docs)["saliency"]
     assert saliency["args"] == ["serve", "--config", "/etc/saliency/config.yaml"]
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    for probe in ("startupProbe", "readinessProbe"):
         assert saliency[probe]["grpc"] == {"port": 50051}, probe
+    # Liveness asks the health name that stays SERVING while the backend is down (api/server.py).
+    from saliency.api.server import LIVENESS_SERVICE
+
+    assert saliency["livenessProbe"]["grpc"] == {"port": 50051, "service": LIVENESS_SERVICE}
 
 
 def test_tls_probes_fall_back_to_tcp(rendered):
@@ -424,6 +428,37 @@ def test_prometheus_operator_objects_match_their_crds(rendered):
         assert_matches_crd(operator.ServiceMonitor, broken)
 
 
+def test_torchserve_sidecar_gets_the_cpus_logs_to_stdout_and_has_its_own_probes(rendered):
+    import xml.etree.ElementTree as ET
+
+    docs = rendered["torchserve"]
+    pod = containers(docs)
+    torchserve, proxy = pod["torchserve"], pod["saliency"]
+    # TorchServe runs the model: it has a CPU limit (torch's threads follow it) and the larger share.
+    assert torchserve["resources"]["limits"]["cpu"] == "2" and proxy["resources"]["limits"]["cpu"] == "1"
+    assert proxy["resources"]["requests"]["cpu"] == "500m"
+    env = {e["name"]: e for e in torchserve["env"]}
+    assert env["OMP_NUM_THREADS"]["valueFrom"]["resourceFieldRef"]["resource"] == "limits.cpu"
+    assert "LOG_LOCATION" not in env
+    # A shell as PID 1 that turns SIGTERM into `torchserve --stop` (tests/test_deploy_sidecar.py runs it).
+    assert torchserve["command"][:2] == ["/bin/sh", "-c"] and "trap 'torchserve --stop" in torchserve["command"][2]
+    assert torchserve["args"][:2] == ["--start", "--foreground"]
+    files = next(d for d in kinds(docs, "ConfigMap") if "log4j2.xml" in d["data"])["data"]
+    config_dir = next(m["mountPath"] for m in torchserve["volumeMounts"] if m["name"] == "torchserve-config")
+    log_config = torchserve["args"][torchserve["args"].index("--log-config") + 1]
+    assert log_config == f"{config_dir}/log4j2.xml"
+    appenders = ET.fromstring(files["log4j2.xml"]).find("Appenders")
+    assert [a.tag for a in appenders] == ["Console"], "no log files: the scratch volume stays small"
+    volumes = {v["name"]: v for v in only(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["torchserve-run"]["emptyDir"]["sizeLimit"] == "16Mi"
+    # Each container answers its own probes.
+    assert torchserve["readinessProbe"]["exec"]["command"] == ["python", f"{config_dir}/ready.py"]
+    assert "ready.py" in files and torchserve["readinessProbe"] != torchserve["livenessProbe"]
+    assert proxy["livenessProbe"] != proxy["readinessProbe"]
+    properties = files["config.properties"]
+    assert "responseTimeout" not in properties, "the archive's model-config.yaml sets it; the chart cannot"
+
+
 def test_schema_covers_exactly_the_service_config():
     """values.schema.json's `config` = ServiceConfig's fields minus those the chart sets."""
     schema = json.loads((CHART / "values.schema.json").read_text())
@@ -452,10 +487,11 @@ def test_schema_covers_exactly_the_service_config():
         ["--set", "grpcRoute.enabled=true"],  # no Gateway to attach to
         ["--set", "ingress.enabled=true"],  # no host
         ["--set", "config.max_connection_age_s=-1"],
+        ["--set", "torchserve.resources.limits.cpu=null"],  # torch would take every node CPU
     ],
     ids=["replicaCount-string", "backend", "unknown-config-key", "torchserve-port", "gpu-count",
          "tracing-endpoint-scheme", "log-format", "grpcroute-without-parent", "ingress-without-host",
-         "negative-connection-age"],
+         "negative-connection-age", "torchserve-without-cpu-limit"],
 )
 def test_schema_rejects_bad_values(rendered, flags, tmp_path):
     result = subprocess.run(

@@ -93,8 +93,8 @@ backend, device, auth and TLS file paths). */}}
 {{- $ts := .Values.torchserve -}}
 {{- $models := dict -}}
 {{- range .Values.config.models -}}
-{{- $_ := set $models . (dict "1.0" (dict "defaultVersion" true "marName" (printf "%s.mar" .) "minWorkers" (int $ts.fast.workers) "maxWorkers" (int $ts.fast.workers) "batchSize" (int $ts.fast.batchSize) "maxBatchDelay" (int $ts.fast.maxBatchDelayMs) "responseTimeout" (int $ts.responseTimeoutS))) -}}
-{{- $_ := set $models (printf "%s-deep" .) (dict "1.0" (dict "defaultVersion" true "marName" (printf "%s.mar" .) "minWorkers" (int $ts.deep.workers) "maxWorkers" (int $ts.deep.workers) "batchSize" (int $ts.deep.batchSize) "maxBatchDelay" (int $ts.deep.maxBatchDelayMs) "responseTimeout" (int $ts.responseTimeoutS))) -}}
+{{- $_ := set $models . (dict "1.0" (dict "defaultVersion" true "marName" (printf "%s.mar" .) "minWorkers" (int $ts.fast.workers) "maxWorkers" (int $ts.fast.workers) "batchSize" (int $ts.fast.batchSize) "maxBatchDelay" (int $ts.fast.maxBatchDelayMs))) -}}
+{{- $_ := set $models (printf "%s-deep" .) (dict "1.0" (dict "defaultVersion" true "marName" (printf "%s.mar" .) "minWorkers" (int $ts.deep.workers) "maxWorkers" (int $ts.deep.workers) "batchSize" (int $ts.deep.batchSize) "maxBatchDelay" (int $ts.deep.maxBatchDelayMs))) -}}
 {{- end -}}
 # Rendered by the saliency chart. Everything binds 127.0.0.1: only the saliency container
 # in the same pod can reach TorchServe.
@@ -124,6 +124,61 @@ metrics_mode=prometheus
 metrics_config={{ include "saliency.modelStore" . }}/metrics.yaml
 vmargs=-Xmx{{ $ts.javaHeap }} -XX:+ExitOnOutOfMemoryError -Djava.io.tmpdir=/tmp
 models={{ toJson $models }}
+{{- end -}}
+
+{{/* TorchServe's log4j2 configuration: every logger to stdout (kubectl logs), none to files
+(its default rolls 100 MB files, more than the pod's scratch volume holds). Metrics are
+served in Prometheus mode, not logged. */}}
+{{- define "saliency.torchserveLog4j2" -}}
+<?xml version="1.0" encoding="UTF-8"?>
+<Configuration>
+  <Appenders>
+    <Console name="STDOUT" target="SYSTEM_OUT">
+      <PatternLayout pattern="%d{ISO8601} [%-5p] %t %c - %m%n"/>
+    </Console>
+  </Appenders>
+  <Loggers>
+    <Logger name="ACCESS_LOG" level="info" additivity="false"><AppenderRef ref="STDOUT"/></Logger>
+    <Logger name="MODEL_LOG" level="info" additivity="false"><AppenderRef ref="STDOUT"/></Logger>
+    <Logger name="MODEL_METRICS" level="warn" additivity="false"><AppenderRef ref="STDOUT"/></Logger>
+    <Logger name="TS_METRICS" level="warn" additivity="false"><AppenderRef ref="STDOUT"/></Logger>
+    <Logger name="org.pytorch.serve" level="info" additivity="false"><AppenderRef ref="STDOUT"/></Logger>
+    <Logger name="io.netty" level="error"/>
+    <Logger name="org.apache" level="off"/>
+    <Root level="info"><AppenderRef ref="STDOUT"/></Root>
+  </Loggers>
+</Configuration>
+{{- end -}}
+
+{{/* The TorchServe container's readiness: every registration has workers and all are READY,
+asked on the management API with the management key from key_file.json (the working
+directory). TorchServe's /ping already says Healthy while the workers still load. */}}
+{{- define "saliency.torchserveReady" -}}
+import json
+import urllib.request
+
+key = json.load(open("key_file.json"))["management"]["key"]
+
+
+def get(path):
+    request = urllib.request.Request("http://127.0.0.1:8081" + path, headers={"Authorization": "Bearer " + key})
+    return json.load(urllib.request.urlopen(request, timeout=3))
+
+
+models = [m["modelName"] for m in get("/models?limit=1000")["models"]]
+workers = [w for name in models for d in get("/models/" + name) for w in (d["workers"] or [None])]
+raise SystemExit(not models or not all(w and w["status"] == "READY" for w in workers))
+{{- end -}}
+
+{{/* PID 1 of the TorchServe container. `torchserve` is a Python launcher that starts Java
+and waits; as PID 1 it would ignore SIGTERM (no default signal actions for PID 1), and every
+shutdown would wait out the grace period. This shell forwards SIGTERM as `torchserve --stop`,
+which stops Java (and its workers) and waits for it. */}}
+{{- define "saliency.torchserveLauncher" -}}
+torchserve "$@" &
+launcher=$!
+trap 'torchserve --stop --foreground; wait "$launcher"; exit 143' TERM INT
+wait "$launcher"
 {{- end -}}
 
 {{/* Every container: non-root, read-only root filesystem, no capabilities, RuntimeDefault seccomp. */}}

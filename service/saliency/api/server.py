@@ -29,6 +29,10 @@ from saliency.v1 import explainer_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Explainer"].full_name
 HEALTH_POLL_S = 1.0  # how often a backend with `healthy()` is asked
+# A health service name that is SERVING while this process answers at all, whatever its
+# backend says: the liveness probe's, so a TorchServe outage takes the pod out of the
+# endpoints (readiness, "") without restarting this container.
+LIVENESS_SERVICE = "liveness"
 
 
 @dataclass
@@ -91,6 +95,7 @@ async def start_service(config: ServiceConfig, span_exporter: SpanExporter | Non
     backend = await asyncio.get_running_loop().run_in_executor(None, make_backend, config, metrics, tracer)
     health_servicer = health.aio.HealthServicer()
     await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
 
     interceptors = [AccessLogInterceptor()]  # first: calls that auth refuses are logged too
     tokens = config.auth_tokens()
