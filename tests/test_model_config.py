@@ -246,7 +246,6 @@ BAD_AT_LOAD = {
     "output not logits": (lambda d: with_changes(model={"model_file": "nets.py", "class_name": "Sequence"},
                                                  weights=None),
                           "model", "must be logits [batch, classes]"),
-    "crop not served yet": (lambda d: with_changes(input__resize="crop"), "input.resize", "crop is not served yet"),
     "attention layer that is not attention": (lambda d: with_changes(layers__attention=["act1"]),
                                               "layers.attention[0]", "probabilities"),
 }

@@ -1,7 +1,7 @@
 """The `saliency` command line: explain one image and write the pictures; list; serve.
 
     saliency explain IMAGE|--sample NAME --model M --methods a,b [--top-k K|--targets 1,2]
-                     --out DIR [--raw] [--param METHOD.FIELD=VALUE ...]
+                     --out DIR [--raw [--map-size input|original]] [--param METHOD.FIELD=VALUE ...]
                      [--server HOST:PORT [--token T] [--tls-ca FILE]]
     saliency explain IMAGE --model-config my.yaml --methods a,b ...   (a model described by a YAML config)
     saliency models [--server HOST:PORT ...]
@@ -30,6 +30,7 @@ import numpy as np
 
 from saliency import render
 from saliency.errors import InvalidArgument, SaliencyError, require
+from saliency.models.preprocess import InputRegion
 
 if typing.TYPE_CHECKING:
     from saliency.attribution.limits import Limits
@@ -38,6 +39,9 @@ if typing.TYPE_CHECKING:
 SAMPLES = ("chelsea", "coffee", "astronaut", "rocket")  # skimage.data photographs
 USAGE_ERROR = 2
 GRID_TILE_SIDE = 320  # grid tiles are shrunk to this longer side so the sheet stays viewable
+# --map-size original: maps at the image's size, capped as the service caps them (its default
+# max_overlay_side), so that in-process and remote runs write the same files.
+MAX_MAP_SIDE = 2048
 
 
 class _UsageError(Exception):
@@ -70,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--targets", help="comma-separated class indices to explain")
     explain.add_argument("--out", default="out", help="output directory (default: out)")
     explain.add_argument("--raw", action="store_true", help="also write each map as float32 .npy")
+    explain.add_argument(
+        "--map-size", choices=("input", "original"), default="input",
+        help="size of the .npy maps: the model's input (default) or the image's, at most "
+        f"{MAX_MAP_SIDE} on the longer side, NaN where a crop model did not look (overlays are "
+        "always drawn at the image's size)",
+    )
     explain.add_argument(
         "--param", action="append", default=[], metavar="METHOD.FIELD=VALUE",
         help="a method parameter, e.g. ig.n_steps=32 (repeatable)",
@@ -301,6 +311,7 @@ def explain(args: argparse.Namespace) -> int:
     from saliency.attribution.registry import all_methods, check_supported
     from saliency.imaging import to_model_input
     from saliency.models import get_spec, load_model
+    from saliency.models.preprocess import input_region
 
     # Everything a user can get wrong is checked before the model loads or any work starts.
     spec = get_spec(args.model)
@@ -313,6 +324,7 @@ def explain(args: argparse.Namespace) -> int:
     require(args.chunk_size is None or args.chunk_size >= 1, "chunk-size", "must be at least 1")
     name, rgb = read_image(args.image, args.sample)
     x = to_model_input(rgb, spec)
+    region = input_region(spec.resize, spec.input_size, rgb.shape[:2])
     out = make_out_dir(args.out)
 
     deep = [m for m in methods if all_methods()[m].kind == "deep"]
@@ -325,10 +337,23 @@ def explain(args: argparse.Namespace) -> int:
     engine = Engine(load_model(args.model), chunk_sizes)
     with _ProgressBar(enabled=bool(deep)) as progress:
         result = engine.explain(x, targets, params, progress=progress)
+    attributions = result.attributions
+    if args.map_size == "original":
+        attributions = [at_original_size(a, rgb.shape[:2], region) for a in attributions]
     return report(
-        spec.name, name, rgb, result.predictions, result.targets, result.attributions,
-        methods, spec.labels.__getitem__, out, args.raw, args.alpha,
+        spec.name, name, rgb, result.predictions, result.targets, attributions,
+        methods, spec.labels.__getitem__, out, args.raw, args.alpha, region,
     )
+
+
+def at_original_size(a: Attribution, image_size: tuple[int, int], region: InputRegion) -> Attribution:
+    """A map at the input size -> at the image's size (capped at MAX_MAP_SIDE), NaN outside
+    `region`: what the service returns for map_size original (api/convert.py, MapFrame)."""
+    import torch
+
+    size = render.fitted_size(image_size, MAX_MAP_SIDE)
+    placed = render.place_map(a.map, size, region.pixel_box(image_size, size))
+    return dataclasses.replace(a, map=torch.from_numpy(placed))
 
 
 def make_out_dir(path: str) -> Path:
@@ -352,15 +377,25 @@ def report(
     out: Path,
     raw: bool,
     alpha: float,
+    region: InputRegion | None = None,
 ) -> int:
     """Print the prediction and per-map summary; write overlays, grid.png and (raw) .npy maps.
 
-    rgb: the original photograph uint8 [H0, W0, 3]; maps [H, W] at the model's input size are
-    drawn over it. Shared by in-process and remote runs, so both write the same files.
+    rgb: the original photograph uint8 [H0, W0, 3]; region: the part of it the model saw
+    (default all of it). Maps at the model's input size [h, w] are drawn over that part, maps
+    at the image's size (NaN outside the part) over the same part; the rest is dimmed. The
+    .npy files hold the maps as given. Shared by in-process and remote runs, so both write the
+    same files.
     """
     from saliency.attribution.registry import all_methods
 
     infos = all_methods()
+    image_size = rgb.shape[:2]
+    box = None
+    if region is not None and region != InputRegion.whole(image_size):
+        box = region.pixel_box(image_size, image_size)
+        print(f"{model} saw the centre crop x {region.x_min:.0f}..{region.x_max:.0f}, "
+              f"y {region.y_min:.0f}..{region.y_max:.0f} of the image (the rest is dimmed in overlays)")
     print(f"{model} on {image_name} ({rgb.shape[1]}x{rgb.shape[0]}):")
     for rank, p in enumerate(predictions, 1):
         print(f"  {rank}. {p.class_index:>4} {p.label:<32} p={p.probability:.4f}  logit={p.logit:.3f}")
@@ -373,8 +408,13 @@ def report(
         caption = f"{a.target} {label(a.target)}"
         values = a.map.detach().float().cpu().numpy()
         stats = "".join(f" {k}={v:.4g}" for k, v in a.stats.items())
-        print(f"  {a.method:<17} {caption:<36} range=[{values.min():.3g}, {values.max():.3g}]{stats}")
-        picture = render.overlay(rgb, values, alpha=alpha, signed=infos[a.method].signed)
+        low, high = (np.nanmin(values), np.nanmax(values)) if np.isfinite(values).any() else (np.nan, np.nan)
+        print(f"  {a.method:<17} {caption:<36} {values.shape[1]}x{values.shape[0]} range=[{low:.3g}, {high:.3g}]{stats}")
+        # A map at the image's size is NaN outside the part the model saw: draw only that part.
+        top, bottom, left, right = render.finite_box(values)
+        picture = render.overlay(
+            rgb, values[top:bottom, left:right], alpha=alpha, signed=infos[a.method].signed, box=box
+        )
         stem = f"{a.method}_{a.target}"
         written.append(_write(out / f"{stem}.png", render.encode_png(picture)))
         if raw:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from saliency.api.convert import OutputOptions
 from saliency.attribution.limits import Limits
 from saliency.cli import (
     USAGE_ERROR,
@@ -103,7 +104,10 @@ def explain(args: argparse.Namespace) -> int:
     name, rgb, encoded = read_image_bytes(args.image, args.sample)
     with connect(args) as client:
         try:
-            result = client.explain(encoded, args.model, params, targets)
+            # Raw float32 maps, at the size asked for: the server resizes them (and caps them at
+            # its max_overlay_side); the overlays are drawn here over the whole photograph.
+            output = OutputOptions(map_size=args.map_size)
+            result = client.explain(encoded, args.model, params, targets, output=output)
         except grpc.RpcError as exc:
             return _rpc_failed(exc, args.server)
     out = make_out_dir(args.out)  # only now: a rejected request leaves nothing behind
@@ -111,7 +115,7 @@ def explain(args: argparse.Namespace) -> int:
     return report(
         result.model, name, rgb, result.predictions, result.targets, result.attributions,
         methods, lambda c: labels.get(c) or _local_label(result.model, c), out, args.raw,
-        args.alpha,
+        args.alpha, result.region,
     )
 
 

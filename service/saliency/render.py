@@ -2,7 +2,9 @@
 
 Pure numpy + Pillow (no matplotlib) so the service can render without a plotting stack.
 Maps arrive at the model's input resolution ([H, W], e.g. 224x224) and are drawn over the
-ORIGINAL photograph ([H0, W0, 3]), which the model saw whole (resized, not cropped).
+ORIGINAL photograph ([H0, W0, 3]): over all of it when the model saw it whole (`resize:
+stretch`), or over the box the model saw (`resize: crop`, models/preprocess.py), the rest
+dimmed. `place_map` puts a map at the photograph's size the same way, NaN outside the box.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 NormalizeMode = Literal["auto", "abs", "positive"]
 NORMALIZE_MODES = ("auto", "abs", "positive")
+Box = tuple[int, int, int, int]  # (top, bottom, left, right) in whole pixels, bottom/right exclusive
+# Overlays: pixels the model never saw (outside the crop) keep this fraction of their brightness.
+OUTSIDE_DIM = 0.35
 
 # matplotlib's 'inferno' sampled at 16 evenly spaced points (indices 0, 17, ..., 255 of its
 # 256-entry table) in 0..255 units. Linear interpolation between them stays within 6/255 of the
@@ -118,6 +123,41 @@ def resize_map(norm: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(resized, dtype=np.float32)
 
 
+def _check_box(box: Box | None, size: tuple[int, int]) -> Box:
+    """`box` (None: the whole picture of `size`), checked to be a non-empty box inside it."""
+    if box is None:
+        return 0, size[0], 0, size[1]
+    top, bottom, left, right = (int(v) for v in box)
+    if not (0 <= top < bottom <= size[0] and 0 <= left < right <= size[1]):
+        raise ValueError(f"box {box} is not a non-empty box inside a {size[0]}x{size[1]} picture")
+    return top, bottom, left, right
+
+
+def place_map(saliency_map: np.ndarray | torch.Tensor, size: tuple[int, int], box: Box | None = None) -> np.ndarray:
+    """A map [h, w] -> float32 [H, W] = `size`: resized into `box` (default: all of it) with the
+    overlays' filter (Pillow bilinear, `resize_map`), NaN outside the box: a map at the
+    original image's size that says where the model never looked instead of inventing it."""
+    values = saliency_map.detach().to("cpu", torch.float32).numpy() if isinstance(saliency_map, torch.Tensor) \
+        else np.asarray(saliency_map, dtype=np.float32)
+    if values.ndim != 2:
+        raise ValueError(f"expected a [H, W] map, got shape {values.shape}")
+    top, bottom, left, right = _check_box(box, size)
+    if (top, bottom, left, right) == (0, size[0], 0, size[1]):
+        return np.array(resize_map(values, size))  # writable, as the placed one
+    placed = np.full(size, np.nan, dtype=np.float32)
+    placed[top:bottom, left:right] = resize_map(values, (bottom - top, right - left))
+    return placed
+
+
+def finite_box(placed: np.ndarray) -> Box:
+    """The box of a placed map's finite values (`place_map`'s box); the whole map if none is."""
+    rows, cols = np.isfinite(placed).any(axis=1), np.isfinite(placed).any(axis=0)
+    if not rows.any():
+        return 0, placed.shape[0], 0, placed.shape[1]
+    r, c = np.flatnonzero(rows), np.flatnonzero(cols)
+    return int(r[0]), int(r[-1]) + 1, int(c[0]), int(c[-1]) + 1
+
+
 def overlay(
     image_rgb: np.ndarray,
     saliency_map: np.ndarray | torch.Tensor,
@@ -125,11 +165,14 @@ def overlay(
     mode: NormalizeMode = "auto",
     signed: bool = False,
     percentile: float = 99.0,
+    box: Box | None = None,
 ) -> np.ndarray:
     """Draw a map over the photograph it explains.
 
     image_rgb: uint8 [H0, W0, 3], the original image; saliency_map: [H, W] at any resolution
-    (it is normalised, then resized to H0 x W0 with Pillow bilinear). Returns uint8
+    (it is normalised, then resized to the box with Pillow bilinear). box: (top, bottom, left,
+    right), the part of the photograph the model saw (`resize: crop`); default all of it.
+    Pixels outside the box keep OUTSIDE_DIM of their brightness and no colour. Returns uint8
     [H0, W0, 3]. The blend weight per pixel is `alpha * norm`, so cold regions keep the
     photograph as it was and only attributed regions take the colormap.
     """
@@ -137,23 +180,34 @@ def overlay(
         raise ValueError(f"expected uint8 [H, W, 3], got {image_rgb.dtype} {image_rgb.shape}")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha {alpha} is outside [0, 1]")
+    top, bottom, left, right = _check_box(box, image_rgb.shape[:2])
     norm = normalize_map(saliency_map, mode, signed, percentile)
-    norm = np.clip(resize_map(norm, image_rgb.shape[:2]), 0.0, 1.0)
+    norm = np.clip(resize_map(norm, (bottom - top, right - left)), 0.0, 1.0)
     weight = (alpha * norm)[..., None]
-    blended = image_rgb.astype(np.float32) * (1.0 - weight) + colorize(norm) * weight
+    photo = image_rgb.astype(np.float32)
+    seen = photo[top:bottom, left:right]
+    blended = photo * OUTSIDE_DIM if box is not None else photo
+    blended[top:bottom, left:right] = seen * (1.0 - weight) + colorize(norm) * weight
     return np.rint(blended).astype(np.uint8)
+
+
+def fitted_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """(H, W) scaled down, aspect kept, so that the longer side is at most `max_side`."""
+    height, width = size
+    if max(height, width) <= max_side:
+        return height, width
+    scale = max_side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 def fit_within(image_rgb: np.ndarray, max_side: int) -> np.ndarray:
     """uint8 [H0, W0, 3] -> the same picture scaled down (aspect kept) so that its longer side
-    is at most `max_side`; returned as is when it already fits. Overlays are drawn on this, so
-    their cost is bounded whatever the size of the photograph."""
-    height, width = image_rgb.shape[:2]
-    if max(height, width) <= max_side:
+    is at most `max_side` (`fitted_size`); returned as is when it already fits. Overlays are
+    drawn on this, so their cost is bounded whatever the size of the photograph."""
+    height, width = fitted_size(image_rgb.shape[:2], max_side)
+    if (height, width) == image_rgb.shape[:2]:
         return image_rgb
-    scale = max_side / max(height, width)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return np.asarray(Image.fromarray(image_rgb).resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0))
+    return np.asarray(Image.fromarray(image_rgb).resize((width, height), Image.Resampling.LANCZOS, reducing_gap=3.0))
 
 
 def encode_png(rgb: np.ndarray) -> bytes:

@@ -52,6 +52,7 @@ from saliency.attribution.types import Attribution, Prediction, Targets
 from saliency.errors import InvalidArgument, require
 from saliency.imaging import ImageLimits
 from saliency.models import ModelSpec
+from saliency.models.preprocess import InputRegion, input_region
 from saliency.v1 import explainer_pb2 as pb
 
 # bench/ (isolation.py, torchserve.py) still reaches `method_requests_to_proto` and
@@ -128,17 +129,31 @@ def targets_to_proto(targets: Targets) -> pb.Targets:
 
 MAP_DTYPES = ("float32", "float16")
 NORMALIZATIONS = ("none", "max_abs", "min_max")
+MAP_SIZES = ("input", "original")
 MAX_TOP_PREDICTIONS = 100
+_MAP_SIZES: dict[int, str] = {
+    pb.MAP_SIZE_UNSPECIFIED: "input",
+    pb.MAP_SIZE_INPUT: "input",
+    pb.MAP_SIZE_ORIGINAL: "original",
+}
+_MAP_SIZE_VALUES = {"input": pb.MAP_SIZE_INPUT, "original": pb.MAP_SIZE_ORIGINAL}
 
 
 @dataclass(frozen=True)
 class OutputOptions:
-    """How maps come back: dtype, normalisation of the values, a PNG overlay, predictions."""
+    """How maps come back: dtype, normalisation of the values, a PNG overlay, predictions, and
+    the maps' size: the model's input [h, w], or the image sent's (capped, see `MapFrame`)."""
 
     map_dtype: str = "float32"  # or "float16": half the bytes
     normalization: str = "none"  # none (raw), max_abs (divide by max |map|), min_max (to [0, 1])
     include_overlay: bool = False
     top_predictions: int = 5
+    map_size: str = "input"  # or "original"
+
+    @property
+    def needs_frame(self) -> bool:
+        """Whether maps are drawn on (overlay) or resized to (original) the image sent."""
+        return self.include_overlay or self.map_size == "original"
 
     def validate(self) -> None:
         require(self.map_dtype in MAP_DTYPES, "output.map_dtype", f"{self.map_dtype!r} is not one of {MAP_DTYPES}")
@@ -147,6 +162,7 @@ class OutputOptions:
             "output.normalization",
             f"{self.normalization!r} is not one of {NORMALIZATIONS}",
         )
+        require(self.map_size in MAP_SIZES, "output.map_size", f"{self.map_size!r} is not one of {MAP_SIZES}")
         require(
             1 <= self.top_predictions <= MAX_TOP_PREDICTIONS,
             "output.top_predictions",
@@ -162,11 +178,16 @@ def output_options_from_proto(options: pb.OutputOptions | None) -> OutputOptions
         raise InvalidArgument(f"unknown dtype {options.map_dtype}", "output.map_dtype")
     if options.normalization not in _NORMALIZATIONS:
         raise InvalidArgument(f"unknown normalization {options.normalization}", "output.normalization")
+    if options.map_size not in _MAP_SIZES:
+        raise InvalidArgument(
+            f"unknown map size {options.map_size}; use MAP_SIZE_INPUT or MAP_SIZE_ORIGINAL", "output.map_size"
+        )
     result = OutputOptions(
         map_dtype=DTYPES[options.map_dtype][0],
         normalization=_NORMALIZATIONS[options.normalization],
         include_overlay=options.include_overlay,
         top_predictions=options.top_predictions if options.HasField("top_predictions") else 5,
+        map_size=_MAP_SIZES[options.map_size],
     )
     result.validate()
     return result
@@ -179,7 +200,71 @@ def output_options_to_proto(options: OutputOptions) -> pb.OutputOptions:
         normalization=_NORMALIZATION_VALUES[options.normalization],
         include_overlay=options.include_overlay,
         top_predictions=options.top_predictions,
+        map_size=_MAP_SIZE_VALUES[options.map_size],
     )
+
+
+# ------------------------------------------------------------------ what maps are drawn on
+
+
+@dataclass(frozen=True)
+class MapFrame:
+    """Where one request's maps go in the image it sent: the size maps at the original size
+    and overlays are drawn at, the box the model input covers there, and the picture overlays
+    are drawn on.
+
+    image_size: (H0, W0) of the image sent (for a tensor input, the model input's own size);
+    size: (H, W), image_size scaled down to at most max_overlay_side (render.fitted_size);
+    box: (top, bottom, left, right) of the model input in `size` pixels (render.Box);
+    region: the model input in image_size pixels (Attribution.region);
+    picture: uint8 [H, W, 3], only when overlays are asked for.
+    """
+
+    image_size: tuple[int, int]
+    size: tuple[int, int]
+    box: tuple[int, int, int, int]
+    region: InputRegion
+    picture: np.ndarray | None = None
+
+    @property
+    def nbytes(self) -> int:
+        """What the frame holds while the request is in flight: the overlay picture, if any."""
+        return self.picture.nbytes if self.picture is not None else 0
+
+    @staticmethod
+    def of_picture(rgb: np.ndarray) -> MapFrame:
+        """A picture the model saw whole (`stretch`), drawn on as it is."""
+        size = (int(rgb.shape[0]), int(rgb.shape[1]))
+        return MapFrame(size, size, (0, size[0], 0, size[1]), InputRegion.whole(size), rgb)
+
+
+def map_frame(
+    request: pb.ExplainRequest, spec: ModelSpec, rgb: np.ndarray, options: OutputOptions, max_side: int
+) -> MapFrame:
+    """The frame of an Explain request whose input decoded to `rgb` [H0, W0, 3] (a tensor
+    input's de-normalisation): the servicer's one call between decoding and rendering.
+
+    Overlays and maps at the original size are capped at `max_side` on the longer side, so
+    what a request holds does not grow with its photograph (`response_bytes_per_map`). A tensor
+    input is the model input itself: its frame is the input, whatever the model's resize mode.
+    Runs Pillow (the overlay picture): call it off the event loop."""
+    image_size = (int(rgb.shape[0]), int(rgb.shape[1]))
+    resize = "stretch" if request.WhichOneof("input") == "tensor" else spec.resize
+    region = input_region(resize, spec.input_size, image_size)
+    size = render.fitted_size(image_size, max_side)
+    picture = render.fit_within(rgb, max_side) if options.include_overlay else None
+    return MapFrame(image_size, size, region.pixel_box(image_size, size), region, picture)
+
+
+def response_bytes_per_map(options: OutputOptions, frame: MapFrame | None, input_size: tuple[int, int]) -> int:
+    """Bytes one map adds to the response: its wire copy (at the input or the frame's size, in
+    the wire dtype) and, with overlays, its PNG (at most the raw picture's bytes). The raw
+    float32 map [h, w] the backend returns, and rendering's transient arrays (bounded by the
+    prepare pool), are not included."""
+    wire = 2 if options.map_dtype == "float16" else 4
+    height, width = frame.size if options.map_size == "original" and frame is not None else input_size
+    png = frame.nbytes if options.include_overlay and frame is not None else 0
+    return height * width * wire + png
 
 
 # ---------------------------------------------------------------------- results (server side)
@@ -204,28 +289,42 @@ def normalize_values(m: torch.Tensor, mode: str) -> torch.Tensor:
 def attribution_to_proto(
     a: Attribution,
     options: OutputOptions,
-    rgb: np.ndarray | None,
+    rgb: MapFrame | np.ndarray | None,
     signed: bool,
     queue_ms: float,
     compute_ms: float,
 ) -> pb.Attribution:
-    """A domain Attribution (map [H, W]) -> `Attribution` message per the output options.
+    """A domain Attribution (map [h, w]) -> `Attribution` message per the output options.
 
-    The overlay (when asked for and `rgb` [H0, W0, 3] is given) is drawn from the raw map at
-    the photograph's size, so it looks the same whatever normalisation the values get.
+    rgb: the request's MapFrame (`map_frame`); a bare picture [H0, W0, 3] is a frame the model
+    saw whole; None (no frame: maps at the input size, no overlay, no region).
+    The values are normalised at the input size, then placed at the frame's size for
+    map_size "original" (render.place_map: NaN outside the input's box). The overlay is drawn
+    from the raw map into the box of the frame's picture, so it looks the same whatever
+    normalisation or size the values get.
     """
+    frame = MapFrame.of_picture(rgb) if isinstance(rgb, np.ndarray) else rgb
     raw = a.map.detach().to("cpu", torch.float32)
+    values = normalize_values(raw, options.normalization)
+    if options.map_size == "original":
+        if frame is None:
+            raise ValueError("map_size original needs the request's MapFrame (convert.map_frame)")
+        values = torch.from_numpy(render.place_map(values, frame.size, frame.box))
     message = pb.Attribution(
         method=method_enum(a.method),
         target=int(a.target),
-        map=tensor_to_proto(normalize_values(raw, options.normalization), DTYPE_VALUES[options.map_dtype]),
+        map=tensor_to_proto(values, DTYPE_VALUES[options.map_dtype]),
         queue_ms=float(queue_ms),
         compute_ms=float(compute_ms),
     )
     for key, value in a.stats.items():
         message.stats[key] = float(value)
-    if options.include_overlay and rgb is not None:
-        message.overlay_png = render.encode_png(render.overlay(rgb, raw, signed=signed))
+    if isinstance(rgb, MapFrame):  # a bare picture may be scaled: its pixels are not the image's
+        r = frame.region
+        message.region.CopyFrom(pb.Box(x_min=r.x_min, y_min=r.y_min, x_max=r.x_max, y_max=r.y_max))
+    if options.include_overlay and frame is not None and frame.picture is not None:
+        box = None if frame.box == (0, frame.size[0], 0, frame.size[1]) else frame.box
+        message.overlay_png = render.encode_png(render.overlay(frame.picture, raw, signed=signed, box=box))
     return message
 
 
@@ -257,6 +356,7 @@ def model_info_to_proto(spec: ModelSpec, limits: Limits) -> pb.ModelInfo:
         max_targets=min(limits.max_targets, spec.num_classes),
         pretrained=spec.pretrained,
         architecture=spec.architecture,
+        resize=spec.resize,
     )
     for value, name in sorted(METHOD_NAMES.items()):
         method = get_method(name)
@@ -289,6 +389,9 @@ class ExplainResult:
     overlays: dict[tuple[str, int], bytes] = field(default_factory=dict)  # (method, target) -> PNG
     quality: list[Any] = field(default_factory=list)  # quality.evaluate.QualityScore, with evaluate
     policy: Any = None  # quality.policy.PolicyDecision, when a policy was set
+    # The part of the image sent that the model saw (Attribution.region); None when the server
+    # did not say (an older server, or no maps).
+    region: InputRegion | None = None
 
 
 @dataclass
@@ -297,6 +400,7 @@ class AttributionEvent:
 
     attribution: Attribution
     overlay_png: bytes | None = None
+    region: InputRegion | None = None  # as ExplainResult.region
 
 
 @dataclass
@@ -362,11 +466,20 @@ def explain_request_to_proto(
     return request
 
 
+def input_region_from_proto(message: pb.Attribution) -> InputRegion | None:
+    """Attribution.region -> InputRegion; None when unset."""
+    if not message.HasField("region"):
+        return None
+    r = message.region
+    return InputRegion(r.x_min, r.y_min, r.x_max, r.y_max)
+
+
 def explain_response_from_proto(response: pb.ExplainResponse) -> ExplainResult:
-    attributions, overlays = [], {}
+    attributions, overlays, region = [], {}, None
     for message in response.attributions:
         a = attribution_from_proto(message)
         attributions.append(a)
+        region = region or input_region_from_proto(message)
         if message.overlay_png:
             overlays[(a.method, a.target)] = message.overlay_png
     return ExplainResult(
@@ -378,6 +491,7 @@ def explain_response_from_proto(response: pb.ExplainResponse) -> ExplainResult:
         overlays=overlays,
         quality=[quality_score_from_proto(q) for q in response.quality],
         policy=policy_decision_from_proto(response.policy) if response.HasField("policy") else None,
+        region=region,
     )
 
 
@@ -388,7 +502,10 @@ def explain_event_from_proto(event: pb.ExplainEvent) -> ExplainResult | Attribut
     if which == "prediction":
         return explain_response_from_proto(event.prediction)
     if which == "attribution":
-        return AttributionEvent(attribution_from_proto(event.attribution), event.attribution.overlay_png or None)
+        return AttributionEvent(
+            attribution_from_proto(event.attribution), event.attribution.overlay_png or None,
+            input_region_from_proto(event.attribution),
+        )
     if which == "policy":
         return policy_decision_from_proto(event.policy)
     if which == "quality":

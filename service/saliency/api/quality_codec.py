@@ -30,6 +30,7 @@ from saliency.attribution.registry import check_supported, get_method
 from saliency.errors import InvalidArgument, require
 from saliency.imaging import ImageLimits
 from saliency.models import ModelSpec
+from saliency.models.preprocess import InputRegion
 from saliency.v1 import explainer_pb2 as pb
 
 # ------------------------------------------------------------------------------ enum tables
@@ -68,10 +69,14 @@ def _finite(value: float, field: str) -> float:
 
 
 def region_from_proto(
-    ground_truth: pb.GroundTruth, image_size: tuple[int, int], input_size: tuple[int, int]
+    ground_truth: pb.GroundTruth,
+    image_size: tuple[int, int],
+    input_size: tuple[int, int],
+    seen: InputRegion | None = None,
 ) -> torch.Tensor:
     """`GroundTruth` in pixels of the image sent [H0, W0] -> bool region [H, W] at the model
-    input. Field names in errors: evaluate.ground_truth.box.* / .mask.*"""
+    input, which covers `seen` of the image (a centre crop; default all of it). Field names in
+    errors: evaluate.ground_truth.box.* / .mask.*"""
     from saliency.quality.evaluate import region_from_box, region_from_mask
 
     where = "evaluate.ground_truth"
@@ -83,7 +88,7 @@ def region_from_proto(
         x_min, y_min, x_max, y_max = values
         require(0 <= x_min < x_max <= w0, f"{where}.box", f"x range [{x_min}, {x_max}) is not inside [0, {w0}] or is empty")
         require(0 <= y_min < y_max <= h0, f"{where}.box", f"y range [{y_min}, {y_max}) is not inside [0, {h0}] or is empty")
-        region = region_from_box((x_min, y_min, x_max, y_max), image_size, input_size)
+        region = region_from_box((x_min, y_min, x_max, y_max), image_size, input_size, seen)
     elif which == "mask":
         require(
             list(ground_truth.mask.shape) == [h0, w0],
@@ -93,18 +98,23 @@ def region_from_proto(
         mask = tensor_from_proto(ground_truth.mask, f"{where}.mask", h0 * w0)
         require(bool(torch.isfinite(mask).all()), f"{where}.mask", "contains NaN or Inf")
         require(bool((mask != 0).any()), f"{where}.mask", "is all zero: nothing to point at")
-        region = region_from_mask(mask, input_size)
+        region = region_from_mask(mask, input_size, seen)
     else:
         raise InvalidArgument("set `box` or `mask`", where)
-    require(bool(region.any()), where, "the region is smaller than one model-input pixel")
+    require(bool(region.any()), where, "the region is smaller than one model-input pixel, or outside the part of "
+            "the image the model sees")
     return region
 
 
 def evaluate_from_proto(
-    message: pb.EvaluateOptions, image_size: tuple[int, int], input_size: tuple[int, int]
+    message: pb.EvaluateOptions,
+    image_size: tuple[int, int],
+    input_size: tuple[int, int],
+    seen: InputRegion | None = None,
 ) -> Any:
     """`EvaluateOptions` -> validated quality.evaluate.EvaluateOptions (groups not yet checked
-    against the request's methods and targets: `EvaluateOptions.groups` does that)."""
+    against the request's methods and targets: `EvaluateOptions.groups` does that). seen: the
+    part of the image the model input covers (MapFrame.region), for the ground truth."""
     from saliency.quality.evaluate import EvaluateOptions
 
     metrics = tuple(
@@ -120,7 +130,7 @@ def evaluate_from_proto(
     if message.HasField("pointing_tolerance"):
         values["pointing_tolerance"] = message.pointing_tolerance
     if message.HasField("ground_truth"):
-        values["region"] = region_from_proto(message.ground_truth, image_size, input_size)
+        values["region"] = region_from_proto(message.ground_truth, image_size, input_size, seen)
     options = dataclasses.replace(defaults, **values)
     options.validate()
     return options

@@ -64,6 +64,9 @@ class ModelSpec:
     profile: ModelProfile | None = field(default=None, compare=False, repr=False)
     # The model config it was read from (None for specs written in code, e.g. tests').
     config: ModelConfig | None = field(default=None, compare=False, repr=False)
+    # How an image becomes the input (models/preprocess.py): "stretch" (the whole image) or
+    # "crop" (scaled, then the centre cut out; maps cover only that centre).
+    resize: str = "stretch"
 
     @property
     def num_classes(self) -> int:

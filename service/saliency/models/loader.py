@@ -42,6 +42,7 @@ def declared_spec(config: ModelConfig) -> ModelSpec:
         pretrained=config.pretrained,
         attention_layers=config.attention if isinstance(config.attention, tuple) else (),
         config=config,
+        resize=config.resize,
     )
 
 
@@ -49,10 +50,6 @@ def load_config_model(config: ModelConfig, device: torch.device | str = "cpu") -
     """Build, probe and optimise the model of `config`; the module is served from `device`."""
     device = torch.device(device)
     started = time.perf_counter()
-    if config.resize == "crop":
-        # Maps would be drawn over the whole photograph while the model saw its centre.
-        raise ModelConfigError(config.path, "input.resize",
-                               "crop is not served yet (maps are drawn over the whole image); use stretch")
     module = build_module(config)
     kind = "torchscript" if isinstance(module, torch.jit.ScriptModule) else (
         "exported" if config.source == "exported" else "module")

@@ -24,6 +24,7 @@ import torch
 from saliency.attribution.executor import ChunkExecutor, DeepTask
 from saliency.attribution.types import Attribution, Prediction, Targets
 from saliency.errors import require
+from saliency.models.preprocess import InputRegion
 from saliency.quality.curves import plan_perturbation_curves
 from saliency.quality.similarity import spearman, top_k_iou
 
@@ -198,21 +199,32 @@ def evaluate_in_process(
 
 
 def region_from_box(
-    box: tuple[float, float, float, float], image_size: tuple[int, int], input_size: tuple[int, int]
+    box: tuple[float, float, float, float],
+    image_size: tuple[int, int],
+    input_size: tuple[int, int],
+    seen: InputRegion | None = None,
 ) -> torch.Tensor:
     """(x_min, y_min, x_max, y_max) in pixels of the image sent [H0, W0] -> bool [H, W] at
-    the model input's resolution: the model pixels whose centres fall inside the box."""
-    (h0, w0), (h, w) = image_size, input_size
+    the model input's resolution: the model pixels whose centres fall inside the box.
+
+    seen: the part of the image the model input covers (a centre crop, models/preprocess.py);
+    default the whole image."""
+    (h, w) = input_size
+    seen = seen or InputRegion.whole(image_size)
     x_min, y_min, x_max, y_max = box
-    ys = (np.arange(h) + 0.5) * h0 / h
-    xs = (np.arange(w) + 0.5) * w0 / w
+    ys = seen.y_min + (np.arange(h) + 0.5) * (seen.y_max - seen.y_min) / h
+    xs = seen.x_min + (np.arange(w) + 0.5) * (seen.x_max - seen.x_min) / w
     inside_y = (ys >= y_min) & (ys < y_max)
     inside_x = (xs >= x_min) & (xs < x_max)
     return torch.from_numpy(np.outer(inside_y, inside_x))
 
 
-def region_from_mask(mask: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
-    """Mask [H0, W0] (non-zero = inside) -> bool [H, W] at the model input (nearest)."""
+def region_from_mask(mask: torch.Tensor, input_size: tuple[int, int], seen: InputRegion | None = None) -> torch.Tensor:
+    """Mask [H0, W0] (non-zero = inside) -> bool [H, W] at the model input (nearest), reading
+    only the part of the image the input covers (`seen`, default all of it)."""
+    if seen is not None:
+        top, bottom, left, right = seen.pixel_box(tuple(mask.shape), tuple(mask.shape))
+        mask = mask[top:bottom, left:right]
     resized = torch.nn.functional.interpolate(
         (mask != 0).float()[None, None], size=input_size, mode="nearest"
     )[0, 0]

@@ -128,6 +128,12 @@ class Normalization(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     NORMALIZATION_MAX_ABS: _ClassVar[Normalization]
     NORMALIZATION_MIN_MAX: _ClassVar[Normalization]
 
+class MapSize(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MAP_SIZE_UNSPECIFIED: _ClassVar[MapSize]
+    MAP_SIZE_INPUT: _ClassVar[MapSize]
+    MAP_SIZE_ORIGINAL: _ClassVar[MapSize]
+
 class QualityMetric(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     QUALITY_METRIC_UNSPECIFIED: _ClassVar[QualityMetric]
@@ -222,6 +228,9 @@ NORMALIZATION_UNSPECIFIED: Normalization
 NORMALIZATION_NONE: Normalization
 NORMALIZATION_MAX_ABS: Normalization
 NORMALIZATION_MIN_MAX: Normalization
+MAP_SIZE_UNSPECIFIED: MapSize
+MAP_SIZE_INPUT: MapSize
+MAP_SIZE_ORIGINAL: MapSize
 QUALITY_METRIC_UNSPECIFIED: QualityMetric
 QUALITY_METRIC_DELETION: QualityMetric
 QUALITY_METRIC_INSERTION: QualityMetric
@@ -474,16 +483,18 @@ class Targets(_message.Message):
     def __init__(self, top_k: _Optional[int] = ..., classes: _Optional[_Union[ClassList, _Mapping]] = ...) -> None: ...
 
 class OutputOptions(_message.Message):
-    __slots__ = ("map_dtype", "normalization", "include_overlay", "top_predictions")
+    __slots__ = ("map_dtype", "normalization", "include_overlay", "top_predictions", "map_size")
     MAP_DTYPE_FIELD_NUMBER: _ClassVar[int]
     NORMALIZATION_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_OVERLAY_FIELD_NUMBER: _ClassVar[int]
     TOP_PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
+    MAP_SIZE_FIELD_NUMBER: _ClassVar[int]
     map_dtype: DType
     normalization: Normalization
     include_overlay: bool
     top_predictions: int
-    def __init__(self, map_dtype: _Optional[_Union[DType, str]] = ..., normalization: _Optional[_Union[Normalization, str]] = ..., include_overlay: _Optional[bool] = ..., top_predictions: _Optional[int] = ...) -> None: ...
+    map_size: MapSize
+    def __init__(self, map_dtype: _Optional[_Union[DType, str]] = ..., normalization: _Optional[_Union[Normalization, str]] = ..., include_overlay: _Optional[bool] = ..., top_predictions: _Optional[int] = ..., map_size: _Optional[_Union[MapSize, str]] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
     __slots__ = ("model", "image", "tensor", "targets", "methods", "output", "request_id", "evaluate", "latency_budget_ms", "completeness_target", "explain_if")
@@ -566,7 +577,7 @@ class Prediction(_message.Message):
     def __init__(self, class_index: _Optional[int] = ..., label: _Optional[str] = ..., logit: _Optional[float] = ..., probability: _Optional[float] = ...) -> None: ...
 
 class Attribution(_message.Message):
-    __slots__ = ("method", "target", "map", "overlay_png", "stats", "queue_ms", "compute_ms")
+    __slots__ = ("method", "target", "map", "overlay_png", "stats", "queue_ms", "compute_ms", "region")
     class StatsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -581,6 +592,7 @@ class Attribution(_message.Message):
     STATS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
     method: Method
     target: int
     map: Tensor
@@ -588,7 +600,8 @@ class Attribution(_message.Message):
     stats: _containers.ScalarMap[str, float]
     queue_ms: float
     compute_ms: float
-    def __init__(self, method: _Optional[_Union[Method, str]] = ..., target: _Optional[int] = ..., map: _Optional[_Union[Tensor, _Mapping]] = ..., overlay_png: _Optional[bytes] = ..., stats: _Optional[_Mapping[str, float]] = ..., queue_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ...) -> None: ...
+    region: Box
+    def __init__(self, method: _Optional[_Union[Method, str]] = ..., target: _Optional[int] = ..., map: _Optional[_Union[Tensor, _Mapping]] = ..., overlay_png: _Optional[bytes] = ..., stats: _Optional[_Mapping[str, float]] = ..., queue_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ..., region: _Optional[_Union[Box, _Mapping]] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
     __slots__ = ("model", "request_id", "predictions", "targets", "attributions", "quality", "policy")
@@ -759,7 +772,7 @@ class MethodInfo(_message.Message):
     def __init__(self, method: _Optional[_Union[Method, str]] = ..., name: _Optional[str] = ..., kind: _Optional[str] = ..., summary: _Optional[str] = ..., parameters: _Optional[_Iterable[_Union[ParameterInfo, _Mapping]]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "description", "height", "width", "channels", "mean", "std", "num_classes", "methods", "max_targets", "pretrained", "architecture")
+    __slots__ = ("name", "description", "height", "width", "channels", "mean", "std", "num_classes", "methods", "max_targets", "pretrained", "architecture", "resize")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -772,6 +785,7 @@ class ModelInfo(_message.Message):
     MAX_TARGETS_FIELD_NUMBER: _ClassVar[int]
     PRETRAINED_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    RESIZE_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     height: int
@@ -784,7 +798,8 @@ class ModelInfo(_message.Message):
     max_targets: int
     pretrained: bool
     architecture: str
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., channels: _Optional[int] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., num_classes: _Optional[int] = ..., methods: _Optional[_Iterable[_Union[MethodInfo, _Mapping]]] = ..., max_targets: _Optional[int] = ..., pretrained: _Optional[bool] = ..., architecture: _Optional[str] = ...) -> None: ...
+    resize: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., channels: _Optional[int] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., num_classes: _Optional[int] = ..., methods: _Optional[_Iterable[_Union[MethodInfo, _Mapping]]] = ..., max_targets: _Optional[int] = ..., pretrained: _Optional[bool] = ..., architecture: _Optional[str] = ..., resize: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)
