@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from saliency.errors import InvalidArgument, ResourceExhausted, require
 from saliency.models import ModelSpec
+from saliency.models.preprocess import resize_to_input
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP")
 
@@ -62,14 +62,12 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits(), field: str = 
 def to_model_input(rgb: np.ndarray, spec: ModelSpec) -> torch.Tensor:
     """uint8 [H, W, 3] -> normalised float32 [3, h, w] at the model's input size.
 
-    The whole image is resized (not cropped) so a map covers everything the user sent.
+    The whole image is resized (`resize: stretch`), or scaled and its centre cut out
+    (`resize: crop`): models/preprocess.py, which also says where the input lies in the image.
     """
     require(rgb.ndim == 3 and rgb.shape[2] == 3, "image", f"expected [H, W, 3] RGB, got {rgb.shape}")
     pixels = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255)
-    resized = F.interpolate(
-        pixels[None], size=spec.input_size, mode="bilinear", antialias=True, align_corners=False
-    )[0].clamp_(0, 1)
-    return spec.normalize(resized)
+    return spec.normalize(resize_to_input(pixels, spec.input_size, spec.resize))
 
 
 def validate_input_tensor(x: torch.Tensor, spec: ModelSpec, field: str = "tensor") -> torch.Tensor:
