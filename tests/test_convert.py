@@ -289,17 +289,39 @@ def test_input_from_tensor_and_its_overlay_pixels():
     [
         (pb.ExplainRequest(), "input", InvalidArgument),
         (pb.ExplainRequest(image=b"not an image"), "image", InvalidArgument),
-        (pb.ExplainRequest(tensor=tensors.tensor_to_proto(torch.full((3, 16, 16), math.nan))), "tensor", InvalidArgument),
-        (pb.ExplainRequest(tensor=tensors.tensor_to_proto(torch.zeros(16, 16))), "tensor", InvalidArgument),
-        (pb.ExplainRequest(tensor=pb.Tensor(shape=[3, 16, 16], data=b"\0" * 10)), "tensor.data", InvalidArgument),
-        (pb.ExplainRequest(tensor=pb.Tensor(shape=[3, 10**5, 10**5])), "tensor.shape", ResourceExhausted),
+        (pb.ExplainRequest(tensor=tensors.tensor_to_proto(torch.full((3, 32, 32), math.nan))), "tensor", InvalidArgument),
+        (pb.ExplainRequest(tensor=tensors.tensor_to_proto(torch.zeros(32, 32))), "tensor.shape", InvalidArgument),
+        (pb.ExplainRequest(tensor=pb.Tensor(shape=[3, 32, 32], data=b"\0" * 10)), "tensor.data", InvalidArgument),
+        (pb.ExplainRequest(tensor=pb.Tensor(shape=[3, 10**5, 10**5])), "tensor.shape", InvalidArgument),
+        (pb.ExplainRequest(tensor=tensors.tensor_to_proto(torch.zeros(3, 64, 64))), "tensor.shape", InvalidArgument),
+        (pb.ExplainRequest(tensor=tensors.tensor_to_proto(torch.zeros(3, 16, 16))), "tensor.shape", InvalidArgument),
+        (pb.ExplainRequest(tensor=pb.Tensor(shape=[1] * 100, data=b"\0" * 4)), "tensor.shape", InvalidArgument),
     ],
-    ids=["missing", "garbage image", "nan tensor", "2-d tensor", "short data", "huge shape"],
+    ids=["missing", "garbage image", "nan tensor", "2-d tensor", "short data", "huge shape", "larger than the model's",
+         "smaller than the model's", "100 dims"],
 )
 def test_bad_input_names_the_field(request_, field, error):
     with pytest.raises(error) as info:
         tensors.input_from_request(wire(request_), get_spec("tinycnn"), ImageLimits())
     assert info.value.field == field
+
+
+def test_a_tensor_input_must_have_the_model_input_shape_and_the_message_says_it():
+    """A raw tensor is computed at its own size, so only the model's is accepted (issue 12,
+    2b): [3, 1024, 1024] float16 is 6 MB on the wire and exhausted memory under IG."""
+    x = torch.zeros(3, 1024, 1024, dtype=torch.float16)
+    request = pb.ExplainRequest(tensor=tensors.tensor_to_proto(x, pb.DTYPE_FLOAT16))
+    with pytest.raises(InvalidArgument) as info:
+        tensors.input_from_request(wire(request), get_spec("efficientnet_lite0"), ImageLimits())
+    assert info.value.field == "tensor.shape"
+    assert "expected [3, 224, 224]" in str(info.value) and "got [3, 1024, 1024]" in str(info.value)
+
+
+def test_a_tensor_of_many_dimensions_is_refused_with_a_short_message():
+    request = pb.ExplainRequest(tensor=pb.Tensor(shape=[0] * 1_000_000))  # 8 MB of dims, 0 elements
+    with pytest.raises(InvalidArgument) as info:
+        tensors.input_from_request(wire(request), get_spec("tinycnn"), ImageLimits())
+    assert info.value.field == "tensor.shape" and len(str(info.value)) < 300
 
 
 # ------------------------------------------------------------------------------ bad values
@@ -413,6 +435,8 @@ BAD_TENSORS = {
     "byte count": (pb.Tensor(shape=[2, 2], data=b"\0" * 15), "t.data", InvalidArgument),
     "float16 byte count": (pb.Tensor(shape=[2, 2], dtype=pb.DTYPE_FLOAT16, data=b"\0" * 16), "t.data", InvalidArgument),
     "over the element cap": (pb.Tensor(shape=[11, 10]), "t.shape", ResourceExhausted),
+    "100 dims": (pb.Tensor(shape=[1] * 100, data=b"\0" * 4), "t.shape", InvalidArgument),
+    "a million dims": (pb.Tensor(shape=[0] * 1_000_000), "t.shape", InvalidArgument),
 }
 
 
@@ -421,6 +445,12 @@ def test_bad_tensors_name_the_field(message, field, error):
     with pytest.raises(error) as info:
         tensors.tensor_from_proto(wire(message), "t", 100)
     assert info.value.field == field
+    assert len(str(info.value)) < 300  # an absurd shape is not echoed back in full
+
+
+def test_a_tensor_of_eight_dimensions_is_still_accepted():
+    t = tensors.tensor_from_proto(pb.Tensor(shape=[1] * 8, data=b"\0" * 4), "t", 100)
+    assert t.shape == (1,) * 8
 
 
 BAD_TARGETS = {

@@ -1,25 +1,39 @@
 """Image decoding and preprocessing with limits: the only code that touches user image bytes.
 
 Decoding runs on attacker-controlled bytes, so: only the formats we mean (PNG, JPEG, WebP),
-the pixel count checked from the header before any pixel is decoded (decompression bombs),
-truncated files rejected, and every failure reported as InvalidArgument naming the field.
+the pixel count checked from the header before any pixel is decoded (decompression bombs; the
+message quotes the configured limit), truncated files rejected, and every failure reported as
+InvalidArgument naming the field.
+
+What is explained is the picture a viewer shows, not the raw samples:
+- the EXIF orientation tag is applied (a phone photo stored sideways is explained upright);
+- 16-bit greyscale (Pillow modes I;16* and I) is scaled to 8 bits (v / 257, rounded), not
+  clipped to white;
+- transparency (RGBA, LA, PA, RGBa, and P / L / RGB with a tRNS colour) is composited on an
+  opaque white BACKGROUND, as a browser shows it on a white page, so colours hidden under
+  alpha 0 never reach the model.
+Raw tensors skip all of this and must have exactly the model's input shape [3, h, w].
 """
 
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from saliency.errors import InvalidArgument, ResourceExhausted, require
 from saliency.models import ModelSpec
 from saliency.models.preprocess import resize_to_input
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP")
+BACKGROUND = (255, 255, 255)  # white: what transparent pixels are composited on (see above)
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+_WIDE_GREY_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
 
 
 @dataclass(frozen=True)
@@ -29,7 +43,8 @@ class ImageLimits:
 
 
 def decode_image(data: bytes, limits: ImageLimits = ImageLimits(), field: str = "image") -> np.ndarray:
-    """Encoded PNG/JPEG/WebP bytes -> uint8 RGB array [H, W, 3]."""
+    """Encoded PNG/JPEG/WebP bytes -> uint8 RGB array [H, W, 3], as a viewer shows the picture:
+    EXIF orientation applied, 16-bit scaled to 8, alpha composited on BACKGROUND."""
     require(len(data) > 0, field, "image bytes are empty")
     if len(data) > limits.max_bytes:
         raise ResourceExhausted(
@@ -37,26 +52,55 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits(), field: str = 
         )
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Our own check below is the limit; Pillow's warning (89 Mpx) would override a
+            # configured limit above it. Its hard error (2x that) is reported as our limit.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-            width, height = image.size  # from the header: nothing decoded yet
-            if width * height > limits.max_pixels:
-                raise ResourceExhausted(
-                    f"image is {width}x{height} = {width * height} pixels, over the limit of "
-                    f"{limits.max_pixels}",
-                    field,
-                )
-            image.load()
-            rgb = image.convert("RGB")
+        width, height = image.size  # from the header: nothing decoded yet
+        if width * height > limits.max_pixels:
+            raise ResourceExhausted(
+                f"image is {width}x{height} = {width * height} pixels, over the limit of "
+                f"{limits.max_pixels} pixels",
+                field,
+            )
+        image.load()
+        ImageOps.exif_transpose(image, in_place=True)
+        rgb = _to_rgb(image)
     except UnidentifiedImageError:
         raise InvalidArgument(
             f"not a decodable image; accepted formats are {', '.join(ALLOWED_FORMATS)}", field
         ) from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ResourceExhausted(f"image rejected as a decompression bomb: {exc}", field) from None
+    except Image.DecompressionBombError as exc:
+        size = re.search(r"\((\d+) pixels\)", str(exc))
+        raise ResourceExhausted(
+            f"image is {size.group(1) + ' pixels' if size else 'too large'}, over the limit of "
+            f"{limits.max_pixels} pixels (a decompression bomb, rejected before decoding)",
+            field,
+        ) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise InvalidArgument(f"image could not be decoded (corrupt or truncated?): {exc}", field) from None
-    return np.array(rgb, dtype=np.uint8)  # a writable copy: torch.from_numpy warns on read-only
+    return rgb
+
+
+def _to_rgb(image: Image.Image) -> np.ndarray:
+    """A loaded image of any mode -> a writable uint8 [H, W, 3] array (see the module docstring)."""
+    if image.mode in _WIDE_GREY_MODES:
+        # Pillow's convert("L") clips I;16 values at 255 (all white): scale 0..65535 -> 0..255.
+        wide = np.asarray(image)
+        grey = (np.clip(wide, 0, 65535).astype(np.uint32) * 255 + 32767) // 65535
+        alpha = None
+        transparent = image.info.get("transparency")
+        if isinstance(transparent, int):  # a tRNS grey level marks transparent pixels
+            alpha = Image.fromarray(np.where(wide == transparent, 0, 255).astype(np.uint8), "L")
+        image = Image.fromarray(grey.astype(np.uint8), "L")
+        if alpha is not None:
+            image.putalpha(alpha)
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")  # also resolves P / L / RGB tRNS colours to alpha
+        flat = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
+        flat.alpha_composite(rgba)
+        image = flat
+    return np.array(image.convert("RGB"), dtype=np.uint8)  # a writable copy: torch warns on read-only
 
 
 def to_model_input(rgb: np.ndarray, spec: ModelSpec) -> torch.Tensor:
@@ -71,15 +115,20 @@ def to_model_input(rgb: np.ndarray, spec: ModelSpec) -> torch.Tensor:
 
 
 def validate_input_tensor(x: torch.Tensor, spec: ModelSpec, field: str = "tensor") -> torch.Tensor:
-    """Check a raw model-input tensor [3, H, W]: shape, dtype, finiteness. Returns float32."""
-    require(x.ndim == 3, field, f"expected shape [3, H, W], got {list(x.shape)}")
-    require(x.shape[0] == 3, field, f"expected 3 channels, got {x.shape[0]}")
-    require(x.is_floating_point(), field, f"expected a floating-point tensor, got {x.dtype}")
+    """Check a raw model-input tensor: exactly [3, *spec.input_size], floating point, finite.
+    Returns float32.
+
+    Only the model's own input size is accepted: a larger tensor would be computed at its size,
+    and every method's memory grows with it (admission sizes requests by the model's input).
+    """
+    expected = [3, *spec.input_size]
     require(
-        min(x.shape[1:]) >= 8 and x.shape[1] * x.shape[2] <= 4096 * 4096,
-        field,
-        f"spatial size {list(x.shape[1:])} is outside [8, 4096] per side",
+        list(x.shape) == expected,
+        f"{field}.shape",
+        f"expected {expected} (model {spec.name}'s input size), got {list(x.shape)}; "
+        "send an encoded image to have it resized",
     )
+    require(x.is_floating_point(), field, f"expected a floating-point tensor, got {x.dtype}")
     require(bool(torch.isfinite(x).all()), field, "tensor contains NaN or Inf")
     return x.float()
 

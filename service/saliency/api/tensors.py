@@ -8,6 +8,7 @@ the request path of the field at fault (InvalidArgument, or ResourceExhausted fo
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -26,8 +27,18 @@ DTYPES: dict[int, tuple[str, str]] = {
 DTYPE_VALUES = {"float32": pb.DTYPE_FLOAT32, "float16": pb.DTYPE_FLOAT16}
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 
-# A decoded map is at most the largest accepted input (validate_input_tensor: 4096 per side).
+# A decoded map (or logits) from a backend reply: far above any model's input size.
 MAX_MAP_ELEMENTS = 4096 * 4096
+# No wire tensor needs more dimensions (numpy allows 64; a longer shape is an INTERNAL there).
+MAX_DIMS = 8
+
+
+def shape_text(shape: Sequence[int]) -> str:
+    """A shape for an error message, bounded however many dimensions the client sent."""
+    if len(shape) <= MAX_DIMS:
+        return str([int(d) for d in shape])
+    head = ", ".join(str(int(d)) for d in shape[:MAX_DIMS])
+    return f"[{head}, ...] ({len(shape)} dimensions)"
 
 
 # ----------------------------------------------------------------------------------- tensors
@@ -36,15 +47,21 @@ MAX_MAP_ELEMENTS = 4096 * 4096
 def tensor_from_proto(t: pb.Tensor, field: str, max_elements: int) -> torch.Tensor:
     """A `Tensor` message -> a float32 torch tensor of its shape (float16 data is widened).
 
-    Checks, each naming `field`: a known dtype (UNSPECIFIED = float32), non-negative dims,
-    at most `max_elements` elements (ResourceExhausted), and exactly prod(shape) * itemsize
-    bytes of data. Values are not checked for NaN here: callers that need finite values do.
+    Checks, each naming `field`: a known dtype (UNSPECIFIED = float32), at most MAX_DIMS
+    non-negative dims, at most `max_elements` elements (ResourceExhausted), and exactly
+    prod(shape) * itemsize bytes of data. Values are not checked for NaN here: callers that
+    need finite values do.
     """
     if t.dtype not in DTYPES:
         raise InvalidArgument(
             f"unknown dtype {t.dtype}; use DTYPE_FLOAT32 or DTYPE_FLOAT16", f"{field}.dtype"
         )
     _, np_dtype = DTYPES[t.dtype]
+    require(
+        len(t.shape) <= MAX_DIMS,
+        f"{field}.shape",
+        f"{shape_text(t.shape)} has more than {MAX_DIMS} dimensions",
+    )
     shape = [int(d) for d in t.shape]
     require(all(d >= 0 for d in shape), f"{field}.shape", f"negative dimension in {shape}")
     n = math.prod(shape)  # Python ints: no overflow on absurd shapes
@@ -89,17 +106,26 @@ def input_from_request(
     Both request types carry the same `input` oneof (`image` | `tensor`).
 
     `image`: decoded under `image_limits` and resized to the model's input size; rgb is the
-    decoded photograph. `tensor`: already normalised model input, validated (shape, NaN);
-    rgb is its de-normalisation, for overlays.
+    decoded photograph. `tensor`: already normalised model input of exactly the model's
+    input shape [3, h, w], validated (shape, NaN); rgb is its de-normalisation, for overlays.
     """
     which = request.WhichOneof("input")
     if which == "image":
         rgb = decode_image(request.image, image_limits, field="image")
         return to_model_input(rgb, spec), rgb
     if which == "tensor":
-        # validate_input_tensor allows up to 4096 px per side; never decode more than that.
-        cap = 3 * min(image_limits.max_pixels, 4096 * 4096)
-        x = validate_input_tensor(tensor_from_proto(request.tensor, "tensor", cap), spec, "tensor")
+        # The shape is checked from the message before any data is read: a wrong size is an
+        # invalid argument whatever its size, and nothing beyond the model's input is decoded.
+        expected = [3, *spec.input_size]
+        shape = request.tensor.shape
+        require(
+            len(shape) == len(expected) and list(shape) == expected,
+            "tensor.shape",
+            f"expected {expected} (model {spec.name}'s input size), got {shape_text(shape)}; "
+            "send an encoded image to have it resized",
+        )
+        raw = tensor_from_proto(request.tensor, "tensor", math.prod(expected))
+        x = validate_input_tensor(raw, spec, "tensor")
         return x, _rgb_pixels(x, spec)
     raise InvalidArgument("set `image` (PNG/JPEG/WebP bytes) or `tensor` (model input)", "input")
 

@@ -130,11 +130,22 @@ def require_feature(backend: Backend, feature: str, field: str) -> None:
         )
 
 
+MAX_ECHOED_CHARS = 64  # a client's string quoted back in an error message is cut to this
+
+
+def clip(text: str, limit: int = MAX_ECHOED_CHARS) -> str:
+    """`text` quoted for an error message, cut to `limit` characters with an ellipsis.
+
+    The status message travels in a header: a 1 MB name echoed back exceeds the client's
+    metadata limit and the caller sees "Stream removed" instead of the error."""
+    return repr(text if len(text) <= limit else text[:limit] + "…")
+
+
 def check_model(backend: Backend, name: str) -> ModelSpec:
     """The spec of a served model, or NotFound naming the ones that are served."""
     if name not in backend.models:
         raise NotFound(
-            f"model {name!r} is not served here; served models: {', '.join(sorted(backend.models))}",
+            f"model {clip(name)} is not served here; served models: {', '.join(sorted(backend.models))}",
             "model",
         )
     return backend.models[name]
