@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +17,15 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from saliency.api.access_log import AccessLogInterceptor
-from saliency.api.reload import CertificateStore, Reloader, ReloadingBearerTokens
+from saliency.api.reload import (
+    CertificateStore,
+    Reloader,
+    ReloadingBearerTokens,
+    _check_tls_material,
+)
 from saliency.api.servicer import ExplainerServicer
 from saliency.runtime.backend import Backend, make_backend
-from saliency.runtime.config import ServiceConfig
+from saliency.runtime.config import ServiceConfig, check_tls
 from saliency.runtime.logs import configure_logging
 from saliency.runtime.metrics import Metrics
 from saliency.runtime.tracing import make_tracer_provider, tracer_from
@@ -63,15 +69,61 @@ class RunningService:
         self.tracer_provider.shutdown()
 
 
+# What each TLS setting must hold (a swapped key and certificate is a common mistake).
+_PEM_MARKERS = {
+    "tls_cert_file": ("-----BEGIN CERTIFICATE-----", "a PEM certificate"),
+    "tls_key_file": ("PRIVATE KEY-----", "a PEM private key"),
+    "tls_client_ca_file": ("-----BEGIN CERTIFICATE-----", "a PEM CA certificate"),
+}
+
+
+def _read_pem(config: ServiceConfig, setting: str) -> bytes:
+    """The file `setting` names; ValueError naming the setting if unreadable or not the PEM kind."""
+    path = getattr(config, setting)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"config {setting}: cannot read {path!r}: {exc.strerror or exc}") from None
+    marker, kind = _PEM_MARKERS[setting]
+    if marker.encode() not in data:
+        raise ValueError(f"config {setting}: {path!r} does not hold {kind}")
+    return data
+
+
 def _server_credentials(config: ServiceConfig) -> grpc.ServerCredentials | None:
+    """None for plaintext, else TLS (mutual TLS with a client CA) from the configured files.
+
+    Fails closed with a ValueError naming the setting, before anything binds: partial TLS,
+    an unreadable file, a file of the wrong kind, a key that does not match the certificate.
+    """
+    check_tls(config)
     if not config.tls_cert_file:
         return None
-    key = Path(config.tls_key_file).read_bytes()
-    cert = Path(config.tls_cert_file).read_bytes()
-    client_ca = Path(config.tls_client_ca_file).read_bytes() if config.tls_client_ca_file else None
+    cert, key = _read_pem(config, "tls_cert_file"), _read_pem(config, "tls_key_file")
+    client_ca = _read_pem(config, "tls_client_ca_file") if config.tls_client_ca_file else None
+    try:
+        _check_tls_material(key, cert, client_ca)
+    except (ssl.SSLError, ValueError) as exc:
+        raise ValueError(
+            f"config tls_cert_file / tls_key_file / tls_client_ca_file: {config.tls_cert_file!r}, "
+            f"{config.tls_key_file!r}: rejected by OpenSSL (key not matching the certificate, or a "
+            f"PEM that does not parse): {exc}"
+        ) from None
     return grpc.ssl_server_credentials(
         [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
     )
+
+
+def _security_mode(credentials: grpc.ServerCredentials | None, config: ServiceConfig, tokens: frozenset[str]) -> str:
+    """One line for the start-up log: transport and auth as they will be served."""
+    if credentials is None:
+        transport = "plaintext (no TLS)"
+    elif config.tls_client_ca_file:
+        transport = "mTLS (client certificates required)"
+    else:
+        transport = "TLS"
+    auth = f"auth on ({len(tokens)} token{'s' if len(tokens) != 1 else ''})" if tokens else "auth off"
+    return f"security: {transport}; {auth}"
 
 
 def _connection_age_options(config: ServiceConfig) -> list[tuple[str, int]]:
@@ -86,7 +138,13 @@ def _connection_age_options(config: ServiceConfig) -> list[tuple[str, int]]:
 
 
 async def start_service(config: ServiceConfig, span_exporter: SpanExporter | None = None) -> RunningService:
-    """Load the models, start gRPC and /metrics; return once the service is SERVING."""
+    """Load the models, start gRPC and /metrics; return once the service is SERVING.
+
+    Security settings are checked first and fail closed (ValueError naming the setting):
+    partial TLS, unreadable TLS files, an empty token set that was configured."""
+    tokens = config.auth_tokens()
+    credentials = _server_credentials(config)
+    log.info("%s", _security_mode(credentials, config, tokens))
     metrics = Metrics()
     provider = make_tracer_provider(config.otlp_endpoint, span_exporter)
     tracer = tracer_from(provider)
@@ -98,7 +156,6 @@ async def start_service(config: ServiceConfig, span_exporter: SpanExporter | Non
     await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
 
     interceptors = [AccessLogInterceptor()]  # first: calls that auth refuses are logged too
-    tokens = config.auth_tokens()
     watched = []
     if tokens:
         # BearerTokenInterceptor over the tokens file as last read (api/reload.py).
@@ -120,7 +177,6 @@ async def start_service(config: ServiceConfig, span_exporter: SpanExporter | Non
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
 
     address = f"{config.host}:{config.port}"
-    credentials = _server_credentials(config)
     if credentials is not None:
         # The same files as credentials that re-read them when they change (api/reload.py).
         certificates = CertificateStore(config)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,12 +88,60 @@ class ServiceConfig:
     # file are checked this often, and on SIGHUP; 0 = on SIGHUP only.
     reload_interval_s: float = 10.0
 
-    def auth_tokens(self) -> frozenset[str]:
-        """Tokens from SALIENCY_AUTH_TOKENS (comma-separated) and the tokens file."""
-        tokens = {t.strip() for t in os.environ.get("SALIENCY_AUTH_TOKENS", "").split(",")}
+    def auth_tokens(self, env: Mapping[str, str] | None = None) -> frozenset[str]:
+        """Tokens from SALIENCY_AUTH_TOKENS (comma-separated) and the tokens file (one per
+        line, `#` starts a comment). Empty: auth off.
+
+        Fails closed (ValueError naming the setting): a variable that is set but holds no
+        token, a tokens file that cannot be read or holds none. An empty (or blank) variable
+        counts as unset: compose passes SALIENCY_AUTH_TOKENS="" when no token is given.
+        """
+        tokens = set(env_auth_tokens(os.environ if env is None else env))
         if self.auth_tokens_file:
-            tokens |= {line.strip() for line in Path(self.auth_tokens_file).read_text().splitlines()}
-        return frozenset(t for t in tokens if t and not t.startswith("#"))
+            try:
+                text = Path(self.auth_tokens_file).read_text()
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                raise ValueError(f"config auth_tokens_file: cannot read {self.auth_tokens_file!r}: {reason}") from None
+            from_file = _tokens(text.splitlines())
+            if not from_file:
+                raise ValueError(
+                    f"config auth_tokens_file: {self.auth_tokens_file!r} holds no token (one per line, "
+                    "# starts a comment); unset auth_tokens_file to turn auth off"
+                )
+            tokens |= from_file
+        return frozenset(tokens)
+
+
+def _tokens(items: list[str]) -> set[str]:
+    """The non-blank items that are not `#` comments, stripped."""
+    return {t.strip() for t in items if t.strip() and not t.strip().startswith("#")}
+
+
+def env_auth_tokens(env: Mapping[str, str]) -> frozenset[str]:
+    """The tokens of SALIENCY_AUTH_TOKENS; ValueError if it is set (not blank) but holds none."""
+    value = env.get("SALIENCY_AUTH_TOKENS", "")
+    tokens = _tokens(value.split(","))
+    if value.strip() and not tokens:
+        raise ValueError(
+            "SALIENCY_AUTH_TOKENS is set but holds no token "
+            "(comma-separated); unset it to turn auth off"
+        )
+    return frozenset(tokens)
+
+
+def check_tls(config: ServiceConfig) -> None:
+    """Partial TLS fails closed: a certificate needs its key and a key its certificate, and a
+    client CA (mutual TLS) needs both; otherwise the port would serve plaintext."""
+    given = {name for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file") if getattr(config, name)}
+    if not given:
+        return
+    missing = [name for name in ("tls_cert_file", "tls_key_file") if name not in given]
+    if missing:
+        raise ValueError(
+            f"config {' and '.join(missing)}: not set, but {', '.join(sorted(given))} is; TLS needs "
+            "tls_cert_file and tls_key_file (and tls_client_ca_file for mutual TLS), or none of them"
+        )
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(ServiceConfig)}
@@ -184,4 +233,8 @@ def load_config(
         raise ValueError(f"config log_format: {config.log_format!r} is not one of {LOG_FORMATS}")
     if config.log_level.lower() not in LOG_LEVELS:
         raise ValueError(f"config log_level: {config.log_level!r} is not one of {LOG_LEVELS}")
+    # Security fails closed. The files themselves are read at start (api/server.py): they may
+    # be mounted only where the service runs.
+    check_tls(config)
+    env_auth_tokens(env)
     return config
