@@ -62,7 +62,7 @@ Java and TorchServe, BACKENDS=embedded in deploy/Dockerfile) for the embedded ba
 {{- define "saliency.modelStore" -}}/opt/saliency/model_store{{- end -}}
 
 {{/* The service config file: .Values.config plus the fields the chart owns (host, ports,
-backend, device, auth and TLS file paths). */}}
+backend, device, auth and TLS file paths, model_configs from userModels). */}}
 {{- define "saliency.serviceConfig" -}}
 {{- $config := deepCopy .Values.config -}}
 {{- $_ := set $config "host" "0.0.0.0" -}}
@@ -85,6 +85,7 @@ backend, device, auth and TLS file paths). */}}
 {{- if not $config.limits -}}
 {{- $_ := unset $config "limits" -}}
 {{- end -}}
+{{- include "saliency.setUserModelConfigs" (list $config .) -}}
 {{- toYaml $config -}}
 {{- end -}}
 
