@@ -66,6 +66,31 @@ def test_a_megabyte_model_name_gets_not_found_with_a_short_message(service, rpc)
     assert_still_serving(service)
 
 
+def test_any_echoed_string_is_cut_so_the_error_reaches_the_caller(service):
+    """A megabyte layer name is echoed by the layer check; the status message is capped in one
+    place, so the caller gets INVALID_ARGUMENT rather than "Stream removed"."""
+    request = pb.SanityCheckRequest(model="tinycnn", image=png_bytes(skimage.data.chelsea()), layers=[HUGE_NAME])
+    with pytest.raises(grpc.RpcError) as info:
+        pb_grpc.ExplainerStub(service.channel()).SanityCheck(request, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()[:200]
+    assert info.value.details().startswith("layers[0]") and len(info.value.details()) <= 1024
+    assert_still_serving(service)
+
+
+def test_serve_refuses_a_missing_tokens_file_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", "from saliency.cli import main; raise SystemExit(main())", "serve",
+         "--models", "tinycnn", "--port", "0", "--metrics-port", "0",
+         "--auth-tokens-file", str(tmp_path / "missing")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "auth_tokens_file" in result.stderr
+
+
 def test_a_hundred_dimension_tensor_is_invalid_argument_naming_its_shape(service):
     request = pb.ExplainRequest(model="tinycnn", tensor=tensor([1] * 100))
     with pytest.raises(grpc.RpcError) as info:

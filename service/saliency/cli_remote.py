@@ -282,5 +282,7 @@ def serve(args: argparse.Namespace) -> int:
 
     try:
         return run_server(config)
-    except SaliencyError as exc:  # e.g. a model config that does not fit its model: nothing served
-        return _fail(f"saliency serve: {exc}")
+    # A model config that does not fit its model, a tokens or TLS file that cannot serve: the
+    # service refuses to start, in one line that names the setting.
+    except (SaliencyError, ValueError, OSError) as exc:
+        return _fail(f"saliency serve: {' '.join(str(exc).split())}")

@@ -65,7 +65,7 @@ class _Watched:
         return True
 
 
-def _check_tls_material(key: bytes, cert: bytes, client_ca: bytes | None) -> None:
+def check_tls_material(key: bytes, cert: bytes, client_ca: bytes | None) -> None:
     """Raise unless the key matches the certificate and every PEM parses (OpenSSL's checks)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     with tempfile.TemporaryDirectory(prefix="saliency-tls-") as folder:
@@ -93,7 +93,7 @@ class CertificateStore:
         config = self._config
         key, cert = Path(config.tls_key_file).read_bytes(), Path(config.tls_cert_file).read_bytes()
         client_ca = Path(config.tls_client_ca_file).read_bytes() if self.mutual else None
-        _check_tls_material(key, cert, client_ca)
+        check_tls_material(key, cert, client_ca)
         return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=client_ca)
 
     def _stage(self) -> str:

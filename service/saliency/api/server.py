@@ -21,7 +21,7 @@ from saliency.api.reload import (
     CertificateStore,
     Reloader,
     ReloadingBearerTokens,
-    _check_tls_material,
+    check_tls_material,
 )
 from saliency.api.servicer import ExplainerServicer
 from saliency.runtime.backend import Backend, make_backend
@@ -102,7 +102,7 @@ def _server_credentials(config: ServiceConfig) -> grpc.ServerCredentials | None:
     cert, key = _read_pem(config, "tls_cert_file"), _read_pem(config, "tls_key_file")
     client_ca = _read_pem(config, "tls_client_ca_file") if config.tls_client_ca_file else None
     try:
-        _check_tls_material(key, cert, client_ca)
+        check_tls_material(key, cert, client_ca)
     except (ssl.SSLError, ValueError) as exc:
         raise ValueError(
             f"config tls_cert_file / tls_key_file / tls_client_ca_file: {config.tls_cert_file!r}, "

@@ -17,7 +17,6 @@ import grpc
 from opentelemetry import trace
 from opentelemetry.propagate import extract
 
-from saliency import render
 from saliency.api import convert, quality_codec, tensors
 from saliency.attribution.registry import get_method
 from saliency.errors import (
@@ -61,6 +60,15 @@ _STATUS = {
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
 }
+
+
+# Status messages travel in a trailer: one that quotes a megabyte of the request back would
+# exceed the client's metadata limit, and the caller would see "Stream removed" instead.
+MAX_STATUS_MESSAGE = 1024
+
+
+def status_message(text: str) -> str:
+    return text if len(text) <= MAX_STATUS_MESSAGE else text[: MAX_STATUS_MESSAGE - 1] + "…"
 
 
 def _status_for(exc: BaseException) -> grpc.StatusCode:
@@ -156,7 +164,7 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
                 if code == grpc.StatusCode.INVALID_ARGUMENT:
                     self.metrics.rejected.labels(model_label, "invalid_argument").inc()
                 span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))
-                await context.abort(code, str(exc))
+                await context.abort(code, status_message(str(exc)))
             except grpc.aio.AbortError:
                 raise
             except asyncio.CancelledError:
@@ -189,13 +197,17 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
             )
             if (remaining := context.time_remaining()) is not None and remaining <= DEADLINE_MARGIN_S:
                 raise DeadlineExceeded("the deadline passed while the input was decoded")
+            # Where maps go in the image sent (the crop box, original-size maps) and the capped
+            # picture overlays are drawn on (kept only with overlays).
+            picture = await self._off_loop(
+                convert.map_frame, request, self.backend.models[job.model], rgb, options, self.config.max_overlay_side
+            )
             evaluate = None
             if request.HasField("evaluate"):
-                evaluate = quality_codec.evaluate_from_proto(request.evaluate, rgb.shape[:2], tuple(x.shape[-2:]))
+                evaluate = quality_codec.evaluate_from_proto(
+                    request.evaluate, rgb.shape[:2], tuple(x.shape[-2:]), picture.region
+                )
                 evaluate.groups(list(job.methods), job.targets)  # a listed metric that cannot apply is an error
-            picture = None  # the decoded photograph is kept only to draw overlays on, and capped
-            if options.include_overlay:
-                picture = await self._off_loop(render.fit_within, rgb, self.config.max_overlay_side)
             needed = request_bytes(job, x, picture, options.map_dtype, admission.deep_bytes)
             if needed > self.config.max_request_bytes:
                 raise ResourceExhausted(
