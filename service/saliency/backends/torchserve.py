@@ -14,8 +14,9 @@ request's deadline (as the gRPC timeout and, for the handler to drop expired row
 chunks, in the row's `deadline_unix_ms`), its trace context (`traceparent` metadata and row key)
 and its request id. Maps come back raw and the servicer applies the output options, so a
 response equals the embedded backend's. TorchServe down, a worker dying, or a refused key is
-UNAVAILABLE; `healthy()` (polled by api/server.py) turns the service's health NOT_SERVING while
-TorchServe cannot serve.
+UNAVAILABLE; TorchServe's job queue full (overload) is RESOURCE_EXHAUSTED. `healthy()` (polled by
+api/server.py) turns the service's health NOT_SERVING while TorchServe cannot serve: dead, or
+its workers not loaded; never because it is busy.
 """
 
 from __future__ import annotations
@@ -48,8 +49,13 @@ from saliency.backends.torchserve_batch import (
     TRACEPARENT_KEY,
     error_for,
 )
-from saliency.backends.torchserve_process import KeyFile, TorchServeProcess, describe, workers_ready
-from saliency.errors import DeadlineExceeded, SaliencyError, Unavailable
+from saliency.backends.torchserve_process import (
+    KeyFile,
+    TorchServeProcess,
+    describe,
+    workers_ready,
+)
+from saliency.errors import DeadlineExceeded, ResourceExhausted, SaliencyError, Unavailable
 from saliency.models import get_spec
 from saliency.runtime.backend import DeepEvent, ExplainJob, FastEvent, check_model
 from saliency.runtime.config import ServiceConfig
@@ -63,8 +69,16 @@ from saliency.v1 import torchserve_pb2 as reply_pb
 log = logging.getLogger(__name__)
 
 BACKEND = "torchserve"
-HEALTH_TIMEOUT_S = 2.0
+HEALTH_TIMEOUT_S = 2.0  # one Ping or management call of the health probe
+# TorchServe answers no Ping for this long (each probe timing out) before health gives up on
+# it. Shorter stalls are load (a saturated host, a long GC pause) and keep the last verdict.
+HEALTH_GRACE_S = 30.0
 _KEY_REFUSED = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+# What TorchServe 0.12 says, as gRPC INTERNAL, when a registration's job queue is full
+# (job_queue_size, 100 by default; ModelManager.addJob): the same words as for a model with no
+# worker at all, so the workers' state (from the health probe) tells the two apart. REST says
+# it as HTTP 503 ServiceUnavailableException.
+_QUEUE_FULL_TEXT = "has no worker to serve inference request"
 
 
 class TorchServeBackend:
@@ -98,6 +112,12 @@ class TorchServeBackend:
         self._warned_management = False
         self._failures = 0  # calls that failed for TorchServe's sake (not the request's)
         self._failures_seen = 0  # ... as of the last health probe
+        self.health_grace_s = HEALTH_GRACE_S
+        self._serving = False  # the last verdict the probe could reach
+        self._unsure_since: float | None = None  # since when the probe gets no answer in time
+        self._workers_ok: bool | None = None  # every registration's workers READY, last we knew
+        self._key_lock = asyncio.Lock()  # one key refresh at a time (renewal revokes the old key)
+        self._queue_sizes: dict[str, int] = {}  # registration -> its job queue's capacity
         self._channel: grpc.aio.Channel | None = None
         self._stub: ts_grpc.InferenceAPIsServiceStub | None = None
         log.info("torchserve backend: %s for %s", self.address, ", ".join(self.models))
@@ -112,7 +132,7 @@ class TorchServeBackend:
         fast, deep = split_by_kind(job.methods)
         labels = {"model": job.model, "backend": BACKEND}
         deep_call: asyncio.Task | None = None
-        with request_in_flight(self.metrics, job.model):
+        with request_in_flight(self.metrics, job.model, deadline):
             try:
                 if deep and job.targets.classes:  # the classes are known: no need to wait for the fast pass
                     deep_call = asyncio.ensure_future(self._deep(job, deep, job.targets.classes, deadline))
@@ -142,38 +162,62 @@ class TorchServeBackend:
                         deep_call.exception()  # retrieved: its error (if any) was superseded
 
     async def healthy(self) -> bool:
-        """Whether TorchServe answers Ping with "Healthy" and every registration's workers have
-        their model loaded (a worker being restarted is not); also renews the inference key
-        when it is about to expire.
+        """Whether TorchServe can serve: it runs, answers Ping with "Healthy", and every
+        registration's workers have their model loaded (a worker being restarted is not); also
+        renews the inference key when it is about to expire.
 
-        A call that failed for TorchServe's sake since the last probe makes this probe False
-        whatever TorchServe says now: a worker that died and came back between two probes is
-        still reported (for one poll).
+        Busy is not unhealthy: a call refused because TorchServe's queue is full does not count,
+        and a Ping or management call that times out (a saturated host) keeps the last verdict
+        for up to `health_grace_s`. A call that failed for TorchServe's sake since the last probe
+        makes this probe False whatever TorchServe says now: a worker that died and came back
+        between two probes is still reported (for one poll).
         """
         failed, self._failures_seen = self._failures != self._failures_seen, self._failures
         if failed or (self.process is not None and not self.process.alive()):
-            return False
+            return self._verdict(False)
         try:
             key = self.keys.inference_key()
         except (OSError, ValueError, KeyError):
-            return False
+            return self._verdict(False)
         try:
             reply = await self._stub_now().Ping(
                 empty_pb2.Empty(), metadata=[("authorization", f"Bearer {key}")], timeout=HEALTH_TIMEOUT_S
             )
             status = json.loads(reply.health).get("status")
         except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return self._unsure("Ping")
             if exc.code() in _KEY_REFUSED:
                 self.keys.reload()
-            return False
+            return self._verdict(False)
         except ValueError:
-            return False
+            return self._verdict(False)
+        if status != "Healthy":
+            return self._verdict(False)
         if self.keys.renewal_due():
             await asyncio.to_thread(self.keys.renew_if_due)
-        return status == "Healthy" and await asyncio.to_thread(self._workers_ready)
+        ready = await asyncio.to_thread(self._workers_ready)
+        return self._unsure("the management API") if ready is None else self._verdict(ready)
 
-    def _workers_ready(self) -> bool:
-        """Every `<m>` and `<m>-deep` has its workers READY, per the management API. Blocking.
+    def _verdict(self, serving: bool) -> bool:
+        self._serving, self._unsure_since = serving, None
+        return serving
+
+    def _unsure(self, what: str) -> bool:
+        """No answer in time: the last verdict stands until TorchServe has been silent for
+        health_grace_s."""
+        now = time.monotonic()
+        if self._unsure_since is None:
+            self._unsure_since = now
+        silent = now - self._unsure_since
+        if silent < self.health_grace_s:
+            return self._serving
+        log.warning("TorchServe's %s has not answered within %.0f s for %.0f s", what, HEALTH_TIMEOUT_S, silent)
+        return False
+
+    def _workers_ready(self) -> bool | None:
+        """Every `<m>` and `<m>-deep` has its workers READY, per the management API; None when
+        it did not answer in time. Blocking.
 
         When the management API cannot be reached (attach mode, another address) this check is
         skipped with a warning, and Ping alone decides.
@@ -182,17 +226,33 @@ class TorchServeBackend:
             key = self.keys.management_key()
             for model in self.models:
                 for name in (model, model + DEEP_SUFFIX):
-                    if not workers_ready(describe(self.keys.management_address, key, name, timeout=HEALTH_TIMEOUT_S)):
+                    description = describe(self.keys.management_address, key, name, timeout=HEALTH_TIMEOUT_S)
+                    queue = description.get("jobQueueStatus") or {}
+                    if "remainingCapacity" in queue:  # job_queue_size, for the overload message
+                        self._queue_sizes[name] = int(queue["remainingCapacity"]) + int(queue.get("pendingRequests", 0))
+                    if not workers_ready(description):
+                        self._workers_ok = False
                         return False
         except urllib.error.HTTPError as exc:  # e.g. 404: a registration is missing
             log.warning("TorchServe's management API: %s", exc)
+            self._workers_ok = False
             return False
+        except TimeoutError:
+            return None
+        except urllib.error.URLError as exc:
+            if isinstance(exc.reason, TimeoutError):
+                return None
+            self._warn_management(exc)
         except (OSError, ValueError, KeyError) as exc:
-            if not self._warned_management:
-                log.warning("cannot check TorchServe's workers at %s (%s); health relies on Ping",
-                            self.keys.management_address, exc)
-                self._warned_management = True
+            self._warn_management(exc)
+        self._workers_ok = True
         return True
+
+    def _warn_management(self, exc: Exception) -> None:
+        if not self._warned_management:
+            log.warning("cannot check TorchServe's workers at %s (%s); health relies on Ping",
+                        self.keys.management_address, exc)
+            self._warned_management = True
 
     def close(self) -> None:
         if self._channel is not None:
@@ -278,7 +338,7 @@ class TorchServeBackend:
                         metadata=metadata,
                     )
                 except grpc.aio.AioRpcError as exc:
-                    if exc.code() in _KEY_REFUSED and attempt == 1 and await self._refresh_key():
+                    if exc.code() in _KEY_REFUSED and attempt == 1 and await self._refresh_key(key):
                         continue
                     error = self._error(exc, request.model, registration, what)
                     span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
@@ -295,17 +355,37 @@ class TorchServeBackend:
                 return reply
         raise AssertionError("unreachable")
 
-    async def _refresh_key(self) -> bool:
-        """After a refused key: re-read the key file, else renew the key; True if it changed."""
-        if self.keys.reload():
-            return True
-        return await asyncio.to_thread(self.keys.renew_if_due)
+    async def _refresh_key(self, refused: str) -> bool:
+        """After TorchServe refused the key `refused`: True when there is another to try.
+
+        One refresh at a time: of many calls refused together, the first re-reads the key file,
+        else renews the key; the others find the key changed and retry with it. Each renewing on
+        its own would revoke the key the previous one had just fetched.
+        """
+        async with self._key_lock:
+            self.keys.reload()
+            try:
+                if self.keys.inference_key() != refused:
+                    return True
+            except (OSError, ValueError, KeyError):
+                return False
+            return await asyncio.to_thread(self.keys.renew_if_due)
 
     def _error(self, exc: grpc.aio.AioRpcError, model: str, registration: str, what: str) -> SaliencyError:
         code = exc.code()
         details = (exc.details() or "").splitlines()[0] if exc.details() else code.name
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return DeadlineExceeded(f"the deadline passed while TorchServe computed {what}")
+        if code == grpc.StatusCode.INTERNAL and _QUEUE_FULL_TEXT in details and self._workers_ok is not False:
+            # Overload, not a failure: TorchServe is fine and health stays SERVING.
+            self.metrics.rejected.labels(model, "overloaded").inc()
+            size = self._queue_sizes.get(registration)
+            size = f"{size} requests" if size else "its job_queue_size"
+            return ResourceExhausted(
+                f"TorchServe's queue for {registration} is full ({size} waiting); retry later or send "
+                "fewer requests at once (more TorchServe workers, or a longer job_queue_size in its "
+                "config.properties, raise this limit)"
+            )
         self.metrics.rejected.labels(model, "backend_unavailable").inc()
         self._failures += 1
         if code == grpc.StatusCode.UNAVAILABLE:

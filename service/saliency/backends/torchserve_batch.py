@@ -297,6 +297,16 @@ class BatchRunner:
         x, _rgb, targets, methods = convert.request_inputs_from_proto(
             request, spec, self.image_limits, self.settings.limits, self.settings.max_methods
         )
+        # Every row reaches the model at its input size (an image is resized to it; a tensor
+        # must have it): methods are planned for that shape, and a row of another shape fails
+        # here, alone, rather than in a model call it shares with the rest of the batch.
+        expected = [3, *spec.input_size]
+        if list(x.shape) != expected:
+            raise InvalidArgument(
+                f"expected {expected} (model {spec.name}'s input size), got {list(x.shape)}; "
+                "send an encoded image to have it resized",
+                "tensor.shape",
+            )
         for i, name in enumerate(methods):
             kind = get_method(name).kind
             if kind != self.mode:

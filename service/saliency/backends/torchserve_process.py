@@ -7,6 +7,11 @@ config.properties, key_file.json (token authorization), the logs and TorchServe'
 listener binds 127.0.0.1 on a port chosen free at start; the hardening settings of the base
 config (deploy/torchserve/config.properties) are enforced whatever that file says.
 
+TorchServe dies with the service, even one killed with SIGKILL: the launcher runs under
+torchserve_watchdog.py (the service's direct child), which ends TorchServe's whole process group
+and removes the work dir with key_file.json once the service is gone. A start also sweeps the
+work dirs of services that died with their watchdog (`sweep_stale_workdirs`).
+
 `KeyFile` reads TorchServe's key_file.json and renews the inference key through TorchServe's
 token API before it expires (keys live `token_expiration_min`, 60 minutes by default).
 """
@@ -38,6 +43,7 @@ import yaml
 from google.protobuf import empty_pb2
 
 from saliency.backends.torchserve_batch import DEEP_SUFFIX, HandlerSettings
+from saliency.backends.torchserve_watchdog import group_members
 from saliency.torchserve_api import inference_pb2_grpc as ts_grpc
 
 log = logging.getLogger(__name__)
@@ -352,7 +358,9 @@ class TorchServeProcess:
         if not launcher.exists():
             raise RuntimeError(f"{launcher} is missing: pip install 'saliency[torchserve]'")
         owns = workdir is None
-        root = Path(tempfile.mkdtemp(prefix="saliency-torchserve-") if owns else workdir).resolve()
+        if owns:
+            sweep_stale_workdirs(Path(tempfile.gettempdir()))
+        root = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX) if owns else workdir).resolve()
         (root / "logs").mkdir(parents=True, exist_ok=True)
         tmp = root / "tmp"
         tmp.mkdir(exist_ok=True)
@@ -376,15 +384,25 @@ class TorchServeProcess:
             "LOG_LOCATION": str(root / "logs"),
             "METRICS_LOCATION": str(root / "logs"),
         }
+        # The watchdog (our child, leader of a new process group that the launcher, the JVM and
+        # the workers share) ends that group when this process dies, however it dies, and then
+        # removes what holds the keys: the work dir we made, or the key file in the caller's.
+        cleanup = root if owns else root / "key_file.json"
+        watchdog = [
+            sys.executable, "-m", "saliency.backends.torchserve_watchdog",
+            "--parent", str(os.getpid()), "--cleanup", str(cleanup), "--", *command,
+        ]
         log_file = open(root / "logs" / "torchserve.out", "wb")  # noqa: SIM115 - closed in stop()
         try:
             process = subprocess.Popen(
-                command, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=log_file,
+                watchdog, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=log_file,
                 stderr=subprocess.STDOUT, start_new_session=True,  # its own group: stop() ends them all
             )
         except BaseException:
             log_file.close()
             raise
+        if owns:
+            _write_owner(root, process.pid)
         instance = cls(process, root, ports, registrations, owns, log_file)
         log.info("starting TorchServe (pid %d) in %s, gRPC %s", process.pid, root, instance.grpc_address)
         try:
@@ -449,19 +467,84 @@ class TorchServeProcess:
         self._log_file.close()
         if self._owns_workdir and not keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+        else:  # the logs stay for whoever reads them; the keys of a stopped TorchServe do not
+            self.key_file.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------- work dirs left behind
+
+WORKDIR_PREFIX = "saliency-torchserve-"
+OWNER_FILE = "owner.json"  # in a work dir we made: who uses it (pids and their start times)
+
+
+def _start_time(pid: int) -> int | None:
+    """The process's start time (clock ticks since boot): a pid's identity against reuse;
+    None when it does not run (gone, or a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # state is field 3, starttime field 22
+    return None if fields[0] in ("Z", "X") else int(fields[19])
+
+
+def _write_owner(root: Path, watchdog_pid: int) -> None:
+    owner = {
+        "service": {"pid": os.getpid(), "start": _start_time(os.getpid())},
+        "watchdog": {"pid": watchdog_pid, "start": _start_time(watchdog_pid)},
+        "group": watchdog_pid,
+    }
+    (root / OWNER_FILE).write_text(json.dumps(owner))
+
+
+def _runs(entry: Mapping) -> bool:
+    return entry.get("start") is not None and _start_time(int(entry["pid"])) == entry["start"]
+
+
+def sweep_stale_workdirs(parent: Path) -> list[Path]:
+    """Remove the work dirs under `parent` whose service and watchdog both no longer run (both
+    killed at once, say), after ending any process of theirs still running. Returns them.
+
+    The watchdog cleans up after a service that dies alone; this is the second line, at the
+    next start on the host. A process is ended only if it is in the dead watchdog's process
+    group *and* names the work dir on its command line (the launcher's --ts-config, the JVM's
+    java.io.tmpdir, a worker's socket): never another program that reused a pid.
+    """
+    swept = []
+    for workdir in sorted(Path(parent).glob(WORKDIR_PREFIX + "*")):
+        try:
+            owner = json.loads((workdir / OWNER_FILE).read_text())
+            if _runs(owner["service"]) or _runs(owner["watchdog"]):
+                continue
+            group = int(owner["group"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not one of ours, or still being set up
+        for pid in group_members(group):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    names_it = str(workdir).encode() in f.read()
+                if names_it:
+                    os.kill(pid, signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                pass
+        shutil.rmtree(workdir, ignore_errors=True)
+        log.warning("removed %s, left behind by a saliency service (pid %s) that no longer runs",
+                    workdir, owner["service"].get("pid"))
+        swept.append(workdir)
+    return swept
 
 
 def _group_gone(process: subprocess.Popen, timeout_s: float) -> bool:
-    """Wait for the launcher and every other member of its process group to exit."""
+    """Wait for the watchdog and every other member of its process group to exit (a zombie
+    left for a reaper counts as exited)."""
     deadline = time.monotonic() + timeout_s
     try:
         process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         return False
     while time.monotonic() < deadline:
-        try:
-            os.killpg(process.pid, 0)
-        except ProcessLookupError:
+        if not group_members(process.pid):
             return True
         time.sleep(0.1)
     return False
