@@ -21,6 +21,7 @@ from bench import (
     superpixel_methods,
     threads,
     torchserve,
+    user_models,
 )
 from bench.report import Table
 from bench.settings import Settings
@@ -54,5 +55,6 @@ BENCHMARKS: dict[str, Benchmark] = {
         _entry("threads", threads),
         _entry("isolation", isolation),
         _entry("attention", attention),
+        _entry("user_models", user_models),
     )
 }
