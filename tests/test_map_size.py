@@ -242,9 +242,12 @@ def _explain(service, model: str, output: pb.OutputOptions, image=None, tensor=N
     return service.stub().Explain(request, timeout=120)
 
 
-def test_list_models_says_how_a_model_resizes(service):
+def test_list_models_says_how_a_model_resizes(service, capsys):
     listed = {m.name: m.resize for m in service.stub().ListModels(pb.ListModelsRequest(), timeout=30).models}
     assert listed == {"tinycnn": "stretch", "user_crop": "crop"}
+    assert main(["models", "--server", service.address]) == 0
+    out = capsys.readouterr().out
+    assert f"user_crop            {SIZE}x{SIZE} centre crop, 7 classes" in out and "tinycnn              32x32, " in out
 
 
 def test_served_maps_at_the_original_size_of_a_crop_model(service, crop_model):

@@ -553,7 +553,8 @@ def list_models() -> int:
     for spec in model_specs().values():
         h, w = spec.input_size
         weights = "" if spec.pretrained else " [RANDOM WEIGHTS]"
-        print(f"  {spec.name:<20} {h}x{w}, {spec.num_classes} classes, CAM layer "
+        crop = " centre crop" if spec.resize == "crop" else ""
+        print(f"  {spec.name:<20} {h}x{w}{crop}, {spec.num_classes} classes, CAM layer "
               f"{spec.target_layer or 'none'}{weights}: {spec.description}")
     print("methods (set parameters with --param METHOD.FIELD=VALUE):")
     api_order = {name: i for i, name in enumerate(METHOD_NAMES.values())}  # as ListModels lists them

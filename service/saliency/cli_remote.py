@@ -171,7 +171,8 @@ def print_models(models: Sequence[Any], where: str) -> None:
     print(f"models served by {where}:")
     for m in models:
         weights = "" if m.pretrained else " [RANDOM WEIGHTS]"
-        print(f"  {m.name:<20} {m.height}x{m.width}, {m.num_classes} classes, "
+        crop = " centre crop" if m.resize == "crop" else ""
+        print(f"  {m.name:<20} {m.height}x{m.width}{crop}, {m.num_classes} classes, "
               f"up to {m.max_targets} targets{weights}: {m.description}")
     # Print the methods once when every model supports the same ones, else per model.
     listings = {m.name: list(m.methods) for m in models}
