@@ -178,8 +178,8 @@ def test_rise_plan_makes_no_mask_and_holds_no_bank(tiny, monkeypatch):
     bank_bytes = 8192 * 224 * 224 * 2
     assert big.memory_bytes < bank_bytes / 500  # input, map, generator states: ~1 MB
     assert small.memory_bytes <= big.memory_bytes < small.memory_bytes + (1 << 20)
-    first = big.streams[0].make_inputs(0, 3)  # masks are made with the chunk
-    assert first.shape == (3, 3, 224, 224)
+    first = big.streams[0].make_inputs(0, 3)  # masks are made with the chunk (and go to the reducer)
+    assert first.inputs.shape == (3, 3, 224, 224) and first.side.shape == (3, 224, 224)
 
 
 DEEP = sorted(name for name, info in all_methods().items() if info.kind == "deep")

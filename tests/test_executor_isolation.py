@@ -57,7 +57,9 @@ def test_tasks_of_different_input_shapes_share_an_executor_and_both_succeed(tiny
     fourth = plan(tiny, large, 4, "ig", n_steps=6)
     seen.clear()
     run_all(executor, [third, fourth])
-    assert sorted(s[0] for s in seen) == [4, 12]
+    # 12 path points in one gradient call; the two tasks' endpoints (F(x'), F(x)) are the same
+    # forwards for both targets, run once.
+    assert sorted(s[0] for s in seen) == [2, 12]
 
 
 def bad_inputs(task: DeepTask, make) -> DeepTask:

@@ -28,6 +28,13 @@ Three optional stream properties serve methods beyond plain gradients and forwar
   a method can plan its second phase from the first phase's outputs (Score-CAM's masks come
   from the activations of one forward). Its `n_samples` is an upper bound until then: the
   first phase's consumer may lower it.
+
+Forward-only samples are shared across targets: a forward gives the logits of every class, so
+streams that declare the same `share_key` (the same perturbations of the same input, e.g. the
+RISE masks of one request for three targets) and stand at the same sample are cut into one
+slice: its inputs are generated once, by the first of them, run as one row each, and every
+stream consumes the same outputs with its own reducer. Each task's result is the one it gets
+alone (the same inputs in the same chunks), while top-k costs the model calls of top-1.
 """
 
 from __future__ import annotations
@@ -37,9 +44,10 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -55,12 +63,16 @@ class ChunkOutput:
 
     layer: the CAM layer's activations [n, K, h, w] and layer_grads: d(target logit)/d(layer)
     [n, K, h, w], in chunks that held a `capture_layer` stream (grads only in gradient chunks).
+    side: what the slice's generator returned beside its inputs (`Samples.side`), or None.
+    A shared slice hands the same outputs to every stream sharing it: consumers must not modify
+    them in place (forward-only outputs are inference tensors, which refuse it anyway).
     """
 
     logits: torch.Tensor
     grads: torch.Tensor | None
     layer: torch.Tensor | None = None
     layer_grads: torch.Tensor | None = None
+    side: Any = None
 
     def rows(self, start: int, stop: int) -> ChunkOutput:
         """The outputs of samples [start, stop) of the chunk."""
@@ -71,11 +83,50 @@ class ChunkOutput:
         return ChunkOutput(cut(self.logits), cut(self.grads), cut(self.layer), cut(self.layer_grads))
 
 
+@dataclass(frozen=True)
+class Samples:
+    """What `make_inputs` returns when its consumers need more than the model's outputs: the
+    inputs [n, C, H, W] and `side` (RISE's masks), handed to every consumer of the slice as
+    `ChunkOutput.side`. A stream shared across targets needs this: only one stream of a shared
+    slice generates it, so a consumer cannot keep what its own generator made."""
+
+    inputs: torch.Tensor
+    side: Any = None
+
+
+class SameTensor:
+    """Part of a `share_key`: equal to another exactly when both are views of the same memory
+    with the same offset, shape, strides, dtype and device, so the data is the same. It holds
+    the tensor: the memory cannot be freed, and its address reused by another input, while a
+    key refers to it. (Identity, not content: hashing every input would cost more than it
+    saves; the tasks of one request are planned from one tensor.)"""
+
+    __slots__ = ("tensor", "_identity")
+
+    def __init__(self, tensor: torch.Tensor):
+        self.tensor = tensor
+        self._identity = (
+            str(tensor.device),
+            tensor.untyped_storage().data_ptr(),
+            tensor.storage_offset(),
+            tuple(tensor.shape),
+            tensor.stride(),
+            tensor.dtype,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SameTensor) and self._identity == other._identity
+
+    def __hash__(self) -> int:
+        return hash(self._identity)
+
+
 @dataclass(eq=False)
 class SampleStream:
     n_samples: int
     needs_grad: bool
-    make_inputs: Callable[[int, int], torch.Tensor]  # [start, stop) -> [stop - start, C, H, W]
+    # [start, stop) -> inputs [stop - start, C, H, W], or Samples(inputs, side)
+    make_inputs: Callable[[int, int], torch.Tensor | Samples]
     consume: Callable[[int, ChunkOutput], None]  # (start, outputs for that slice)
     backward_rule: str | RelevanceRules | None = None  # modified backward for this stream's chunks
     capture_layer: bool = False  # its outputs carry the CAM layer's activations (and grads)
@@ -83,6 +134,10 @@ class SampleStream:
     # [C, H, W] of one input sample: chunks only pack streams of one shape. None (unknown)
     # streams pack together and fall back on the per-task re-run if their shapes differ.
     sample_shape: tuple[int, ...] | None = None
+    # Forward-only streams with equal keys make equal inputs for equal [start, stop) and ask
+    # for the same outputs: the executor runs each such sample once for all of them (the key
+    # names the perturbation and its parameters, and the input as a SameTensor).
+    share_key: Hashable | None = None
     cursor: int = 0  # next sample to generate
     consumed: int = 0  # samples whose outputs were consumed
 
@@ -94,6 +149,8 @@ class SampleStream:
                 raise ValueError("a backward rule only means something for a gradient stream")
             if is_paired(self.backward_rule) and self.n_samples % 2:
                 raise ValueError(f"a {self.backward_rule} stream holds (input, reference) pairs: even n_samples")
+        if self.share_key is not None and self.needs_grad:
+            raise ValueError("only forward-only streams are shared: a gradient depends on its target")
         if self.sample_shape is not None:
             self.sample_shape = tuple(int(d) for d in self.sample_shape)
 
@@ -141,7 +198,7 @@ class DeepTask:
     result: Attribution | None = None
     error: BaseException | None = None
     cancelled: bool = False
-    compute_seconds: float = 0.0
+    compute_seconds: float = 0.0  # its share of the model calls; a shared sample counts in full for each task
     submitted_at: float | None = None  # perf_counter() at submit
     started_at: float | None = None  # perf_counter() when its first chunk started
     held_bytes: int | None = None  # the plan's estimate of what the task holds: see memory_bytes
@@ -206,14 +263,52 @@ class ChunkReport:
 @dataclass
 class ExecutorStats:
     chunks: int = 0
-    samples: int = 0
+    samples: int = 0  # rows of model calls
     tasks_finished: int = 0
     tasks_dropped: int = 0
     chunks_rerun: int = 0  # chunks that failed with several tasks in them and were re-run per task
+    shared_samples: int = 0  # rows that also served other streams: one per extra stream served
 
 
-_Piece = tuple[DeepTask, SampleStream, int, int]  # a slice [start, stop) of a task's stream
-_Batch = list[tuple[DeepTask, SampleStream, int, int, torch.Tensor]]  # slices with their inputs
+@dataclass(eq=False)
+class _Slice:
+    """Samples [start, stop) of one stream, or of several aligned streams with one share_key:
+    the first live one generates the inputs, all consume the outputs."""
+
+    streams: list[tuple[DeepTask, SampleStream]]
+    start: int
+    stop: int
+    inputs: torch.Tensor | None = None
+    side: Any = None
+
+    @property
+    def n(self) -> int:
+        return self.stop - self.start
+
+    def live(self) -> list[tuple[DeepTask, SampleStream]]:
+        return [(t, s) for t, s in self.streams if not t.done]
+
+
+def distinct_samples(streams: Iterable[SampleStream]) -> int:
+    """Samples the streams still need computed: aligned streams that share their inputs
+    (equal share_key, cursor and n_samples) count once, as the executor runs them."""
+    seen: set = set()
+    total = 0
+    for stream in streams:
+        if stream.share_key is not None:
+            key = (stream.share_key, stream.cursor, stream.n_samples)
+            if key in seen:
+                continue
+            seen.add(key)
+        total += stream.remaining
+    return total
+
+
+def planned_samples(tasks: Iterable[DeepTask]) -> int:
+    """Model-call samples of tasks planned together and not yet started (one request's (method,
+    target) tasks): a forward-only stream shared across its targets counts once. Use it, not
+    the sum of `n_samples`, for queue limits and time estimates."""
+    return distinct_samples(s for task in tasks for s in task.streams)
 
 
 def tensor_bytes(*tensors: torch.Tensor | None) -> int:
@@ -258,8 +353,9 @@ class ChunkExecutor:
 
     @property
     def pending_samples(self) -> int:
+        """Samples still to run (model-call rows: a sample shared by several streams is one)."""
         with self._lock:
-            return sum(s.remaining for _, s in self._pending)
+            return distinct_samples(s for _, s in self._pending)
 
     def run(self, tasks: list[DeepTask], progress: Callable[[int, int], None] | None = None) -> list[Attribution]:
         """Run `tasks` to completion; raise the first task error. progress(done, total)."""
@@ -277,14 +373,16 @@ class ChunkExecutor:
         return [task.result for task in tasks]
 
     def step(self) -> int:
-        """Run one chunk; return the number of samples it held (0 when nothing is pending)."""
+        """Run one chunk; return the samples it served (a shared row once per stream it served,
+        as the tasks count them; 0 when nothing is pending)."""
         pieces = self._take_chunk()
         if not pieces:
             return 0
         started = time.perf_counter()
-        for task, *_ in pieces:
-            if task.started_at is None:
-                task.started_at = started
+        for piece in pieces:
+            for task, _ in piece.streams:
+                if task.started_at is None:
+                    task.started_at = started
         batch = self._generate(pieces)
         if batch:
             try:
@@ -293,93 +391,112 @@ class ChunkExecutor:
                 self._isolate(batch, exc)
             else:
                 self._scatter(batch, output, time.perf_counter() - started)
-        return sum(stop - start for *_, start, stop in pieces)
+        return sum(piece.n * len(piece.streams) for piece in pieces)
 
-    def _generate(self, pieces: list[_Piece]) -> _Batch:
-        """The inputs [stop - start, C, H, W] of each slice; a task whose generator fails or
-        makes inputs of another shape than its stream declares fails here, alone."""
+    def _generate(self, pieces: list[_Slice]) -> list[_Slice]:
+        """Make each slice's inputs [n, C, H, W] with its first live stream; a task whose
+        generator fails or makes inputs of another shape than its stream declares fails here,
+        alone (the next stream sharing the slice, if any, makes them instead)."""
         batch = []
-        for task, stream, start, stop in pieces:
-            if task.done:  # an earlier slice of this chunk failed it
-                continue
-            try:
-                inputs = stream.make_inputs(start, stop)
-                expected = None if stream.sample_shape is None else (stop - start, *stream.sample_shape)
-                if expected is not None and tuple(inputs.shape) != expected:
-                    raise ValueError(
-                        f"{task.method} made inputs of shape {list(inputs.shape)} for samples "
-                        f"[{start}, {stop}), expected {list(expected)}"
-                    )
-            except Exception as exc:
-                self._fail(task, exc)
-                continue
-            batch.append((task, stream, start, stop, inputs))
-        return [b for b in batch if not b[0].done]  # a later slice may have failed its task
+        for piece in pieces:
+            for task, stream in piece.live():
+                try:
+                    made = stream.make_inputs(piece.start, piece.stop)
+                    inputs, side = (made.inputs, made.side) if isinstance(made, Samples) else (made, None)
+                    expected = None if stream.sample_shape is None else (piece.n, *stream.sample_shape)
+                    if expected is not None and tuple(inputs.shape) != expected:
+                        raise ValueError(
+                            f"{task.method} made inputs of shape {list(inputs.shape)} for samples "
+                            f"[{piece.start}, {piece.stop}), expected {list(expected)}"
+                        )
+                except Exception as exc:
+                    self._fail(task, exc)
+                    continue
+                piece.inputs, piece.side = inputs, side
+                batch.append(piece)
+                break
+        return [piece for piece in batch if piece.live()]  # a later slice may have failed its tasks
 
-    def _call(self, batch: _Batch) -> ChunkOutput:
+    def _call(self, batch: list[_Slice]) -> ChunkOutput:
         """One model call on the batch's inputs (all of one kind)."""
-        needs_grad, rule, _ = batch[0][1].kind
+        needs_grad, rule, _ = batch[0].streams[0][1].kind
         # Plain chunks call _evaluate exactly as they always did; the extras only when used.
         extras: dict = {}
         if rule is not None:
             extras["backward_rule"] = rule
-        if any(s.capture_layer for _, s, *_ in batch):
+        if any(s.capture_layer for piece in batch for _, s in piece.streams):
             extras["capture_layer"] = True
         # Slices may come from the CPU or the model's device (IG makes its path points there).
         device = self.model.device
-        inputs = torch.cat([x.to(device, torch.float32) for *_, x in batch])
+        inputs = torch.cat([piece.inputs.to(device, torch.float32) for piece in batch])
         if not bool(torch.isfinite(inputs).all()):
-            methods = sorted({t.method for t, *_ in batch})
+            methods = sorted({t.method for piece in batch for t, _ in piece.live()})
             raise ValueError(f"{', '.join(methods)} made non-finite model inputs (NaN or Inf)")
-        targets = torch.tensor([t.target for t, _, start, stop, _ in batch for _ in range(stop - start)])
+        # Only gradient rows use their target, and gradient streams are never shared.
+        targets = torch.tensor([piece.live()[0][0].target for piece in batch for _ in range(piece.n)])
         return self._evaluate(inputs, targets, needs_grad, **extras)
 
-    def _isolate(self, batch: _Batch, exc: Exception) -> None:
+    def _isolate(self, batch: list[_Slice], exc: Exception) -> None:
         """A failed chunk: with one task, it fails; with several, each task's slices run alone
         (from the inputs already made: generators such as SmoothGrad's noise run once, in order),
-        so only the tasks whose samples fail the call fail."""
-        by_task: dict[int, _Batch] = {}
-        for item in batch:
-            by_task.setdefault(id(item[0]), []).append(item)
+        so only the tasks whose samples fail the call fail. A shared slice goes with the task
+        that generated it and, failing, fails every task it serves (their inputs are the same)."""
+        by_task: dict[int, list[_Slice]] = {}
+        for piece in batch:
+            by_task.setdefault(id(piece.live()[0][0]), []).append(piece)
         if len(by_task) == 1:
-            self._fail(batch[0][0], exc)
+            self._fail_served(batch, exc)
             return
         self.stats.chunks_rerun += 1
         for own in by_task.values():
+            own = [piece for piece in own if piece.live()]  # an earlier re-run may have failed them
+            if not own:
+                continue
             started = time.perf_counter()
             try:
                 output = self._call(own)
             except Exception as own_exc:
-                self._fail(own[0][0], own_exc)
+                self._fail_served(own, own_exc)
             else:
                 self._scatter(own, output, time.perf_counter() - started)
 
-    def _scatter(self, batch: _Batch, output: ChunkOutput, elapsed: float) -> None:
-        """Hand each slice its rows of the outputs; finish the tasks that are complete."""
-        total = sum(stop - start for _, _, start, stop, _ in batch)
+    def _fail_served(self, batch: list[_Slice], exc: BaseException) -> None:
+        for task in {id(t): t for piece in batch for t, _ in piece.live()}.values():
+            self._fail(task, exc)
+
+    def _scatter(self, batch: list[_Slice], output: ChunkOutput, elapsed: float) -> None:
+        """Hand each slice its rows of the outputs, once per stream it serves; finish the tasks
+        that are complete."""
+        total = sum(piece.n for piece in batch)
         offset = 0
-        for task, stream, start, stop, _ in batch:
-            n = stop - start
-            task.compute_seconds += elapsed * n / total
-            if not task.done:
+        for piece in batch:
+            rows = output.rows(offset, offset + piece.n)
+            rows.side = piece.side
+            served = piece.live()
+            for task, stream in served:
+                task.compute_seconds += elapsed * piece.n / total
+                if task.done:  # failed by another of its slices in this chunk
+                    continue
                 try:
-                    stream.consume(start, output.rows(offset, offset + n))
-                    stream.consumed += n
+                    stream.consume(piece.start, rows)
+                    stream.consumed += piece.n
                     if all(s.consumed == s.n_samples for s in task.streams):
                         self._finish(task)
                 except Exception as exc:
                     self._fail(task, exc)
-            offset += n
+            self.stats.shared_samples += piece.n * max(0, len(served) - 1)
+            offset += piece.n
         self.stats.chunks += 1
         self.stats.samples += total
         if self.on_chunk:
-            needs_grad, rule, _ = batch[0][1].kind
-            tasks = {id(t): t for t, *_ in batch}.values()
+            needs_grad, rule, _ = batch[0].streams[0][1].kind
+            tasks = {id(t): t for piece in batch for t, _ in piece.streams}.values()
             self.on_chunk(ChunkReport(total, len(tasks), tuple(t.tag for t in tasks), needs_grad, elapsed, rule))
 
-    def _take_chunk(self) -> list[_Piece]:
+    def _take_chunk(self) -> list[_Slice]:
         """Slices [start, stop) of ready pending streams, all of one kind (gradient or not,
-        backward rule, input shape), FIFO, within the budget."""
+        backward rule, input shape), FIFO, within the budget; a stream that shares the inputs
+        of a slice already taken (same share_key, cursor and length) joins it at no cost."""
         with self._lock:
             live = deque()
             for task, stream in self._pending:
@@ -403,16 +520,27 @@ class ChunkExecutor:
             kind = first.kind
             budget = self.chunk_sizes.for_kind(kind[0])
             unit = 2 if is_paired(kind[1]) else 1  # paired streams are cut in whole pairs
-            pieces, still_pending = [], deque()
+            pieces: list[_Slice] = []
+            shared: dict[tuple, _Slice] = {}
+            still_pending = deque()
             for task, stream in live:
-                if budget > 0 and stream.ready and stream.kind == kind and stream.remaining:
-                    n = min(budget, stream.remaining)
-                    n -= n % unit
-                    n = n or (unit if not pieces else 0)  # a budget under one pair runs one pair
-                    if n:
-                        pieces.append((task, stream, stream.cursor, stream.cursor + n))
-                        stream.cursor += n
-                        budget -= n
+                if stream.ready and stream.kind == kind and stream.remaining:
+                    key = (stream.share_key, stream.cursor, stream.n_samples, stream.capture_layer)
+                    piece = shared.get(key) if stream.share_key is not None else None
+                    if piece is not None:  # the same inputs as a slice already taken: no budget
+                        piece.streams.append((task, stream))
+                        stream.cursor = piece.stop
+                    elif budget > 0:
+                        n = min(budget, stream.remaining)
+                        n -= n % unit
+                        n = n or (unit if not pieces else 0)  # a budget under one pair runs one pair
+                        if n:
+                            piece = _Slice([(task, stream)], stream.cursor, stream.cursor + n)
+                            pieces.append(piece)
+                            if stream.share_key is not None:
+                                shared[key] = piece
+                            stream.cursor += n
+                            budget -= n
                 if stream.remaining or not stream.ready:
                     still_pending.append((task, stream))
             self._pending = still_pending

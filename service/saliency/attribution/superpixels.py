@@ -51,6 +51,11 @@ class SegmentationParams:
     blur_sigma: float = field(default=10.0, metadata={"min": 0.1, "max": 100})
     seed: int = field(default=0, metadata={"min": 0, "max": 2**63 - 1})
 
+    @property
+    def segmentation_key(self) -> tuple:
+        """What the masked images depend on besides the input and the coalitions."""
+        return self.n_segments, self.compactness, self.baseline, self.blur_sigma
+
     def validate_segmentation(self) -> None:
         """Checks of the shared fields, named "<method>.<field>" as in the API."""
         method = self.method

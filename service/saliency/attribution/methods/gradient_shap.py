@@ -25,7 +25,13 @@ import numpy as np
 import torch
 
 from saliency.attribution.completeness import completeness_stats
-from saliency.attribution.executor import ChunkOutput, DeepTask, SampleStream, tensor_bytes
+from saliency.attribution.executor import (
+    ChunkOutput,
+    DeepTask,
+    SameTensor,
+    SampleStream,
+    tensor_bytes,
+)
 from saliency.attribution.limits import Limits
 from saliency.attribution.methods.reference_sets import ReferenceSet
 from saliency.attribution.registry import register
@@ -179,7 +185,14 @@ def plan_gradient_shap(model, x: torch.Tensor, target: int, params: GradientShap
         target,
         [
             SampleStream(params.n_samples, True, interpolated, accumulate, sample_shape=tuple(x.shape)),
-            SampleStream(1 + len(drawn), False, endpoints, record, sample_shape=tuple(x.shape)),
+            # F(x) and the references drawn do not depend on the target: shared across targets.
+            SampleStream(
+                1 + len(drawn), False, endpoints, record, sample_shape=tuple(x.shape),
+                share_key=(
+                    "gradient_shap.endpoints", SameTensor(x), params.reference, params.n_samples, params.seed,
+                    None if params.custom_reference is None else SameTensor(params.custom_reference),
+                ),
+            ),
         ],
         finish,
         # A custom reference stack is the request's, held for its tasks' lifetime; built-in

@@ -17,7 +17,13 @@ from saliency.attribution.baselines import (
     gaussian_blur as gaussian_blur,  # its old home, still imported
 )
 from saliency.attribution.completeness import completeness_stats
-from saliency.attribution.executor import ChunkOutput, DeepTask, SampleStream, tensor_bytes
+from saliency.attribution.executor import (
+    ChunkOutput,
+    DeepTask,
+    SameTensor,
+    SampleStream,
+    tensor_bytes,
+)
 from saliency.attribution.limits import Limits
 from saliency.attribution.registry import register
 from saliency.attribution.requirements import INPUT_GRADIENT
@@ -69,6 +75,12 @@ def make_baseline(model: LoadedModel, x: torch.Tensor, params: IntegratedGradien
     return make_reference(
         "ig", model, x, params.baseline, params.blur_sigma, params.seed, params.custom_baseline
     )
+
+
+def baseline_key(params: IntegratedGradientsParams) -> tuple:
+    """What the baseline depends on besides the input (a custom one by identity)."""
+    custom = None if params.custom_baseline is None else SameTensor(params.custom_baseline)
+    return params.baseline, params.blur_sigma, params.seed, custom
 
 
 @register("ig", "deep", IntegratedGradientsParams, "Integrated Gradients (Sundararajan et al. 2017)", signed=True, supports=INPUT_GRADIENT)
@@ -124,7 +136,11 @@ def plan_integrated_gradients(
         target,
         [
             SampleStream(params.n_steps, True, path_points, add_gradients, sample_shape=tuple(x.shape)),
-            SampleStream(2, False, endpoints, record_endpoints, sample_shape=tuple(x.shape)),
+            # F(x') and F(x) do not depend on the target: shared with the other targets' tasks.
+            SampleStream(
+                2, False, endpoints, record_endpoints, sample_shape=tuple(x.shape),
+                share_key=("ig.endpoints", SameTensor(x), *baseline_key(params)),
+            ),
         ],
         finish,
         # baseline, delta, the gradient sum, their device copies, and attr in finish

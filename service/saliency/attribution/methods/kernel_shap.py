@@ -29,7 +29,7 @@ from typing import ClassVar
 import torch
 from torch.distributions import Categorical
 
-from saliency.attribution.executor import ChunkOutput, DeepTask, SampleStream
+from saliency.attribution.executor import ChunkOutput, DeepTask, SameTensor, SampleStream
 from saliency.attribution.limits import Limits
 from saliency.attribution.registry import register
 from saliency.attribution.superpixels import (
@@ -184,8 +184,15 @@ def plan_kernel_shap(
         }
         return Attribution("kernel_shap", target, segment_map(phi, lazy.labels), phi.float(), stats)
 
-    first = SampleStream(2, False, end_inputs, record_ends, sample_shape=tuple(x.shape))
+    # The coalitions depend on the segments, n_samples and the seed, not on the target: other
+    # targets' tasks share every masked forward.
+    image = SameTensor(x)
+    first = SampleStream(
+        2, False, end_inputs, record_ends, sample_shape=tuple(x.shape),
+        share_key=("kernel_shap.ends", image, params.segmentation_key),
+    )
     others = SampleStream(
-        params.n_samples - 2, False, other_inputs, record_others, after=first, sample_shape=tuple(x.shape)
+        params.n_samples - 2, False, other_inputs, record_others, after=first, sample_shape=tuple(x.shape),
+        share_key=("kernel_shap.coalitions", image, params.segmentation_key, params.n_samples, params.seed),
     )
     return DeepTask("kernel_shap", target, [first, others], finish, held_bytes=coalition_task_bytes(x, params.n_samples, params.n_segments))

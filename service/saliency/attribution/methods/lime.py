@@ -26,7 +26,7 @@ from typing import ClassVar
 
 import torch
 
-from saliency.attribution.executor import ChunkOutput, DeepTask, SampleStream
+from saliency.attribution.executor import ChunkOutput, DeepTask, SameTensor, SampleStream
 from saliency.attribution.limits import Limits
 from saliency.attribution.methods.kernel_shap import coalition_task_bytes
 from saliency.attribution.registry import register
@@ -156,5 +156,8 @@ def plan_lime(
         }
         return Attribution("lime", target, segment_map(coef, lazy.labels), coef.float(), stats)
 
-    stream = SampleStream(params.n_samples, False, inputs, record, sample_shape=tuple(x.shape))
+    # The coalitions depend on the segments, n_samples and the seed (not on the target, the
+    # kernel or the penalty): other tasks with them share every masked forward.
+    share = ("lime", SameTensor(x), params.segmentation_key, params.n_samples, params.seed)
+    stream = SampleStream(params.n_samples, False, inputs, record, sample_shape=tuple(x.shape), share_key=share)
     return DeepTask("lime", target, [stream], finish, held_bytes=coalition_task_bytes(x, params.n_samples, params.n_segments))

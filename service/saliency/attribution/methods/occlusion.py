@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from saliency.attribution.executor import ChunkOutput, DeepTask, SampleStream
+from saliency.attribution.executor import ChunkOutput, DeepTask, SameTensor, SampleStream
 from saliency.attribution.limits import DEFAULT_LIMITS, Limits
 from saliency.attribution.registry import register
 from saliency.attribution.types import Attribution
@@ -126,7 +126,8 @@ def plan_occlusion(
             {"windows": float(n_windows), "score_input": float(scores[0])},
         )
 
-    stream = SampleStream(1 + n_windows, False, occluded, record, sample_shape=tuple(x.shape))
+    share = ("occlusion", SameTensor(x), w, s, params.baseline)  # every target reads the same forwards
+    stream = SampleStream(1 + n_windows, False, occluded, record, sample_shape=tuple(x.shape), share_key=share)
     # one score per window; finish's coverage matrices and three float64 [H, W] maps
     held = scores.nbytes + 8 * (len(ys) * height + len(xs) * width) + 3 * 8 * height * width
     return DeepTask("occlusion", target, [stream], finish, held_bytes=held)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from saliency.attribution.executor import ChunkOutput, DeepTask, SampleStream
+from saliency.attribution.executor import ChunkOutput, DeepTask, SameTensor, Samples, SampleStream
 from saliency.attribution.limits import Limits
 from saliency.attribution.registry import register
 from saliency.attribution.types import Attribution
@@ -121,25 +121,28 @@ def plan_rise(model, x: torch.Tensor, target: int, params: RiseParams) -> DeepTa
     height, width = x.shape[-2:]
     sampler = MaskSampler(height, width, params.n_masks, params.grid_size, params.p, params.seed)
     saliency = torch.zeros(height, width, dtype=torch.float32)
-    # The masks of a generated, unconsumed slice (start -> [n, H, W] float16): made once.
-    made: dict[int, torch.Tensor] = {}
     # Masks travel to the model's device in float16 and meet the input there: a sixth of the
     # bytes of a masked float32 input, and the same products (one multiply, rounded alike).
     x_on_device = x.to(model.device)
 
-    def masked_inputs(start: int, stop: int) -> torch.Tensor:
-        made[start] = masks = sampler.masks(start, stop)
-        return x_on_device * masks.to(model.device)[:, None].float()
+    def masked_inputs(start: int, stop: int) -> Samples:
+        masks = sampler.masks(start, stop)  # [n, H, W] float16, to every target's reducer
+        return Samples(x_on_device * masks.to(model.device)[:, None].float(), masks)
 
     def accumulate(start: int, out: ChunkOutput) -> None:
         probs = out.logits.float().softmax(-1)[:, target].cpu()
-        saliency.add_(torch.einsum("n,nhw->hw", probs, made.pop(start).float()))
+        saliency.add_(torch.einsum("n,nhw->hw", probs, out.side.float()))
 
     def finish() -> Attribution:
         result = saliency / (params.n_masks * params.p)
         return Attribution("rise", target, result, None, {"n_masks": float(params.n_masks)})
 
-    stream = SampleStream(params.n_masks, False, masked_inputs, accumulate, sample_shape=tuple(x.shape))
+    # The masks depend on the input's size and the parameters, never on the target: the other
+    # targets' streams of this request share every masked forward.
+    share = ("rise", SameTensor(x), params.n_masks, params.grid_size, params.p, params.seed)
+    stream = SampleStream(
+        params.n_masks, False, masked_inputs, accumulate, sample_shape=tuple(x.shape), share_key=share
+    )
     # the map, the generator's states, and the input's copy on an accelerator
     held = saliency.nbytes + sampler.state_bytes + (0 if x_on_device is x else x_on_device.nbytes)
     return DeepTask("rise", target, [stream], finish, held_bytes=held)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from saliency.attribution.executor import ChunkOutput, DeepTask, SampleStream
+from saliency.attribution.executor import ChunkOutput, DeepTask, SameTensor, SampleStream
 from saliency.attribution.hooks import resolve_layer
 from saliency.attribution.limits import Limits
 from saliency.attribution.reduce import upsample
@@ -146,9 +146,15 @@ def plan_score_cam(model: LoadedModel, x: torch.Tensor, target: int, params: Sco
             "scorecam", target, upsample(raw, size), raw, {"channels": float(len(kept))}
         )
 
-    first = SampleStream(1, False, the_input, keep_activations, capture_layer=True, sample_shape=tuple(x.shape))
+    # Neither phase depends on the target (the channels kept come from the activations and
+    # max_channels): other targets' tasks share both phases' forwards.
+    first = SampleStream(
+        1, False, the_input, keep_activations, capture_layer=True, sample_shape=tuple(x.shape),
+        share_key=("scorecam.activations", SameTensor(x)),
+    )
     masked = SampleStream(
-        _channel_bound(model, params), False, masked_inputs, record, after=first, sample_shape=tuple(x.shape)
+        _channel_bound(model, params), False, masked_inputs, record, after=first, sample_shape=tuple(x.shape),
+        share_key=("scorecam.masked", SameTensor(x), params.max_channels),
     )
     # The activations [K, h, w], the kept ones again in finish, a score per channel, the map.
     channels = cam_channels(model) or params.max_channels
