@@ -172,7 +172,7 @@ def test_admission_costs_are_remembered_only_for_parameters_without_tensors():
 
     from saliency.attribution.registry import make_params
     from saliency.attribution.types import Targets
-    from saliency.runtime.explainer import _admission_key
+    from saliency.runtime.admission import _cost_key as _admission_key
 
     plain = {"ig": make_params("ig", n_steps=8)}
     assert _admission_key("m", Targets(), plain, None) == _admission_key("m", Targets(), {"ig": make_params("ig", n_steps=8)}, None)

@@ -170,3 +170,27 @@ def test_concurrent_huge_overlays_stay_within_the_bound(served, huge_png):
     assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"} and "OK" in codes, codes
     assert peak_rss(served) - before < 1.5 * 2**30
     assert served.health() == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_maps_that_cannot_fit_one_response_are_refused_before_any_work(huge_png):
+    """Original-size float32 maps of a big photograph are 2048 x 2048 x 4 bytes = 16 MiB each:
+    three do not fit a 32 MiB message (refused before any work), three float16 ones do."""
+    running = ServiceThread(with_config(models=("tinycnn",)))
+    try:
+        request = pb.ExplainRequest(
+            model="tinycnn", image=huge_png, targets=pb.Targets(top_k=3), methods=[method(pb.METHOD_GRADCAM)],
+            output=pb.OutputOptions(map_size=pb.MAP_SIZE_ORIGINAL),
+        )
+        labels = {"model": "tinycnn", "method": "gradcam", "backend": "embedded"}
+        computed_before = running.metric("saliency_method_latency_seconds_count", labels)
+        for call in (running.stub().Explain, lambda r, timeout: list(running.stub().ExplainStream(r, timeout=timeout))):
+            with pytest.raises(grpc.RpcError) as info:  # a stream's first message holds the fast maps
+                call(request, timeout=60)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert info.value.details().startswith("output.map_size: 3 maps of 16.0 MiB")
+        assert running.metric("saliency_method_latency_seconds_count", labels) == computed_before
+        request.output.map_dtype = pb.DTYPE_FLOAT16
+        response = running.stub().Explain(request, timeout=120)
+        assert [list(a.map.shape) for a in response.attributions] == [[2048, 2048]] * 3
+    finally:
+        running.stop()

@@ -160,7 +160,7 @@ def _soak(server: ServerProcess) -> None:
     for thread in threads:
         thread.join(timeout=SOAK_SECONDS + 120)
     assert not any(thread.is_alive() for thread in threads), "a call never came back"
-    assert not wrong, (wrong[:20], outcomes)
+    assert not wrong, (Counter(wrong), outcomes)
     assert sum(outcomes.values()) > 3 * CLIENTS, outcomes
     print(f"\nsoak outcomes ({SOAK_SECONDS:.0f} s): {dict(sorted(outcomes.items()))}")
 

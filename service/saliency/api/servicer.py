@@ -29,7 +29,7 @@ from saliency.errors import (
     Unimplemented,
 )
 from saliency.imaging import ImageLimits
-from saliency.runtime.admission import Admission, MemoryBudget, request_bytes
+from saliency.runtime.admission import Admission, MemoryBudget, maps_in_response, request_bytes
 from saliency.runtime.backend import (
     EVALUATE,
     POLICY,
@@ -106,7 +106,7 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
             return response
 
     async def ExplainStream(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext):
-        async with self._rpc("ExplainStream", request, context) as prepared:
+        async with self._rpc("ExplainStream", request, context, self._prepare_stream) as prepared:
             job, options, rgb = prepared
             async with aclosing(self.backend.explain(job, self._timeout(context))) as events:
                 async for event in events:
@@ -185,7 +185,7 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
                     code = grpc.StatusCode.CANCELLED
                 self.metrics.requests.labels(rpc, model_label, code.name).inc()
 
-    async def _prepare(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext):
+    async def _prepare(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext, streaming: bool = False):
         """Validate what the request asks for, admit it, then decode its input and reserve the
         memory it will hold: each step before any work, the heavy ones off the event loop.
         Returns (job with its admission, output options, the picture overlays are drawn on)."""
@@ -208,7 +208,20 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
                     request.evaluate, rgb.shape[:2], tuple(x.shape[-2:]), picture.region
                 )
                 evaluate.groups(list(job.methods), job.targets)  # a listed metric that cannot apply is an error
-            needed = request_bytes(job, x, picture, options.map_dtype, admission.deep_bytes)
+            input_size = tuple(x.shape[-2:])
+            per_map = convert.response_bytes_per_map(options, picture, input_size)
+            # The maps' wire bytes are exact; overlay PNGs compress, so they are not counted here.
+            # A stream sends the fast maps in its first message and each deep map in its own.
+            wire = convert.response_bytes_per_map(dataclasses.replace(options, include_overlay=False), picture, input_size)
+            in_one_message = maps_in_response(job, fast_only=streaming)
+            if in_one_message * wire > self.config.max_message_bytes:
+                raise ResourceExhausted(
+                    f"{in_one_message} maps of {wire / 2**20:.1f} MiB each would not fit in one message of at "
+                    f"most {self.config.max_message_bytes / 2**20:.0f} MiB; use float16 maps, the input map size, "
+                    "fewer maps, or ExplainStream for deep maps (a message per map)",
+                    "output.map_size",
+                )
+            needed = request_bytes(job, x, picture.nbytes, per_map, admission.deep_bytes)
             if needed > self.config.max_request_bytes:
                 raise ResourceExhausted(
                     f"this request would hold about {needed / 2**20:.0f} MiB, over the limit of "
@@ -223,6 +236,10 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
         job = dataclasses.replace(job, x=x, evaluate=evaluate, admission=admission)
         return job, options, picture
 
+    async def _prepare_stream(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext):
+        """As `_prepare`; each map travels in a message of its own, so only one must fit."""
+        return await self._prepare(request, context, streaming=True)
+
     def _parse(self, request: pb.ExplainRequest):
         """Everything a user controls but the input itself, validated: (job without x, options)."""
         if not request.model:
@@ -234,6 +251,7 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
         targets, methods = convert.request_head_from_proto(
             request, spec, self.config.limits, self.config.max_methods
         )
+        tensors.check_input_shape(request, spec)  # before admission: a bad shape is never "busy"
         options = convert.output_options_from_proto(request.output if request.HasField("output") else None)
         if request.HasField("evaluate"):
             require_feature(self.backend, EVALUATE, "evaluate")

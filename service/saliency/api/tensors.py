@@ -114,20 +114,27 @@ def input_from_request(
         rgb = decode_image(request.image, image_limits, field="image")
         return to_model_input(rgb, spec), rgb
     if which == "tensor":
-        # The shape is checked from the message before any data is read: a wrong size is an
-        # invalid argument whatever its size, and nothing beyond the model's input is decoded.
-        expected = [3, *spec.input_size]
-        shape = request.tensor.shape
-        require(
-            len(shape) == len(expected) and list(shape) == expected,
-            "tensor.shape",
-            f"expected {expected} (model {spec.name}'s input size), got {shape_text(shape)}; "
-            "send an encoded image to have it resized",
-        )
-        raw = tensor_from_proto(request.tensor, "tensor", math.prod(expected))
+        check_input_shape(request, spec)
+        raw = tensor_from_proto(request.tensor, "tensor", 3 * math.prod(spec.input_size))
         x = validate_input_tensor(raw, spec, "tensor")
         return x, _rgb_pixels(x, spec)
     raise InvalidArgument("set `image` (PNG/JPEG/WebP bytes) or `tensor` (model input)", "input")
+
+
+def check_input_shape(request: pb.ExplainRequest | pb.SanityCheckRequest, spec: ModelSpec) -> None:
+    """A tensor input must have exactly the model's input shape [3, h, w]: checked from the
+    message before any data is read (cheap enough to run before admission), so a wrong size is
+    an invalid argument whatever its size and nothing beyond the model's input is decoded."""
+    if request.WhichOneof("input") != "tensor":
+        return
+    expected = [3, *spec.input_size]
+    shape = request.tensor.shape
+    require(
+        len(shape) == len(expected) and list(shape) == expected,
+        "tensor.shape",
+        f"expected {expected} (model {spec.name}'s input size), got {shape_text(shape)}; "
+        "send an encoded image to have it resized",
+    )
 
 
 def _rgb_pixels(x: torch.Tensor, spec: ModelSpec) -> np.ndarray:

@@ -39,8 +39,8 @@ from opentelemetry import trace
 from opentelemetry.propagate import inject
 
 from saliency.api import convert, method_params, tensors
-from saliency.attribution.fast import FastResult
-from saliency.attribution.registry import split_by_kind
+from saliency.attribution.fast import FastResult, fast_pass
+from saliency.attribution.registry import make_params, split_by_kind
 from saliency.attribution.types import Attribution, Targets
 from saliency.backends.torchserve_batch import (
     DEADLINE_KEY,
@@ -56,7 +56,9 @@ from saliency.backends.torchserve_process import (
     workers_ready,
 )
 from saliency.errors import DeadlineExceeded, ResourceExhausted, SaliencyError, Unavailable
-from saliency.models import get_spec
+from saliency.models import LoadedModel, get_spec, load_model
+from saliency.quality.policy import CostTracker
+from saliency.runtime.admission import ESTIMATE_MARGIN, Admission, DeepCosts, overloaded
 from saliency.runtime.backend import DeepEvent, ExplainJob, FastEvent, check_model
 from saliency.runtime.config import ServiceConfig
 from saliency.runtime.metrics import Metrics
@@ -120,9 +122,38 @@ class TorchServeBackend:
         self._queue_sizes: dict[str, int] = {}  # registration -> its job queue's capacity
         self._channel: grpc.aio.Channel | None = None
         self._stub: ts_grpc.InferenceAPIsServiceStub | None = None
+        # Admission: deep samples sent to TorchServe and not answered yet, at the costs its
+        # replies show (before the first reply, a prediction pass timed here stands in).
+        self._deep_costs = DeepCosts()
+        self._costs = {name: CostTracker() for name in self.models}
+        self._deep_in_flight = dict.fromkeys(self.models, 0)
+        for name in self.models:
+            self._costs[name].observe_fast(_time_a_prediction(load_model(name)))
         log.info("torchserve backend: %s for %s", self.address, ", ".join(self.models))
 
     # ---- the Backend interface ---------------------------------------------------------------
+
+    async def admit(self, job: ExplainJob, timeout: float) -> Admission:
+        """Refuse at once (RESOURCE_EXHAUSTED, with the estimate) a request that the deep samples
+        in flight to TorchServe would keep past `timeout`; otherwise count its own in flight
+        until it ends. TorchServe's own queue bound still applies (`_overloaded`)."""
+        check_model(self, job.model)
+        _, deep = split_by_kind(job.methods)
+        samples, deep_bytes = await self._deep_costs.of(load_model(job.model), job.targets, deep, job.policy)
+        costs = self._costs[job.model]  # no await from here on: estimate and count are one step
+        ahead = self._deep_in_flight[job.model] + samples if samples else 0
+        estimate = ESTIMATE_MARGIN * (costs.fast_seconds + ahead * costs.sample_seconds)
+        if estimate > timeout:
+            self.metrics.rejected.labels(job.model, "overloaded").inc()
+            raise overloaded(job.model, estimate, timeout, samples)
+        self._deep_in_flight[job.model] += samples
+
+        def release() -> None:
+            self._deep_in_flight[job.model] -= samples
+
+        admission = Admission(samples, deep_bytes)
+        admission.until_closed(release)
+        return admission
 
     async def explain(self, job: ExplainJob, timeout: float) -> AsyncIterator[FastEvent | DeepEvent]:
         """Yield the FastEvent from `<m>`, then one DeepEvent per map from `<m>-deep`."""
@@ -140,6 +171,7 @@ class TorchServeBackend:
                     reply = await self._predict(job.model, self._request(job, fast, job.targets), deadline, "the fast pass")
                 result = _fast_result(reply)
                 fast_seconds = time.perf_counter() - started
+                self._costs[job.model].observe_fast(fast_seconds)
                 for a in result.attributions:
                     self.metrics.method_latency.labels(method=a.method, **labels).observe(fast_seconds)
                 yield FastEvent(result, fast_seconds)
@@ -148,6 +180,9 @@ class TorchServeBackend:
                 if deep_call is None:
                     deep_call = asyncio.ensure_future(self._deep(job, deep, result.targets, deadline))
                 events = await deep_call
+                self._costs[job.model].observe_samples(
+                    sum(e.compute_seconds for e in events), int(sum(e.attribution.stats.get("samples", 0) for e in events))
+                )
                 for event in events:
                     a = event.attribution
                     self.metrics.method_latency.labels(method=a.method, **labels).observe(time.perf_counter() - started)
@@ -396,6 +431,18 @@ class TorchServeBackend:
             message = f"TorchServe could not run {registration} ({code.name}: {details}); retry later"
         log.warning("%s", message)
         return Unavailable(message)
+
+def _time_a_prediction(model: LoadedModel) -> float:
+    """Seconds of one prediction pass of `model` here: admission's cost until replies show
+    TorchServe's own (its workers are slower on a busy host, never faster than the first guess
+    by much, and the estimate's margin covers the rest)."""
+    x = torch.zeros(1, 3, *model.spec.input_size)
+    methods = {"vanilla": make_params("vanilla")}
+    fast_pass(model, x, [Targets()], methods, 1)  # the first pays for lazy initialisation
+    started = time.perf_counter()
+    fast_pass(model, x, [Targets()], methods, 1)
+    return time.perf_counter() - started
+
 
 def _fast_result(reply: reply_pb.HandlerReply) -> FastResult:
     response = reply.response

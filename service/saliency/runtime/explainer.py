@@ -24,7 +24,6 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from opentelemetry import trace
 
 from saliency.attribution.executor import DeepTask, TaskCancelled
@@ -50,7 +49,7 @@ from saliency.quality.policy import (
     plan_within_budget,
 )
 from saliency.quality.sanity import model_randomisation, weights_hash
-from saliency.runtime.admission import Admission
+from saliency.runtime.admission import Admission, DeepCosts, overloaded
 from saliency.runtime.backend import (
     EVALUATE,
     POLICY,
@@ -72,7 +71,6 @@ from saliency.runtime.telemetry import method_span, request_in_flight
 from saliency.runtime.worker import ModelWorker
 
 BACKEND = "embedded"
-ADMISSION_COST_ENTRIES = 1024
 log = logging.getLogger(__name__)
 
 
@@ -108,7 +106,7 @@ class Runtime:
         for worker in self.workers.values():
             worker.warm_up()
         self._background: set[asyncio.Task] = set()  # sampled quality scoring
-        self._admission_costs: dict[tuple, tuple[int, int]] = {}  # (samples, bytes) by _admission_key
+        self._deep_costs = DeepCosts()
         self._sanity_pool = ThreadPoolExecutor(1, thread_name_prefix="sanity")
         self._sanity_running = threading.Lock()  # one sanity check at a time
 
@@ -271,46 +269,16 @@ class Runtime:
         with the estimate when the work queued ahead would keep it past `timeout` seconds."""
         worker = self.worker(job.model)
         _, deep = split_by_kind(job.methods)
-        key = _admission_key(job.model, job.targets, deep, job.policy)
-        cost = self._admission_costs.get(key) if key is not None else None
-        if cost is None:
-            cost = await asyncio.to_thread(self._deep_cost, worker, job.targets, deep, job.policy)
-            if key is not None:  # a repeated request is admitted with a look-up, not a plan
-                if len(self._admission_costs) >= ADMISSION_COST_ENTRIES:
-                    self._admission_costs.pop(next(iter(self._admission_costs)))
-                self._admission_costs[key] = cost
-        samples, deep_bytes = cost
+        samples, deep_bytes = await self._deep_costs.of(worker.model, job.targets, deep, job.policy)
         # No await from here on: the estimate and the reservation are one step on the loop.
         priority = BEFORE_DEEP if deep else URGENT
         estimate = worker.estimate_seconds(samples, priority)
         if estimate > timeout:
             self.metrics.rejected.labels(job.model, "overloaded").inc()
-            work = f"its {samples} deep samples behind the work queued ahead" if samples else "the queue ahead"
-            raise ResourceExhausted(
-                f"{job.model} would take about {estimate:.2f} s to serve this request ({work}), longer "
-                f"than its deadline of {timeout:.2f} s; retry later, with a longer deadline or fewer samples",
-                "methods" if samples else "model",
-            )
+            raise overloaded(job.model, estimate, timeout, samples)
         admission = Admission(samples, deep_bytes, priority)
         admission.until_queued(worker.reserve_samples(samples))
         return admission
-
-    def _deep_cost(
-        self, worker: ModelWorker, targets: Targets, deep: dict[str, Any], policy: Any
-    ) -> tuple[int, int]:
-        """(deep samples, bytes of per-task state) a request will queue. Plans (no heavy work)
-        for a blank input of the model's size: a plan for class 0 costs what any class's does,
-        and superpixel methods are counted at their n_samples bound. A latency budget fits its
-        deep work to the budget itself: nothing to reserve."""
-        if not deep or (policy is not None and policy.latency_budget_ms):
-            return 0, 0
-        x = torch.zeros(3, *worker.model.spec.input_size)
-        n_targets = len(targets.classes) if targets.classes else targets.top_k
-        samples = state = 0
-        for task, params in zip(worker.plan_deep(x, (0,), deep), deep.values()):
-            samples += max(task.n_samples, getattr(params, "n_samples", 0))
-            state += task.memory_bytes
-        return n_targets * samples, n_targets * state
 
     # ---- policy ----------------------------------------------------------------------------
 
@@ -454,27 +422,6 @@ class Runtime:
         for worker in self.workers.values():
             worker.close()
         self._sanity_pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _admission_key(model: str, targets: Targets, deep: dict[str, Any], policy: Any) -> tuple | None:
-    """A key for a request's admission cost, or None when its parameters hold tensors (a
-    custom baseline or reference stack: hashed by identity, they would never hit and would
-    keep their tensors alive) or cannot be hashed."""
-    def holds_tensor(value: Any) -> bool:
-        if isinstance(value, (tuple, list)):
-            return any(holds_tensor(v) for v in value)
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            return any(holds_tensor(getattr(value, f.name)) for f in dataclasses.fields(value))
-        return isinstance(value, torch.Tensor)
-
-    if any(holds_tensor(params) for params in deep.values()):
-        return None
-    key = (model, targets, tuple(deep.items()), policy)
-    try:
-        hash(key)
-    except TypeError:
-        return None
-    return key
 
 
 async def _within(deadline: float, awaitable, what: str = "the prediction was ready"):

@@ -35,12 +35,12 @@ from saliency.attribution.types import Targets
 from saliency.errors import ResourceExhausted
 from saliency.models import LoadedModel
 from saliency.quality.policy import CostTracker
+from saliency.runtime.admission import ESTIMATE_MARGIN
 from saliency.runtime.config import ServiceConfig
 from saliency.runtime.fast_pool import BEFORE_DEEP, FastPool
 from saliency.runtime.metrics import Metrics
 
 log = logging.getLogger(__name__)
-ESTIMATE_MARGIN = 1.5
 
 
 class ModelWorker:
