@@ -72,11 +72,13 @@ SCENARIOS: dict[str, tuple[pb.ExplainRequest, float, set]] = {
     "tiny_ig": (
         pb.ExplainRequest(model=TINY, image=CHELSEA, targets=pb.Targets(top_k=2),
                           methods=[method(pb.METHOD_INTEGRATED_GRADIENTS, n_steps=16), method(pb.METHOD_VANILLA)]),
-        30, {OK, BUSY},
+        30, {OK, BUSY, LATE},
     ),
+    # Deep calls are admitted on an estimate, which a crowd of other calls can beat: an admitted
+    # call may still end at its deadline (test_admission.py holds the strict burst property).
     "effnet_ig": (
         pb.ExplainRequest(model=EFFNET, image=CHELSEA, methods=[method(pb.METHOD_INTEGRATED_GRADIENTS, n_steps=24)]),
-        20, {OK, BUSY},
+        20, {OK, BUSY, LATE},
     ),
     "short_deadline": (
         pb.ExplainRequest(model=EFFNET, image=CHELSEA, methods=[method(pb.METHOD_INTEGRATED_GRADIENTS, n_steps=64)]),
@@ -137,7 +139,7 @@ def _soak(server: ServerProcess) -> None:
                         code = OK
                     except grpc.FutureCancelledError:
                         code = GONE
-                    allowed = {OK, GONE, BUSY}
+                    allowed = {OK, GONE, BUSY, LATE}
                 elif name == "stream":
                     request, deadline, allowed = SCENARIOS["tiny_ig"]
                     events = list(stub.ExplainStream(request, timeout=deadline))
