@@ -180,11 +180,10 @@ def test_queued_deep_work_is_refused_or_dropped_without_computing_it(service):
 
     blocker = stub.Explain.future(ig(400), timeout=120)
     time.sleep(1.0)  # the blocker's samples are queued ahead
-    started = time.perf_counter()
-    with pytest.raises(grpc.RpcError) as info:
+    with pytest.raises(grpc.RpcError) as info:  # how fast: test_admission.py, against a process of its own
         stub.Explain(ig(300), timeout=2.0)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "deadline" in info.value.details() and time.perf_counter() - started < 1.0
+    assert "would take about" in info.value.details() and "deadline of 1.9" in info.value.details()
     waiting = stub.Explain.future(ig(300), timeout=120)
     time.sleep(1.0)
     waiting.cancel()

@@ -263,14 +263,20 @@ def _set_intra_op_threads(n: int) -> None:
     torch.set_num_threads sets the caller's OpenMP count and also the default every thread
     not yet initialised picks up lazily (on its first parallel op, overwriting what that
     thread set before). So: initialise this thread first, set n, then put the default back
-    from a throwaway thread, whose own count is all that step changes.
+    from a throwaway thread, whose own count is all that step changes. One thread at a time: a
+    pool's threads start together, and one reading the default while another has it changed
+    would put the changed value back as the default.
     """
-    default = torch.get_num_threads()  # initialises this thread from the current default
-    torch.set_num_threads(n)
-    if n != default:
-        restore = threading.Thread(target=lambda: (torch.get_num_threads(), torch.set_num_threads(default)))
-        restore.start()
-        restore.join()
+    with _thread_count_lock:
+        default = torch.get_num_threads()  # initialises this thread from the current default
+        torch.set_num_threads(n)
+        if n != default:
+            restore = threading.Thread(target=lambda: (torch.get_num_threads(), torch.set_num_threads(default)))
+            restore.start()
+            restore.join()
+
+
+_thread_count_lock = threading.Lock()
 
 
 def _resolver(loop: asyncio.AbstractEventLoop, future: asyncio.Future):
