@@ -276,7 +276,8 @@ VARIANTS = {
         [{"baseline": "black"}, {"baseline": "blur", "blur_sigma": 2.0}, {"baseline": "blur", "blur_sigma": 3.0},
          {"baseline": "uniform", "seed": 1}, {"baseline": "uniform", "seed": 2},
          {"baseline": "custom", "custom_baseline": CUSTOM[0]}, {"baseline": "custom", "custom_baseline": CUSTOM[1]}],
-        [{"n_steps": 5}, {"rule": "riemann_middle"}],  # the endpoints' forwards are shared
+        # the endpoints' forwards are shared
+        [{"n_steps": 5}, {"rule": "riemann_middle"}, {"max_map_error": 0.05}],
     ),
     "gradient_shap": (
         [{"n_samples": 5}, {"reference": "black_white"}, {"seed": 3},

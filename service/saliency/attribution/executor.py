@@ -28,6 +28,9 @@ Three optional stream properties serve methods beyond plain gradients and forwar
   a method can plan its second phase from the first phase's outputs (Score-CAM's masks come
   from the activations of one forward). Its `n_samples` is an upper bound until then: the
   first phase's consumer may lower it.
+- `checkpoint`: sample counts at which the stream's own consumer decides whether it needs more
+  (error-targeted IG): a slice never runs past the next one, so a stream that stops there has
+  computed nothing it does not use. Until it stops, `n_samples` is its cap.
 
 Forward-only samples are shared across targets: a forward gives the logits of every class, so
 streams that declare the same `share_key` (the same perturbations of the same input, e.g. the
@@ -138,6 +141,9 @@ class SampleStream:
     # for the same outputs: the executor runs each such sample once for all of them (the key
     # names the perturbation and its parameters, and the input as a SameTensor).
     share_key: Hashable | None = None
+    # cursor -> the next sample count (> cursor) at which the consumer may end the stream by
+    # lowering n_samples: no slice extends past it. None: slices are cut by the budget only.
+    checkpoint: Callable[[int], int] | None = None
     cursor: int = 0  # next sample to generate
     consumed: int = 0  # samples whose outputs were consumed
 
@@ -532,6 +538,8 @@ class ChunkExecutor:
                         stream.cursor = piece.stop
                     elif budget > 0:
                         n = min(budget, stream.remaining)
+                        if stream.checkpoint is not None:
+                            n = min(n, max(unit, stream.checkpoint(stream.cursor) - stream.cursor))
                         n -= n % unit
                         n = n or (unit if not pieces else 0)  # a budget under one pair runs one pair
                         if n:

@@ -263,20 +263,22 @@ class CamParams(_message.Message):
     def __init__(self) -> None: ...
 
 class IntegratedGradientsParams(_message.Message):
-    __slots__ = ("n_steps", "rule", "baseline", "blur_sigma", "seed", "custom_baseline")
+    __slots__ = ("n_steps", "rule", "baseline", "blur_sigma", "seed", "custom_baseline", "max_map_error")
     N_STEPS_FIELD_NUMBER: _ClassVar[int]
     RULE_FIELD_NUMBER: _ClassVar[int]
     BASELINE_FIELD_NUMBER: _ClassVar[int]
     BLUR_SIGMA_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     CUSTOM_BASELINE_FIELD_NUMBER: _ClassVar[int]
+    MAX_MAP_ERROR_FIELD_NUMBER: _ClassVar[int]
     n_steps: int
     rule: IntegrationRule
     baseline: Baseline
     blur_sigma: float
     seed: int
     custom_baseline: Tensor
-    def __init__(self, n_steps: _Optional[int] = ..., rule: _Optional[_Union[IntegrationRule, str]] = ..., baseline: _Optional[_Union[Baseline, str]] = ..., blur_sigma: _Optional[float] = ..., seed: _Optional[int] = ..., custom_baseline: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    max_map_error: float
+    def __init__(self, n_steps: _Optional[int] = ..., rule: _Optional[_Union[IntegrationRule, str]] = ..., baseline: _Optional[_Union[Baseline, str]] = ..., blur_sigma: _Optional[float] = ..., seed: _Optional[int] = ..., custom_baseline: _Optional[_Union[Tensor, _Mapping]] = ..., max_map_error: _Optional[float] = ...) -> None: ...
 
 class DeepLiftParams(_message.Message):
     __slots__ = ("baseline", "blur_sigma", "seed", "custom_baseline")
