@@ -194,3 +194,17 @@ def test_maps_that_cannot_fit_one_response_are_refused_before_any_work(huge_png)
         assert [list(a.map.shape) for a in response.attributions] == [[2048, 2048]] * 3
     finally:
         running.stop()
+
+
+def test_a_call_that_ends_while_its_image_is_decoded_is_counted_by_its_reason(served, huge_png):
+    labels = {"model": EFFNET, "reason": "deadline"}
+    before = served.metric("saliency_rejected_total", labels)
+    codes_before = served.metric("saliency_requests_total", {"rpc": "Explain", "model": EFFNET, "code": "DEADLINE_EXCEEDED"})
+    with pytest.raises(grpc.RpcError) as info:  # decoding 36 Mpx takes longer than the deadline
+        served.stub().Explain(pb.ExplainRequest(model=EFFNET, image=huge_png), timeout=0.3)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    deadline = time.monotonic() + 30
+    while served.metric("saliency_rejected_total", labels) == before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert served.metric("saliency_rejected_total", labels) == before + 1
+    assert served.metric("saliency_requests_total", {"rpc": "Explain", "model": EFFNET, "code": "DEADLINE_EXCEEDED"}) == codes_before + 1

@@ -146,6 +146,7 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
         parent = extract(dict(context.invocation_metadata() or ()))
         code = grpc.StatusCode.OK
         admission = None
+        reached_backend = False  # from then on the backend counts how the call ended
         # Status and exceptions are recorded below; the SDK's own recording formats a traceback
         # (a stat per frame) on the event loop for every refused call.
         with self.tracer.start_as_current_span(
@@ -158,6 +159,7 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
                 if getattr(job, "request_id", None):
                     span.set_attribute("saliency.request_id", job.request_id)
                 span.set_attribute("saliency.model", job.model)
+                reached_backend = True
                 yield prepared
             except SaliencyError as exc:
                 code = _status_for(exc)
@@ -172,6 +174,8 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
                 remaining = context.time_remaining()
                 late = remaining is not None and remaining <= DEADLINE_MARGIN_S
                 code = grpc.StatusCode.DEADLINE_EXCEEDED if late else grpc.StatusCode.CANCELLED
+                if not reached_backend:  # it ended while being validated, admitted or decoded
+                    self.metrics.rejected.labels(model_label, "deadline" if late else "cancelled").inc()
                 raise
             except Exception as exc:  # a bug: report it without details, keep serving
                 code = grpc.StatusCode.INTERNAL
