@@ -115,6 +115,17 @@ def test_one_model_call_per_masked_input_for_every_target(tiny, tiny_images):
         assert_identical(task.result, alone(tiny, x, target, "rise", **RISE))
 
 
+def test_an_input_the_plans_convert_is_still_shared(tiny, tiny_images):
+    """Plans copy an input that is not float32 on the CPU (a device tensor, float64): the key is
+    the caller's tensor, so the copies still share (the bench's input lives on the GPU)."""
+    x = tiny_images[1].double()
+    tasks = [plan(tiny, x, t, "rise", **RISE) for t in (0, 4, 7)]
+    assert planned_samples(tasks) == 30
+    ChunkExecutor(tiny, SIZES).run(tasks)
+    for task in tasks:
+        assert_identical(task.result, alone(tiny, x, task.target, "rise", **RISE))
+
+
 def test_only_the_same_input_and_parameters_share(tiny, tiny_images):
     """Another tensor with equal values, another seed, another n: separate samples (sharing is
     by identity of the input: nothing is hashed), and still each map is right."""

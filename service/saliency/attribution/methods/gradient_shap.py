@@ -124,6 +124,7 @@ def reference_set(model, x: torch.Tensor, params: GradientShapParams) -> Referen
 )
 def plan_gradient_shap(model, x: torch.Tensor, target: int, params: GradientShapParams) -> DeepTask:
     """x [C, H, W] normalised input -> a DeepTask whose map is sum_c attr [H, W]."""
+    image = SameTensor(x)  # the caller's tensor: plans of one request share it, wherever it is
     x = x.detach().float().cpu()
     references = reference_set(model, x, params)
     draws = draw(params.n_samples, references.count, params.seed)
@@ -189,7 +190,7 @@ def plan_gradient_shap(model, x: torch.Tensor, target: int, params: GradientShap
             SampleStream(
                 1 + len(drawn), False, endpoints, record, sample_shape=tuple(x.shape),
                 share_key=(
-                    "gradient_shap.endpoints", SameTensor(x), params.reference, params.n_samples, params.seed,
+                    "gradient_shap.endpoints", image, params.reference, params.n_samples, params.seed,
                     None if params.custom_reference is None else SameTensor(params.custom_reference),
                 ),
             ),

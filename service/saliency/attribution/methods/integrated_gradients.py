@@ -203,6 +203,7 @@ def plan_integrated_gradients(
     model: LoadedModel, x: torch.Tensor, target: int, params: IntegratedGradientsParams
 ) -> DeepTask:
     """x [C, H, W] normalised input -> a DeepTask whose result map is sum_c attr [H, W]."""
+    image = SameTensor(x)  # the caller's tensor: plans of one request share it, wherever it is
     x = x.detach().float().cpu()
     baseline = make_baseline(model, x, params)
     delta = x - baseline
@@ -289,7 +290,7 @@ def plan_integrated_gradients(
             # F(x') and F(x) do not depend on the target: shared with the other targets' tasks.
             SampleStream(
                 2, False, endpoints, record_endpoints, sample_shape=tuple(x.shape),
-                share_key=("ig.endpoints", SameTensor(x), *baseline_key(params)),
+                share_key=("ig.endpoints", image, *baseline_key(params)),
             ),
         ],
         finish,

@@ -136,6 +136,7 @@ def plan_kernel_shap(
     Two phases: the end coalitions (whose inputs trigger SLIC on the worker thread), then the
     others, whose number is known only once M is (2^M - 2 when enumerating).
     """
+    image = SameTensor(x)  # the caller's tensor: plans of one request share it, wherever it is
     x = x.detach().float().cpu()
     lazy = LazySegmentation(model.spec, x, params, segments)
     ends = torch.zeros(2)  # v(1), v(0)
@@ -186,7 +187,6 @@ def plan_kernel_shap(
 
     # The coalitions depend on the segments, n_samples and the seed, not on the target: other
     # targets' tasks share every masked forward.
-    image = SameTensor(x)
     first = SampleStream(
         2, False, end_inputs, record_ends, sample_shape=tuple(x.shape),
         share_key=("kernel_shap.ends", image, params.segmentation_key),

@@ -128,6 +128,7 @@ def plan_lime(
 ) -> DeepTask:
     """x [C, H, W] normalised input -> a DeepTask whose map [H, W] is each pixel's segment's
     coefficient. SLIC and the coalitions are made with the first samples, on the worker."""
+    image = SameTensor(x)  # the caller's tensor: plans of one request share it, wherever it is
     x = x.detach().float().cpu()
     lazy = LazySegmentation(model.spec, x, params, segments)
     scores = torch.zeros(params.n_samples)
@@ -158,6 +159,6 @@ def plan_lime(
 
     # The coalitions depend on the segments, n_samples and the seed (not on the target, the
     # kernel or the penalty): other tasks with them share every masked forward.
-    share = ("lime", SameTensor(x), params.segmentation_key, params.n_samples, params.seed)
+    share = ("lime", image, params.segmentation_key, params.n_samples, params.seed)
     stream = SampleStream(params.n_samples, False, inputs, record, sample_shape=tuple(x.shape), share_key=share)
     return DeepTask("lime", target, [stream], finish, held_bytes=coalition_task_bytes(x, params.n_samples, params.n_segments))

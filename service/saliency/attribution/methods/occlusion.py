@@ -84,6 +84,7 @@ def plan_occlusion(
     The number of windows depends on the input's size, so it is checked here, against
     `limits.max_occlusion_windows`, before anything joins a batch.
     """
+    image = SameTensor(x)  # the caller's tensor: plans of one request share it, wherever it is
     x = x.detach().float().cpu()
     height, width = x.shape[-2:]
     w, s = params.window, params.stride
@@ -126,7 +127,7 @@ def plan_occlusion(
             {"windows": float(n_windows), "score_input": float(scores[0])},
         )
 
-    share = ("occlusion", SameTensor(x), w, s, params.baseline)  # every target reads the same forwards
+    share = ("occlusion", image, w, s, params.baseline)  # every target reads the same forwards
     stream = SampleStream(1 + n_windows, False, occluded, record, sample_shape=tuple(x.shape), share_key=share)
     # one score per window; finish's coverage matrices and three float64 [H, W] maps
     held = scores.nbytes + 8 * (len(ys) * height + len(xs) * width) + 3 * 8 * height * width

@@ -117,29 +117,32 @@ class MaskSampler:
 @register("rise", "deep", RiseParams, "RISE randomised input sampling (Petsiuk et al. 2018)")
 def plan_rise(model, x: torch.Tensor, target: int, params: RiseParams) -> DeepTask:
     """x [C, H, W] normalised input -> a DeepTask whose map [H, W] is the RISE saliency."""
+    image = SameTensor(x)  # the caller's tensor: plans of one request share it, wherever it is
     x = x.detach().float().cpu()
     height, width = x.shape[-2:]
     sampler = MaskSampler(height, width, params.n_masks, params.grid_size, params.p, params.seed)
-    saliency = torch.zeros(height, width, dtype=torch.float32)
+    # Reduced where the model runs: on a GPU the per-target sums cost nothing beside the call
+    # (on the CPU they were 60 % of a top-3 RISE call there).
+    saliency = torch.zeros(height, width, dtype=torch.float32, device=model.device)
     # Masks travel to the model's device in float16 and meet the input there: a sixth of the
     # bytes of a masked float32 input, and the same products (one multiply, rounded alike).
     x_on_device = x.to(model.device)
 
     def masked_inputs(start: int, stop: int) -> Samples:
-        masks = sampler.masks(start, stop)  # [n, H, W] float16, to every target's reducer
-        return Samples(x_on_device * masks.to(model.device)[:, None].float(), masks)
+        masks = sampler.masks(start, stop).to(model.device).float()  # [n, H, W], to every target's reducer
+        return Samples(x_on_device * masks[:, None], masks)
 
     def accumulate(start: int, out: ChunkOutput) -> None:
-        probs = out.logits.float().softmax(-1)[:, target].cpu()
-        saliency.add_(torch.einsum("n,nhw->hw", probs, out.side.float()))
+        probs = out.logits.float().softmax(-1)[:, target]
+        saliency.add_(torch.einsum("n,nhw->hw", probs, out.side))
 
     def finish() -> Attribution:
-        result = saliency / (params.n_masks * params.p)
+        result = saliency.cpu() / (params.n_masks * params.p)
         return Attribution("rise", target, result, None, {"n_masks": float(params.n_masks)})
 
     # The masks depend on the input's size and the parameters, never on the target: the other
     # targets' streams of this request share every masked forward.
-    share = ("rise", SameTensor(x), params.n_masks, params.grid_size, params.p, params.seed)
+    share = ("rise", image, params.n_masks, params.grid_size, params.p, params.seed)
     stream = SampleStream(
         params.n_masks, False, masked_inputs, accumulate, sample_shape=tuple(x.shape), share_key=share
     )

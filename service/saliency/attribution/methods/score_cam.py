@@ -110,6 +110,7 @@ def _channel_bound(model: LoadedModel, params: ScoreCamParams) -> int:
 @register("scorecam", "deep", ScoreCamParams, "Score-CAM: channels weighted by masked-input scores (Wang et al. 2020)", supports=CAM_LAYER)
 def plan_score_cam(model: LoadedModel, x: torch.Tensor, target: int, params: ScoreCamParams) -> DeepTask:
     """x [C, H, W] normalised input -> a DeepTask whose map is Score-CAM [H, W] (raw [h, w])."""
+    image = SameTensor(x)  # the caller's tensor: plans of one request share it, wherever it is
     x = x.detach().float().cpu()
     size = tuple(x.shape[-2:])
     state: dict[str, torch.Tensor] = {}
@@ -150,11 +151,11 @@ def plan_score_cam(model: LoadedModel, x: torch.Tensor, target: int, params: Sco
     # max_channels): other targets' tasks share both phases' forwards.
     first = SampleStream(
         1, False, the_input, keep_activations, capture_layer=True, sample_shape=tuple(x.shape),
-        share_key=("scorecam.activations", SameTensor(x)),
+        share_key=("scorecam.activations", image),
     )
     masked = SampleStream(
         _channel_bound(model, params), False, masked_inputs, record, after=first, sample_shape=tuple(x.shape),
-        share_key=("scorecam.masked", SameTensor(x), params.max_channels),
+        share_key=("scorecam.masked", image, params.max_channels),
     )
     # The activations [K, h, w], the kept ones again in finish, a score per channel, the map.
     channels = cam_channels(model) or params.max_channels
