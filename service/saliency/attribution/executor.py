@@ -14,7 +14,7 @@ it is run again task by task, from the inputs already generated, so only the tas
 samples cause the failure fail (a wrongly shaped or non-finite input, a generator that raises,
 a model call that fails on them); the others get exactly the result they get alone.
 
-Three optional stream properties serve methods beyond plain gradients and forwards:
+Optional stream properties serve methods beyond plain gradients and forwards:
 - `backward_rule` ("guided", "deconvnet", "rescale" or an LRP `RelevanceRules`): the chunk's
   forward runs inside `hooks.backward_rule`, so its input gradient follows the modified rule.
   Chunks are grouped by (needs_grad, backward_rule): a rule never touches another stream's
@@ -101,8 +101,8 @@ class SameTensor:
     """Part of a `share_key`: equal to another exactly when both are views of the same memory
     with the same offset, shape, strides, dtype and device, so the data is the same. It holds
     the tensor: the memory cannot be freed, and its address reused by another input, while a
-    key refers to it. (Identity, not content: hashing every input would cost more than it
-    saves; the tasks of one request are planned from one tensor.)"""
+    key refers to it. (Identity, not content: nothing is hashed on the request path, and the
+    tasks of one request are planned from one tensor.)"""
 
     __slots__ = ("tensor", "_identity")
 
