@@ -63,7 +63,7 @@ LOADTEST_MODEL ?= tinycnn
 LOADTEST_PORT ?= 50061
 LOADTEST_METRICS_PORT ?= 9465
 
-.PHONY: tools promtool chart loadtest alerts constraints image
+.PHONY: tools promtool chromium chart loadtest alerts constraints image
 
 $(HELM):
 	rm -rf $(TOOLS)/npm && mkdir -p $(TOOLS)/npm
@@ -81,7 +81,15 @@ promtool:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 	@promtool --version | head -1
 
-tools: $(STAMP) $(HELM) promtool
+# Debian's chromium drives the web page's browser test (tests/test_web_page.py) through
+# Playwright; Playwright's own browser download is never used.
+chromium:
+	@[ -x /usr/bin/chromium ] || { \
+	  [ "$$(id -u)" = 0 ] || { echo "chromium missing: apt-get install chromium (as root)" >&2; exit 1; }; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+	@/usr/bin/chromium --version
+
+tools: $(STAMP) $(HELM) promtool chromium
 
 # Lint the chart strictly, render it for the default values and every ci/*-values.yaml, and
 # validate the manifests against Kubernetes $(KUBE_VERSION)'s schemas (out/chart/*.yaml).
