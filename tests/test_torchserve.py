@@ -228,7 +228,7 @@ def test_deploy_config_is_hardened_and_matches_the_archives(archives):
     declared = yaml.safe_load((STORE / "metrics.yaml").read_text())["model_metrics"]
     names = {m["name"] for kind in declared.values() for m in kind}
     assert set(HANDLER_METRICS) <= names
-    handler = (ROOT / "handlers" / "saliency_handler.py").read_text()
+    handler = (ROOT / "service" / "saliency" / "backends" / "torchserve_handler.py").read_text()
     assert set(re.findall(r'"(Saliency\w+)"', handler)) == set(HANDLER_METRICS)
 
 

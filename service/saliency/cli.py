@@ -9,6 +9,7 @@
     saliency sanity IMAGE|--sample NAME --model M [--methods a,b] [--layers l1,l2]
                     [--randomizations cascading,independent] [--server HOST:PORT ...]
     saliency report sanity --model M --images N --out DIR
+    saliency archive my.yaml --out model_store/                        (a TorchServe archive of a model config)
     saliency serve [--config FILE] [--host H] [--port P] [--models a,b] [...]
 
 Thin on purpose: parse, validate, call the Engine (or a server, see `cli_remote`), hand maps
@@ -104,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-chunk-sizes", action="store_true", help="skip measuring the deep methods' chunk sizes"
     )
 
+    archive = commands.add_parser("archive", help="build a TorchServe archive (.mar) of a model config")
+    from saliency.cli_archive import add_archive_arguments
+
+    add_archive_arguments(archive)
+
     serve = commands.add_parser("serve", help="run the gRPC service (blocks until SIGTERM/SIGINT)")
     from saliency.cli_remote import add_serve_arguments
 
@@ -171,6 +177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from saliency.cli_remote import serve
 
             return serve(args)
+        if args.command == "archive":
+            from saliency.cli_archive import archive
+
+            return archive(args)
         if getattr(args, "models_command", None) == "inspect":
             require(not args.server, "server", "inspect loads the model here; it does not ask a server")
             from saliency.cli_inspect import inspect

@@ -2,7 +2,7 @@
 
 Each model's archive is registered twice in TorchServe (model_store/, `make models`): `<m>` runs
 the fast pass and `<m>-deep` the deep methods, each with its own batch size, batch delay and
-workers (handlers/saliency_handler.py; the work is in torchserve_batch.py). For one request:
+workers (backends/torchserve_handler.py; the work is in torchserve_batch.py). For one request:
 
 1. `<m>` gets the input tensor (already validated and normalised by the servicer), the targets
    and the fast methods, and answers predictions, resolved targets and fast maps: FastEvent.
@@ -56,7 +56,7 @@ from saliency.backends.torchserve_process import (
     workers_ready,
 )
 from saliency.errors import DeadlineExceeded, ResourceExhausted, SaliencyError, Unavailable
-from saliency.models import LoadedModel, get_spec, load_model
+from saliency.models import LoadedModel, get_spec, load_model, register_model_config
 from saliency.quality.policy import CostTracker
 from saliency.runtime.admission import ESTIMATE_MARGIN, Admission, DeepCosts, overloaded
 from saliency.runtime.backend import DeepEvent, ExplainJob, FastEvent, check_model
@@ -93,6 +93,8 @@ class TorchServeBackend:
         self.config = config
         self.metrics = metrics
         self.tracer = tracer
+        for path in config.model_configs:  # user models, served under their configs' names
+            register_model_config(path)
         self.models = {name: get_spec(name) for name in config.models}
         self.process: TorchServeProcess | None = None
         if config.torchserve_address:
@@ -107,6 +109,7 @@ class TorchServeBackend:
                 config.torchserve_config,
                 config.models,
                 config.torchserve_startup_timeout_s,
+                model_configs=config.model_configs,
             )
             atexit.register(self.process.stop)  # never leave a TorchServe behind
             self.address = self.process.grpc_address

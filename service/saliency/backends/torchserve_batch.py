@@ -1,4 +1,4 @@
-"""One TorchServe batch, in saliency's terms: what handlers/saliency_handler.py delegates to.
+"""One TorchServe batch, in saliency's terms: what the TorchServe handler (torchserve_handler.py) delegates to.
 
 TorchServe hands a handler a list of rows (one per queued request) and wants back a list
 exactly as long. Its gRPC API has no per-row status, and an exception in the handler fails
@@ -105,6 +105,9 @@ class HandlerSettings:
     """The `saliency:` section of an archive's model-config.yaml (see model_store/)."""
 
     model: str  # the zoo name: saliency.models.load_model(model)
+    # A user's model (`saliency archive`): its model config's path inside the archive, loaded
+    # with saliency.models.load_model_config instead of the zoo name.
+    model_config: str = ""
     max_chunk: int = 0  # deep samples per model call with gradient; 0 = measured at start
     max_chunk_forward: int = 0  # forward-only; 0 = measured
     max_methods: int = 16

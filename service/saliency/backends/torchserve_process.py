@@ -42,8 +42,10 @@ import grpc
 import yaml
 from google.protobuf import empty_pb2
 
+from saliency.backends.torchserve_archive import prepare_model_store
 from saliency.backends.torchserve_batch import DEEP_SUFFIX, HandlerSettings
 from saliency.backends.torchserve_watchdog import group_members
+from saliency.models.config import read_model_config
 from saliency.torchserve_api import inference_pb2_grpc as ts_grpc
 
 log = logging.getLogger(__name__)
@@ -344,11 +346,18 @@ class TorchServeProcess:
         models: Sequence[str],
         timeout_s: float = 180.0,
         workdir: str | Path | None = None,
+        model_configs: Sequence[str | Path] = (),
     ) -> TorchServeProcess:
-        """Launch TorchServe serving `<m>` and `<m>-deep` for each model; return once healthy."""
+        """Launch TorchServe serving `<m>` and `<m>-deep` for each model; return once healthy.
+
+        `models` come from `model_store`'s archives, except those named by `model_configs`:
+        with any, the store is one in the work dir holding copies of the others' archives
+        and a fresh archive of each config (`torchserve_archive`)."""
         store = Path(model_store).resolve()
+        user_names = {read_model_config(path).name for path in model_configs}
         for model in models:
-            archive_path(store, model)
+            if model not in user_names:
+                archive_path(store, model)
         if not Path(base_config).is_file():
             raise FileNotFoundError(f"TorchServe config {base_config} is missing (torchserve_config)")
         java = Path(os.environ["JAVA_HOME"]) / "bin" / "java" if os.environ.get("JAVA_HOME") else shutil.which("java")
@@ -364,6 +373,15 @@ class TorchServeProcess:
         (root / "logs").mkdir(parents=True, exist_ok=True)
         tmp = root / "tmp"
         tmp.mkdir(exist_ok=True)
+        if model_configs:
+            builtin = [m for m in models if m not in user_names]
+            store = root / "model-store"
+            try:
+                prepare_model_store(model_store, builtin, model_configs, store)
+            except BaseException:
+                if owns:
+                    shutil.rmtree(root, ignore_errors=True)
+                raise
         names = [*_ADDRESS_KEYS, "grpc_inference_port", "grpc_management_port"]
         ports = dict(zip(names, free_loopback_ports(len(names))))
         settings = render_properties(read_properties(Path(base_config)), store, models, ports, tmp)
