@@ -8,7 +8,9 @@ mount path pointed at a directory laid out as the docs say."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -113,8 +115,6 @@ def test_the_claim_variant_mounts_the_claim_read_only_and_validates(tmp_path):
     (["--set", "userModels.enabled=true", "--set", "userModels.configs={a.yaml}"], "set exactly one of existingClaim"),
     (["--set", "userModels.enabled=true", "--set", "userModels.configs={a.yaml}", "--set", "userModels.existingClaim=c",
       "--set", "userModels.image.repository=r"], "set exactly one of existingClaim"),
-    (["--set", "userModels.enabled=true", "--set", "userModels.configs={a.yaml}", "--set", "userModels.existingClaim=c",
-      "--set", "backend=torchserve"], "the torchserve backend serves model archives"),
     (["--set-json", "config.models=[]"], "no model to serve"),
     (["--set", "userModels.enabled=true", "--set", "userModels.configs={model.txt}", "--set",
       "userModels.existingClaim=c"], "userModels.configs"),
@@ -146,7 +146,7 @@ def test_the_rendered_config_serves_the_mounted_models_over_grpc(tmp_path):
     config = load_config(str(tmp_path / "config.yaml"), env={})
     assert config.models == ("my_resnet",) and config.model_configs == (str(mount / "my_resnet" / "my_resnet.yaml"),)
     running = ServiceThread(dataclasses.replace(config, host="127.0.0.1", port=0, metrics_host="127.0.0.1",
-                                                metrics_port=0, max_chunk=8, max_chunk_forward=16))
+                                                metrics_port=0, http_port=0, max_chunk=8, max_chunk_forward=16))
     try:
         listed = running.stub().ListModels(pb.ListModelsRequest(), timeout=30).models
         assert [(m.name, m.resize) for m in listed] == [("my_resnet", "crop")]
@@ -158,3 +158,58 @@ def test_the_rendered_config_serves_the_mounted_models_over_grpc(tmp_path):
         assert list(response.attributions[0].map.shape) == [300, 451]
     finally:
         running.stop()
+
+
+def test_with_torchserve_the_sidecar_archives_the_mounted_configs_before_it_starts(tmp_path):
+    """backend: torchserve: the TorchServe container mounts the models too and runs
+    `saliency.backends.torchserve_store` with the rendered arguments before TorchServe. Run here
+    with the chart's paths moved into tmp_path: it builds an archive per config beside a copy of
+    the built-in one, and renders the chart's config.properties to serve them all."""
+    mount = tmp_path / "user-models"
+    (mount / "my_resnet").mkdir(parents=True)
+    shutil.copy(user_nets.__file__, mount / "my_resnet" / "nets.py")
+    torch.save(user_nets.ResNetStyle().state_dict(), mount / "my_resnet" / "weights.pth")
+    (mount / "my_resnet" / "my_resnet.yaml").write_text(yaml.safe_dump({
+        "name": "my_resnet", "model": {"model_file": "nets.py", "class_name": "ResNetStyle"},
+        "weights": "weights.pth", "input": {"size": [64, 64]}}))
+    result = template("--set", "backend=torchserve", "--set", "userModels.enabled=true",
+                      "--set", "userModels.existingClaim=c", "--set", f"userModels.mountPath={mount}",
+                      "--set", "userModels.configs={my_resnet/my_resnet.yaml}")
+    assert result.returncode == 0, result.stderr
+    docs = docs_of(result.stdout)
+    pod = pod_of(docs)
+    torchserve = next(c for c in pod["containers"] if c["name"] == "torchserve")
+    mounts = {m["name"]: m for m in torchserve["volumeMounts"]}
+    assert mounts["user-models"]["readOnly"] and mounts["torchserve-store"]["mountPath"] == "/var/lib/torchserve-store"
+    assert {v["name"] for v in pod["volumes"]} >= {"user-models", "torchserve-store"}
+    script = torchserve["command"][2]
+    assert subprocess.run(["sh", "-n", "-c", script], capture_output=True).returncode == 0
+    assert "--model-store /var/lib/torchserve-store" in script and "--models $registrations" in script
+    properties = next(d for d in docs if d["kind"] == "ConfigMap" and "config.properties" in d["data"])
+    (tmp_path / "config.properties").write_text(properties["data"]["config.properties"])
+    moved = {"/opt/saliency/model_store": str(ROOT / "model_store"),
+             "/etc/torchserve/config.properties": str(tmp_path / "config.properties"),
+             "/var/lib/torchserve-store": str(tmp_path / "store")}
+    args = [moved.get(a, a) for a in torchserve["args"]]
+    subprocess.run(["make", "-s", "models"], cwd=ROOT, check=True, timeout=900)
+    done = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "saliency.backends.torchserve_store", *args],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["efficientnet_lite0=efficientnet_lite0.mar", "efficientnet_lite0-deep=efficientnet_lite0.mar",
+                                   "my_resnet=my_resnet.mar", "my_resnet-deep=my_resnet.mar"]
+    store = tmp_path / "store"
+    assert {p.name for p in store.glob("*.mar")} == {"efficientnet_lite0.mar", "my_resnet.mar"}
+    from saliency.backends.torchserve_process import read_properties
+
+    rendered = read_properties(store / "config.properties")
+    assert rendered["model_store"] == str(store) and rendered["allowed_urls"] == f"file://{re.escape(str(store))}/.*"
+    models = json.loads(rendered["models"])
+    assert set(models) == {"efficientnet_lite0", "efficientnet_lite0-deep", "my_resnet", "my_resnet-deep"}
+    assert models["my_resnet-deep"]["1.0"]["marName"] == "my_resnet.mar"
+    assert rendered["inference_address"] == "http://127.0.0.1:8080"  # the chart's own settings stay
+    # A config that cannot load stops the container before TorchServe, naming the field.
+    (mount / "my_resnet" / "my_resnet.yaml").write_text(yaml.safe_dump({"name": "my_resnet", "model": {"model_file": "nets.py"}}))
+    done = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "saliency.backends.torchserve_store",
+                           *[a if a != str(tmp_path / "store") else str(tmp_path / "store2") for a in args]],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "model.class_name" in done.stderr

@@ -60,6 +60,7 @@ Java and TorchServe, BACKENDS=embedded in deploy/Dockerfile) for the embedded ba
 {{- define "saliency.cacheDir" -}}/var/cache/saliency{{- end -}}
 {{- define "saliency.torchserveRunDir" -}}/var/run/torchserve{{- end -}}
 {{- define "saliency.modelStore" -}}/opt/saliency/model_store{{- end -}}
+{{- define "saliency.torchserveStore" -}}/var/lib/torchserve-store{{- end -}}
 
 {{/* The service config file: .Values.config plus the fields the chart owns (host, ports,
 backend, device, auth and TLS file paths, model_configs from userModels). */}}
@@ -177,6 +178,20 @@ shutdown would wait out the grace period. This shell forwards SIGTERM as `torchs
 which stops Java (and its workers) and waits for it. */}}
 {{- define "saliency.torchserveLauncher" -}}
 torchserve "$@" &
+launcher=$!
+trap 'torchserve --stop --foreground; wait "$launcher"; exit 143' TERM INT
+wait "$launcher"
+{{- end -}}
+
+{{/* PID 1 of the TorchServe container when it serves user models: first the store
+(`saliency.backends.torchserve_store`: the built-in archives copied, an archive of each model
+config built, config.properties rendered for them), then TorchServe on it as above. A bad
+model config stops the container with the message naming the field. */}}
+{{- define "saliency.torchserveUserModelsLauncher" -}}
+registrations=$(python -m saliency.backends.torchserve_store "$@") || exit 1
+torchserve --start --foreground --ncs --model-store {{ include "saliency.torchserveStore" . }} \
+  --ts-config {{ include "saliency.torchserveStore" . }}/config.properties \
+  --log-config /etc/torchserve/log4j2.xml --models $registrations &
 launcher=$!
 trap 'torchserve --stop --foreground; wait "$launcher"; exit 143' TERM INT
 wait "$launcher"

@@ -13,9 +13,6 @@ that holds them. The service config's model_configs point into the mount. */}}
 {{- if eq (not $u.existingClaim) (not $u.image.repository) -}}
 {{- fail "userModels: set exactly one of existingClaim (a PersistentVolumeClaim holding the files) and image.repository (an image an init container copies them from)" -}}
 {{- end -}}
-{{- if eq .Values.backend "torchserve" -}}
-{{- fail "userModels: the torchserve backend serves model archives (.mar), not model configs; use backend: embedded (docs/models.md)" -}}
-{{- end -}}
 {{- end -}}
 {{- if not (or .Values.config.models (and $u.enabled $u.configs)) -}}
 {{- fail "config.models is empty and no userModels.configs are given: the service would have no model to serve" -}}
@@ -27,10 +24,7 @@ that holds them. The service config's model_configs point into the mount. */}}
 {{- $config := index . 0 -}}
 {{- $u := (index . 1).Values.userModels -}}
 {{- if $u.enabled -}}
-{{- $paths := list -}}
-{{- range $u.configs -}}
-{{- $paths = append $paths (printf "%s/%s" (trimSuffix "/" $u.mountPath) (trimPrefix "/" .)) -}}
-{{- end -}}
+{{- $paths := splitList "\n" (include "saliency.userModelConfigPaths" (index . 1) | trim) -}}
 {{- $_ := set $config "model_configs" $paths -}}
 {{- end -}}
 {{- end -}}
@@ -56,6 +50,14 @@ initContainers:
       - name: user-models
         mountPath: /user-models
 {{- end }}
+{{- end -}}
+
+{{/* The mount paths of the model configs, one per line. */}}
+{{- define "saliency.userModelConfigPaths" -}}
+{{- $u := .Values.userModels -}}
+{{- range $u.configs }}
+{{ printf "%s/%s" (trimSuffix "/" $u.mountPath) (trimPrefix "/" .) }}
+{{- end -}}
 {{- end -}}
 
 {{/* The saliency container's mount of the files. */}}
