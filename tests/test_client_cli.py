@@ -25,7 +25,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from PIL import Image
 
 from saliency.api import convert, method_params, tensors
-from saliency.api.convert import AttributionEvent, ExplainResult, OutputOptions
 from saliency.attribution.engine import Engine
 from saliency.attribution.executor import ChunkSizes
 from saliency.attribution.limits import Limits
@@ -33,7 +32,14 @@ from saliency.attribution.registry import get_method, make_params, methods_for
 from saliency.attribution.types import Targets
 from saliency.cli import build_parser, main
 from saliency.cli_remote import serve_config
-from saliency.client import SERVICE_NAME, AsyncExplainerClient, ExplainerClient
+from saliency.client import (
+    SERVICE_NAME,
+    AsyncExplainerClient,
+    AttributionEvent,
+    ExplainerClient,
+    ExplainResult,
+    OutputOptions,
+)
 from saliency.errors import SaliencyError
 from saliency.imaging import ImageLimits
 from saliency.models import get_spec, load_model
@@ -133,7 +139,7 @@ def png(tmp_path) -> Path:
 # ------------------------------------------------------------------------------- clients
 
 
-def test_explain_returns_domain_types_and_sends_the_token(stand_in, png):
+def test_explain_returns_numpy_maps_and_sends_the_token(stand_in, png):
     servicer, address = stand_in
     with ExplainerClient(address, token="s3cret", timeout=30) as client:
         assert client.health() == "SERVING"
@@ -150,7 +156,7 @@ def test_explain_returns_domain_types_and_sends_the_token(stand_in, png):
         (m, t) for m in ("gradcam", "ig", "vanilla") for t in result.targets
     )
     for a in result.attributions:
-        assert a.map.dtype == torch.float32 and a.map.shape == (32, 32)
+        assert isinstance(a.map, np.ndarray) and a.map.dtype == np.float32 and a.map.shape == (32, 32)
         assert a.stats["queue_ms"] == 0.5 and a.stats["compute_ms"] == 2.0
         assert result.overlays[(a.method, a.target)].startswith(b"\x89PNG")
     ig = next(a for a in result.attributions if a.method == "ig")
@@ -160,15 +166,17 @@ def test_explain_returns_domain_types_and_sends_the_token(stand_in, png):
     assert sent["vanilla"].reduction == "l2" and sent["ig"].n_steps == 4
 
 
-def test_explain_accepts_a_model_input_tensor(stand_in):
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_explain_accepts_a_model_input_array(stand_in, kind):
     _, address = stand_in
-    x = torch.randn(3, 32, 32)
+    x = torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(3))
     with ExplainerClient(address) as client:
-        result = client.explain(x, "tinycnn", {"gradcam": None}, Targets(classes=(1, 4)))
+        sent = x.numpy() if kind == "numpy" else x
+        result = client.explain(sent, "tinycnn", {"gradcam": None}, Targets(classes=(1, 4)))
     assert result.targets == (1, 4)
     expected = Engine(load_model("tinycnn")).explain(x, Targets(classes=(1, 4)), {"gradcam": make_params("gradcam")})
     for got, want in zip(result.attributions, expected.attributions, strict=True):
-        assert torch.equal(got.map, want.map)
+        np.testing.assert_array_equal(got.map, want.map.numpy())
 
 
 def test_stream_yields_the_prediction_first_then_deep_maps(stand_in, png):

@@ -22,6 +22,7 @@ from saliency.errors import InvalidArgument, ResourceExhausted
 from saliency.imaging import ImageLimits
 from saliency.models import get_spec
 from saliency.v1 import explainer_pb2 as pb
+from saliency.wire import results
 
 LIMITS = Limits()
 SHAPE = (3, 8, 8)  # the model input [C, H, W] the methods are checked against
@@ -251,14 +252,15 @@ def test_response_and_stream_events_from_proto():
         predictions=convert.predictions_to_proto([Prediction(2, "class_2", 1.0, 0.5)]),
         attributions=[fast],
     )
-    result = convert.explain_event_from_proto(wire(pb.ExplainEvent(prediction=response)))
-    assert isinstance(result, convert.ExplainResult)
+    result = results.explain_event_from_proto(wire(pb.ExplainEvent(prediction=response)))
+    assert isinstance(result, results.ExplainResult)
     assert (result.model, result.request_id, result.targets) == ("tinycnn", "r1", (2,))
     assert [a.method for a in result.attributions] == ["vanilla"]
     assert result.overlays[("vanilla", 2)].startswith(b"\x89PNG")
     deep = convert.attribution_to_proto(Attribution("rise", 2, signed_map()), OutputOptions(), None, False, 4, 5)
-    event = convert.explain_event_from_proto(wire(pb.ExplainEvent(attribution=deep)))
-    assert isinstance(event, convert.AttributionEvent) and event.overlay_png is None
+    event = results.explain_event_from_proto(wire(pb.ExplainEvent(attribution=deep)))
+    assert isinstance(event, results.AttributionEvent) and event.overlay_png is None
+    np.testing.assert_array_equal(event.attribution.map, signed_map().numpy())
     assert event.attribution.method == "rise" and event.attribution.stats["queue_ms"] == 4
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from opentelemetry import trace
 
-from saliency.api import convert, method_params, quality_codec
+from saliency.api import convert, method_params
 from saliency.api.servicer import ExplainerServicer, _status_for
 from saliency.attribution.executor import ChunkExecutor, ChunkSizes
 from saliency.attribution.types import Attribution
@@ -25,6 +25,7 @@ from saliency.quality.sanity import weights_hash
 from saliency.runtime.config import load_config
 from saliency.runtime.metrics import Metrics
 from saliency.v1 import explainer_pb2 as pb
+from saliency.wire import results
 from service_harness import ServiceThread, method, png_bytes, with_config
 
 
@@ -207,7 +208,7 @@ def test_sanity_check_rpc_on_tinycnn(service):
     )
     assert list(response.layers) == ["fc", "conv1"]
     assert response.weights_sha256 == before == weights_hash(served.module)
-    rows = quality_codec.sanity_rows_from_proto(response)
+    rows = results.sanity_rows_from_proto(response)
     assert {(r.mode, r.layer, r.method) for r in rows} == {
         (mode, layer, m) for mode in ("cascading", "independent") for layer in ("fc", "conv1") for m in ("vanilla", "gradcam")
     }

@@ -19,7 +19,6 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import user_nets
-from saliency.api import convert
 from saliency.attribution.engine import Engine
 from saliency.attribution.executor import ChunkSizes
 from saliency.attribution.registry import all_methods, make_params
@@ -29,6 +28,7 @@ from saliency.imaging import to_model_input
 from saliency.models import ZOO_DIR, load_model, load_model_config
 from saliency.runtime.config import load_config
 from saliency.v1 import explainer_pb2 as pb
+from saliency.wire import results
 from service_harness import ServiceThread, method, png_bytes, with_config
 
 NETS = str(Path(user_nets.__file__).resolve())
@@ -353,8 +353,8 @@ def test_a_served_explain_of_a_user_model_equals_the_in_process_engine(service, 
         model=f"user_{name}", image=png_bytes(rgb), targets=pb.Targets(classes=pb.ClassList(indices=[1])),
         methods=[method(values[m], n_steps=16) if m == "ig" else method(values[m]) for m in wanted],
     )
-    result = convert.explain_response_from_proto(service.stub().Explain(request, timeout=120))
-    served = {a.method: a.map for a in result.attributions}
+    result = results.explain_response_from_proto(service.stub().Explain(request, timeout=120))
+    served = {a.method: torch.from_numpy(a.map) for a in result.attributions}
     assert sorted(served) == sorted(wanted)
     model = loaded[name]
     params = {m: make_params(m, n_steps=16) if m == "ig" else make_params(m) for m in wanted}

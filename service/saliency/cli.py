@@ -31,7 +31,8 @@ import numpy as np
 
 from saliency import render
 from saliency.errors import InvalidArgument, SaliencyError, require
-from saliency.models.preprocess import InputRegion
+from saliency.wire.arrays import as_float32
+from saliency.wire.types import InputRegion
 
 if typing.TYPE_CHECKING:
     from saliency.attribution.limits import Limits
@@ -416,7 +417,7 @@ def report(
     tiles, written = [], []
     for a in ordered:
         caption = f"{a.target} {label(a.target)}"
-        values = a.map.detach().float().cpu().numpy()
+        values = as_float32(a.map)  # torch in-process, numpy from the client
         stats = "".join(f" {k}={v:.4g}" for k, v in a.stats.items())
         low, high = (np.nanmin(values), np.nanmax(values)) if np.isfinite(values).any() else (np.nan, np.nan)
         print(f"  {a.method:<17} {caption:<36} {values.shape[1]}x{values.shape[0]} range=[{low:.3g}, {high:.3g}]{stats}")

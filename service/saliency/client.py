@@ -1,40 +1,59 @@
-"""Python clients for the saliency gRPC service, speaking domain types.
+"""Python clients for the saliency gRPC service: plain values in, numpy maps out.
 
     with ExplainerClient("127.0.0.1:50051", token="...") as client:
         result = client.explain(png_bytes, "efficientnet_lite0", {"gradcam": None, "ig": {"n_steps": 32}},
                                 Targets(top_k=2))
-        result.attributions[0].map  # float32 [H, W]
+        result.attributions[0].map  # numpy float32 [H, W]
 
 `AsyncExplainerClient` has the same methods as coroutines / async iterators (grpc.aio).
-Parameters are converted by `saliency.api.method_params` but not range-checked here: the server's
-limits may differ from the defaults, so the server is the judge. RPC failures surface as
-`grpc.RpcError` (`.code()`, `.details()`): the status code says whether to fix the request
-(INVALID_ARGUMENT, NOT_FOUND, ...) or retry (UNAVAILABLE, RESOURCE_EXHAUSTED).
+This module and `saliency.wire` import only grpcio, protobuf and numpy (no torch): install
+them alone with the `saliency-client` distribution (clients/python, docs/client.md).
+Parameters are sent as given and not range-checked here: the server's limits may differ from
+the defaults, so the server is the judge. RPC failures surface as `grpc.RpcError` (`.code()`,
+`.details()`): the status code says whether to fix the request (INVALID_ARGUMENT, NOT_FOUND,
+...) or retry (UNAVAILABLE, RESOURCE_EXHAUSTED).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
 import grpc.aio
-import torch
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from google.protobuf import wrappers_pb2
 
-from saliency.api import convert, quality_codec
-from saliency.api.convert import AttributionEvent, ExplainResult, OutputOptions, QualityReport
-from saliency.attribution.types import Targets
-from saliency.quality.policy import PolicyDecision
 from saliency.v1 import explainer_pb2 as pb
 from saliency.v1 import explainer_pb2_grpc as pb_grpc
+from saliency.wire import requests, results
+from saliency.wire.results import (
+    AttributionEvent,
+    Event,
+    ExplainResult,
+    MapResult,
+    QualityReport,
+    SanityCheckResult,
+)
+from saliency.wire.types import (
+    ExplainCondition,
+    OutputOptions,
+    PolicyDecision,
+    PolicyOptions,
+    Targets,
+)
 
 __all__ = [
     "AsyncExplainerClient",
     "AttributionEvent",
+    "ExplainCondition",
     "ExplainResult",
     "ExplainerClient",
+    "MapResult",
     "OutputOptions",
+    "PolicyDecision",
+    "PolicyOptions",
+    "QualityReport",
+    "SanityCheckResult",
     "Targets",
 ]
 
@@ -48,8 +67,13 @@ CHANNEL_OPTIONS = (
     ("grpc.lb_policy_name", "round_robin"),
 )
 
-Image = bytes | torch.Tensor  # encoded PNG/JPEG/WebP, or a normalised model input [3, H, W]
-Event = ExplainResult | AttributionEvent | PolicyDecision | QualityReport
+# grpc.health.v1 without grpcio-health-checking: HealthCheckRequest {string service = 1} and
+# HealthCheckResponse {ServingStatus status = 1} have the wire format of StringValue and
+# Int32Value (field 1, length-delimited / varint), which protobuf itself ships.
+_HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+_SERVING_STATUS = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
+
+Image = Any  # encoded PNG/JPEG/WebP bytes, or a normalised model input array [3, H, W]
 
 
 def _call_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
@@ -58,8 +82,16 @@ def _call_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
     return (("authorization", f"Bearer {token}"),) if token else None
 
 
-def _health_status(response: health_pb2.HealthCheckResponse) -> str:
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+def _health_status(response: wrappers_pb2.Int32Value) -> str:
+    return _SERVING_STATUS.get(response.value, str(response.value))
+
+
+def _health_stub(channel: grpc.Channel | grpc.aio.Channel) -> Any:
+    return channel.unary_unary(
+        _HEALTH_CHECK,
+        request_serializer=wrappers_pb2.StringValue.SerializeToString,
+        response_deserializer=wrappers_pb2.Int32Value.FromString,
+    )
 
 
 class _Base:
@@ -80,10 +112,22 @@ class _Base:
         targets: Targets | None,
         output: OutputOptions | None,
         request_id: str | None,
-        quality: Mapping[str, Any] | None = None,
+        quality: Mapping[str, Any],
     ) -> pb.ExplainRequest:
         """quality: the optional `evaluate`, `ground_truth` and `policy` keywords of explain."""
-        return convert.explain_request_to_proto(model, image, methods, targets, output, request_id, **(quality or {}))
+        return requests.explain_request_to_proto(model, image, methods, targets, output, request_id, **quality)
+
+    @staticmethod
+    def _sanity_request(
+        image: Image,
+        model: str,
+        methods: Mapping[str, Any] | None,
+        layers: Sequence[str],
+        randomizations: Sequence[str],
+        target: int | None,
+        seed: int | None,
+    ) -> pb.SanityCheckRequest:
+        return requests.sanity_request_to_proto(model, image, methods or {}, layers, randomizations, target, seed)
 
 
 class ExplainerClient(_Base):
@@ -109,7 +153,7 @@ class ExplainerClient(_Base):
         else:
             self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._stub = pb_grpc.ExplainerStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._health = _health_stub(self._channel)
 
     def explain(
         self,
@@ -124,32 +168,34 @@ class ExplainerClient(_Base):
     ) -> ExplainResult:
         """The prediction and every requested map in one response.
 
-        methods: {registry name: params object | {field: value} | None for defaults}, in
-        the order wanted. targets: default top-1. Maps come back float32 [H, W].
-        quality (optional): evaluate=quality.evaluate.EvaluateOptions (scores come back in
-        `.quality`), ground_truth=(x_min, y_min, x_max, y_max) or a mask [H0, W0] in pixels of
-        the image sent, policy=quality.policy.PolicyOptions (what it chose: `.policy`).
+        methods: {registry name: params dataclass | {field: value} | None for the server's
+        defaults}, in the order wanted. targets: default top-1. Maps come back as numpy
+        float32 [H, W] (`output` chooses size, dtype on the wire, normalisation, overlays).
+        quality (optional): evaluate=EvaluateOptions or {metrics, perturbation_steps,
+        top_fraction, pointing_tolerance} (scores come back in `.quality`),
+        ground_truth=(x_min, y_min, x_max, y_max) or a mask [H0, W0] in pixels of the image
+        sent, policy=PolicyOptions (what it chose: `.policy`).
         """
         request = self._request(image, model, methods, targets, output, request_id, quality)
         response = self._stub.Explain(request, timeout=self._timeout(timeout), metadata=self._metadata)
-        return convert.explain_response_from_proto(response)
+        return results.explain_response_from_proto(response)
 
     def sanity_check(
         self,
         image: Image,
         model: str,
         methods: Mapping[str, Any] | None = None,
-        layers: tuple[str, ...] = (),
-        randomizations: tuple[str, ...] = (),
+        layers: Sequence[str] = (),
+        randomizations: Sequence[str] = (),
         target: int | None = None,
         seed: int | None = None,
         timeout: float | None = None,
-    ) -> quality_codec.SanityCheckResult:
+    ) -> SanityCheckResult:
         """Model-randomisation check of one image on the server (default methods: vanilla,
         gradcam, guided_backprop; default layers: the model's checkpoints; both schedules)."""
-        request = quality_codec.sanity_request_to_proto(model, image, methods or {}, layers, randomizations, target, seed)
+        request = self._sanity_request(image, model, methods, layers, randomizations, target, seed)
         response = self._stub.SanityCheck(request, timeout=self._timeout(timeout), metadata=self._metadata)
-        return quality_codec.sanity_response_from_proto(response)
+        return results.sanity_response_from_proto(response)
 
     def explain_stream(
         self,
@@ -169,7 +215,7 @@ class ExplainerClient(_Base):
         call = self._stub.ExplainStream(request, timeout=self._timeout(timeout), metadata=self._metadata)
         try:
             for event in call:
-                yield convert.explain_event_from_proto(event)
+                yield results.explain_event_from_proto(event)
         finally:
             call.cancel()  # a no-op once the stream has finished
 
@@ -182,10 +228,8 @@ class ExplainerClient(_Base):
 
     def health(self, service: str = SERVICE_NAME, timeout: float | None = None) -> str:
         """grpc.health.v1 status of `service`: "SERVING", "NOT_SERVING", ..."""
-        response = self._health.Check(
-            health_pb2.HealthCheckRequest(service=service),
-            timeout=self._timeout(timeout),
-            metadata=self._metadata,
+        response = self._health(
+            wrappers_pb2.StringValue(value=service), timeout=self._timeout(timeout), metadata=self._metadata
         )
         return _health_status(response)
 
@@ -216,7 +260,7 @@ class AsyncExplainerClient(_Base):
         else:
             self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._stub = pb_grpc.ExplainerStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._health = _health_stub(self._channel)
 
     async def explain(
         self,
@@ -227,13 +271,28 @@ class AsyncExplainerClient(_Base):
         output: OutputOptions | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
+        **quality: Any,
     ) -> ExplainResult:
         """See ExplainerClient.explain."""
-        request = self._request(image, model, methods, targets, output, request_id)
-        response = await self._stub.Explain(
-            request, timeout=self._timeout(timeout), metadata=self._metadata
-        )
-        return convert.explain_response_from_proto(response)
+        request = self._request(image, model, methods, targets, output, request_id, quality)
+        response = await self._stub.Explain(request, timeout=self._timeout(timeout), metadata=self._metadata)
+        return results.explain_response_from_proto(response)
+
+    async def sanity_check(
+        self,
+        image: Image,
+        model: str,
+        methods: Mapping[str, Any] | None = None,
+        layers: Sequence[str] = (),
+        randomizations: Sequence[str] = (),
+        target: int | None = None,
+        seed: int | None = None,
+        timeout: float | None = None,
+    ) -> SanityCheckResult:
+        """See ExplainerClient.sanity_check."""
+        request = self._sanity_request(image, model, methods, layers, randomizations, target, seed)
+        response = await self._stub.SanityCheck(request, timeout=self._timeout(timeout), metadata=self._metadata)
+        return results.sanity_response_from_proto(response)
 
     async def explain_stream(
         self,
@@ -244,13 +303,14 @@ class AsyncExplainerClient(_Base):
         output: OutputOptions | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
+        **quality: Any,
     ) -> AsyncIterator[Event]:
         """See ExplainerClient.explain_stream."""
-        request = self._request(image, model, methods, targets, output, request_id)
+        request = self._request(image, model, methods, targets, output, request_id, quality)
         call = self._stub.ExplainStream(request, timeout=self._timeout(timeout), metadata=self._metadata)
         try:
             async for event in call:
-                yield convert.explain_event_from_proto(event)
+                yield results.explain_event_from_proto(event)
         finally:
             call.cancel()
 
@@ -261,10 +321,8 @@ class AsyncExplainerClient(_Base):
         return list(response.models)
 
     async def health(self, service: str = SERVICE_NAME, timeout: float | None = None) -> str:
-        response = await self._health.Check(
-            health_pb2.HealthCheckRequest(service=service),
-            timeout=self._timeout(timeout),
-            metadata=self._metadata,
+        response = await self._health(
+            wrappers_pb2.StringValue(value=service), timeout=self._timeout(timeout), metadata=self._metadata
         )
         return _health_status(response)
 

@@ -2,8 +2,9 @@
 
 Server side (called by the servicer, which knows no torch): request messages become validated
 domain values (the model input, `Targets`, method params, `OutputOptions`) and domain results
-become response messages (attributions, predictions, `ModelInfo`). Client side: the inverse,
-so `ExplainerClient` speaks in domain types too.
+become response messages (attributions, predictions, `ModelInfo`). The client side (requests
+from plain values, responses to numpy maps) is `saliency.wire`, which needs no torch; the
+value types and enum tables both sides share live there too.
 
 This module holds the Explain flow and composes the codecs of its parts, each a module of its
 own: `tensors` (Tensor messages, the `input` oneof), `method_params` (`MethodRequest`s and the
@@ -16,8 +17,8 @@ whose field is the request path to fix, e.g. `methods[1].integrated_gradients.n_
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,49 +28,36 @@ from saliency import render
 from saliency.api.method_params import (
     METHOD_NAMES,
     method_enum,
-    method_name,
-    method_requests_to_proto,
+    method_requests_to_proto,  # noqa: F401 (re-exported, see below)
     methods_from_proto,
     parameter_infos,
 )
-from saliency.api.quality_codec import (
-    apply_policy_to_proto,
-    evaluate_to_proto,
-    policy_decision_from_proto,
-    quality_score_from_proto,
-)
-from saliency.api.tensors import (
-    DTYPE_VALUES,
-    DTYPES,
-    MAX_MAP_ELEMENTS,
-    input_from_request,
-    tensor_from_proto,
-    tensor_to_proto,
-)
+from saliency.api.tensors import input_from_request, tensor_from_proto, tensor_to_proto
 from saliency.attribution.limits import Limits
 from saliency.attribution.registry import check_supported, get_method
 from saliency.attribution.types import Attribution, Prediction, Targets
 from saliency.errors import InvalidArgument, require
 from saliency.imaging import ImageLimits
 from saliency.models import ModelSpec
-from saliency.models.preprocess import InputRegion, input_region
+from saliency.models.preprocess import input_region
 from saliency.v1 import explainer_pb2 as pb
+from saliency.wire.arrays import MAX_MAP_ELEMENTS
+from saliency.wire.requests import output_options_to_proto, targets_to_proto  # noqa: F401
+from saliency.wire.results import input_region_from_proto, predictions_from_proto  # noqa: F401
+from saliency.wire.tables import (
+    DTYPE_VALUES,
+    DTYPES,
+    MAP_SIZE_NAMES,
+    NORMALIZATION_NAMES,
+    method_name,
+)
+from saliency.wire.types import InputRegion, OutputOptions
 
 # bench/ (isolation.py, torchserve.py) still reaches `method_requests_to_proto` and
 # `tensor_to_proto` as `convert.X`; both are imported above for this module's own use, so they
 # stay importable from here. Other callers import them from `method_params` / `tensors`.
-
-_NORMALIZATIONS: dict[int, str] = {
-    pb.NORMALIZATION_UNSPECIFIED: "none",
-    pb.NORMALIZATION_NONE: "none",
-    pb.NORMALIZATION_MAX_ABS: "max_abs",
-    pb.NORMALIZATION_MIN_MAX: "min_max",
-}
-_NORMALIZATION_VALUES = {
-    "none": pb.NORMALIZATION_NONE,
-    "max_abs": pb.NORMALIZATION_MAX_ABS,
-    "min_max": pb.NORMALIZATION_MIN_MAX,
-}
+# Likewise the TorchServe backend and tests reach the wire codec's `targets_to_proto`,
+# `output_options_to_proto`, `predictions_from_proto` and `input_region_from_proto` here.
 
 
 # ---------------------------------------------------------------------------------- targets
@@ -120,55 +108,7 @@ def targets_from_proto(targets: pb.Targets | None, num_classes: int, max_targets
     return result
 
 
-def targets_to_proto(targets: Targets) -> pb.Targets:
-    if targets.classes:
-        return pb.Targets(classes=pb.ClassList(indices=list(targets.classes)))
-    return pb.Targets(top_k=targets.top_k)
-
 # ---------------------------------------------------------------------------- output options
-
-MAP_DTYPES = ("float32", "float16")
-NORMALIZATIONS = ("none", "max_abs", "min_max")
-MAP_SIZES = ("input", "original")
-MAX_TOP_PREDICTIONS = 100
-_MAP_SIZES: dict[int, str] = {
-    pb.MAP_SIZE_UNSPECIFIED: "input",
-    pb.MAP_SIZE_INPUT: "input",
-    pb.MAP_SIZE_ORIGINAL: "original",
-}
-_MAP_SIZE_VALUES = {"input": pb.MAP_SIZE_INPUT, "original": pb.MAP_SIZE_ORIGINAL}
-
-
-@dataclass(frozen=True)
-class OutputOptions:
-    """How maps come back: dtype, normalisation of the values, a PNG overlay, predictions, and
-    the maps' size: the model's input [h, w], or the image sent's (capped, see `MapFrame`)."""
-
-    map_dtype: str = "float32"  # or "float16": half the bytes
-    normalization: str = "none"  # none (raw), max_abs (divide by max |map|), min_max (to [0, 1])
-    include_overlay: bool = False
-    top_predictions: int = 5
-    map_size: str = "input"  # or "original"
-
-    @property
-    def needs_frame(self) -> bool:
-        """Whether maps are drawn on (overlay) or resized to (original) the image sent."""
-        return self.include_overlay or self.map_size == "original"
-
-    def validate(self) -> None:
-        require(self.map_dtype in MAP_DTYPES, "output.map_dtype", f"{self.map_dtype!r} is not one of {MAP_DTYPES}")
-        require(
-            self.normalization in NORMALIZATIONS,
-            "output.normalization",
-            f"{self.normalization!r} is not one of {NORMALIZATIONS}",
-        )
-        require(self.map_size in MAP_SIZES, "output.map_size", f"{self.map_size!r} is not one of {MAP_SIZES}")
-        require(
-            1 <= self.top_predictions <= MAX_TOP_PREDICTIONS,
-            "output.top_predictions",
-            f"{self.top_predictions} is outside [1, {MAX_TOP_PREDICTIONS}]",
-        )
-
 
 def output_options_from_proto(options: pb.OutputOptions | None) -> OutputOptions:
     """`OutputOptions` message (or None) -> validated OutputOptions; unset fields default."""
@@ -176,32 +116,21 @@ def output_options_from_proto(options: pb.OutputOptions | None) -> OutputOptions
         return OutputOptions()
     if options.map_dtype not in DTYPES:
         raise InvalidArgument(f"unknown dtype {options.map_dtype}", "output.map_dtype")
-    if options.normalization not in _NORMALIZATIONS:
+    if options.normalization not in NORMALIZATION_NAMES:
         raise InvalidArgument(f"unknown normalization {options.normalization}", "output.normalization")
-    if options.map_size not in _MAP_SIZES:
+    if options.map_size not in MAP_SIZE_NAMES:
         raise InvalidArgument(
             f"unknown map size {options.map_size}; use MAP_SIZE_INPUT or MAP_SIZE_ORIGINAL", "output.map_size"
         )
     result = OutputOptions(
         map_dtype=DTYPES[options.map_dtype][0],
-        normalization=_NORMALIZATIONS[options.normalization],
+        normalization=NORMALIZATION_NAMES[options.normalization],
         include_overlay=options.include_overlay,
         top_predictions=options.top_predictions if options.HasField("top_predictions") else 5,
-        map_size=_MAP_SIZES[options.map_size],
+        map_size=MAP_SIZE_NAMES[options.map_size],
     )
     result.validate()
     return result
-
-
-def output_options_to_proto(options: OutputOptions) -> pb.OutputOptions:
-    options.validate()
-    return pb.OutputOptions(
-        map_dtype=DTYPE_VALUES[options.map_dtype],
-        normalization=_NORMALIZATION_VALUES[options.normalization],
-        include_overlay=options.include_overlay,
-        top_predictions=options.top_predictions,
-        map_size=_MAP_SIZE_VALUES[options.map_size],
-    )
 
 
 # ------------------------------------------------------------------ what maps are drawn on
@@ -335,11 +264,6 @@ def predictions_to_proto(predictions: Sequence[Prediction]) -> list[pb.Predictio
     ]
 
 
-def predictions_from_proto(predictions: Sequence[pb.Prediction]) -> list[Prediction]:
-    # Logits and probabilities travel as float32; the float32 value is what the server had.
-    return [Prediction(p.class_index, p.label, p.logit, p.probability) for p in predictions]
-
-
 def model_info_to_proto(spec: ModelSpec, limits: Limits) -> pb.ModelInfo:
     """A served model -> `ModelInfo` with every method of the API that can explain it, with
     its parameters and limits."""
@@ -374,44 +298,12 @@ def model_info_to_proto(spec: ModelSpec, limits: Limits) -> pb.ModelInfo:
     return info
 
 
-# ---------------------------------------------------------------------- results (client side)
-
-
-@dataclass
-class ExplainResult:
-    """What `Explain` returned (or `ExplainStream`'s first event: the fast maps only)."""
-
-    model: str
-    request_id: str
-    predictions: list[Prediction]
-    targets: tuple[int, ...]
-    attributions: list[Attribution]  # stats include queue_ms and compute_ms
-    overlays: dict[tuple[str, int], bytes] = field(default_factory=dict)  # (method, target) -> PNG
-    quality: list[Any] = field(default_factory=list)  # quality.evaluate.QualityScore, with evaluate
-    policy: Any = None  # quality.policy.PolicyDecision, when a policy was set
-    # The part of the image sent that the model saw (Attribution.region); None when the server
-    # did not say (an older server, or no maps).
-    region: InputRegion | None = None
-
-
-@dataclass
-class AttributionEvent:
-    """A later `ExplainStream` event: one deep map (and its overlay PNG when asked for)."""
-
-    attribution: Attribution
-    overlay_png: bytes | None = None
-    region: InputRegion | None = None  # as ExplainResult.region
-
-
-@dataclass
-class QualityReport:
-    """The last `ExplainStream` event of a request with `evaluate`: its quality scores."""
-
-    scores: list[Any]  # quality.evaluate.QualityScore
+# ----------------------------------------------------------- results back, for server tests
 
 
 def attribution_from_proto(message: pb.Attribution) -> Attribution:
-    """`Attribution` message -> domain Attribution with a float32 map [H, W].
+    """`Attribution` message -> domain Attribution with a float32 torch map [H, W] (the
+    inverse of attribution_to_proto; clients get numpy maps from `saliency.wire.results`).
 
     queue_ms and compute_ms go into `stats`. A method this client does not know keeps its
     enum name, lower-cased, rather than failing the whole response.
@@ -426,88 +318,3 @@ def attribution_from_proto(message: pb.Attribution) -> Attribution:
         map=tensor_from_proto(message.map, "attribution.map", MAX_MAP_ELEMENTS),
         stats=stats,
     )
-
-
-def explain_request_to_proto(
-    model: str,
-    image: bytes | torch.Tensor,
-    methods: Mapping[str, Any],
-    targets: Targets | None = None,
-    output: OutputOptions | None = None,
-    request_id: str | None = None,
-    evaluate: Any = None,
-    ground_truth: Any = None,
-    policy: Any = None,
-) -> pb.ExplainRequest:
-    """Client side: encoded image bytes, or a normalised model input [3, H, W], -> request.
-
-    evaluate: quality.evaluate.EvaluateOptions; ground_truth: a box (x_min, y_min, x_max,
-    y_max) or a mask [H0, W0] in pixels of the image sent; policy: quality.policy.PolicyOptions.
-    """
-    request = pb.ExplainRequest(
-        model=model,
-        targets=targets_to_proto(targets or Targets()),
-        methods=method_requests_to_proto(methods),
-        output=output_options_to_proto(output or OutputOptions()),
-        request_id=request_id or "",
-    )
-    if isinstance(image, torch.Tensor):
-        request.tensor.CopyFrom(tensor_to_proto(image))
-    elif isinstance(image, (bytes, bytearray, memoryview)):
-        request.image = bytes(image)
-    else:
-        raise InvalidArgument(f"expected encoded image bytes or a tensor, got {type(image).__name__}", "input")
-    if evaluate is not None or ground_truth is not None:
-        from saliency.quality.evaluate import EvaluateOptions
-
-        request.evaluate.CopyFrom(evaluate_to_proto(evaluate or EvaluateOptions(), ground_truth))
-    if policy is not None:
-        apply_policy_to_proto(request, policy)
-    return request
-
-
-def input_region_from_proto(message: pb.Attribution) -> InputRegion | None:
-    """Attribution.region -> InputRegion; None when unset."""
-    if not message.HasField("region"):
-        return None
-    r = message.region
-    return InputRegion(r.x_min, r.y_min, r.x_max, r.y_max)
-
-
-def explain_response_from_proto(response: pb.ExplainResponse) -> ExplainResult:
-    attributions, overlays, region = [], {}, None
-    for message in response.attributions:
-        a = attribution_from_proto(message)
-        attributions.append(a)
-        region = region or input_region_from_proto(message)
-        if message.overlay_png:
-            overlays[(a.method, a.target)] = message.overlay_png
-    return ExplainResult(
-        model=response.model,
-        request_id=response.request_id,
-        predictions=predictions_from_proto(response.predictions),
-        targets=tuple(response.targets),
-        attributions=attributions,
-        overlays=overlays,
-        quality=[quality_score_from_proto(q) for q in response.quality],
-        policy=policy_decision_from_proto(response.policy) if response.HasField("policy") else None,
-        region=region,
-    )
-
-
-def explain_event_from_proto(event: pb.ExplainEvent) -> ExplainResult | AttributionEvent | Any:
-    """First stream event -> ExplainResult (fast maps); later ones -> AttributionEvent; then a
-    PolicyDecision and a QualityReport when the request asked for them."""
-    which = event.WhichOneof("event")
-    if which == "prediction":
-        return explain_response_from_proto(event.prediction)
-    if which == "attribution":
-        return AttributionEvent(
-            attribution_from_proto(event.attribution), event.attribution.overlay_png or None,
-            input_region_from_proto(event.attribution),
-        )
-    if which == "policy":
-        return policy_decision_from_proto(event.policy)
-    if which == "quality":
-        return QualityReport([quality_score_from_proto(q) for q in event.quality.scores])
-    raise ValueError("empty ExplainEvent (a newer server?)")

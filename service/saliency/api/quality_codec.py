@@ -3,52 +3,33 @@ latency / completeness policy and its decisions, quality scores, and SanityCheck
 responses <-> the domain types of `saliency.quality`.
 
 Server side, every value a user controls is checked here (or by the options' own `validate`)
-and errors name the request path to fix, e.g. `evaluate.ground_truth.box`.
+and errors name the request path to fix, e.g. `evaluate.ground_truth.box`. The client side
+(requests from plain values, results back) is `saliency.wire.requests` / `.results`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from saliency.api.method_params import (
-    enum_label,
-    float32_decimal,
-    method_enum,
-    method_name,
-    method_requests_to_proto,
-    methods_from_proto,
-)
-from saliency.api.tensors import input_from_request, tensor_from_proto, tensor_to_proto
+from saliency.api.method_params import enum_label, float32_decimal, method_enum, methods_from_proto
+from saliency.api.tensors import input_from_request, tensor_from_proto
 from saliency.attribution.limits import Limits
 from saliency.attribution.registry import check_supported, get_method
 from saliency.errors import InvalidArgument, require
 from saliency.imaging import ImageLimits
 from saliency.models import ModelSpec
-from saliency.models.preprocess import InputRegion
 from saliency.v1 import explainer_pb2 as pb
+from saliency.wire.tables import QUALITY_METRICS, RANDOMIZATION_VALUES, RANDOMIZATIONS
+from saliency.wire.types import InputRegion
 
 # ------------------------------------------------------------------------------ enum tables
 
-QUALITY_METRICS: dict[int, str] = {
-    pb.QUALITY_METRIC_DELETION: "deletion",
-    pb.QUALITY_METRIC_INSERTION: "insertion",
-    pb.QUALITY_METRIC_POINTING_GAME: "pointing_game",
-    pb.QUALITY_METRIC_AGREEMENT: "agreement",
-    pb.QUALITY_METRIC_CONTRAST: "contrast",
-    pb.QUALITY_METRIC_COMPLETENESS: "completeness",
-}
-_QUALITY_METRIC_VALUES = {name: value for value, name in QUALITY_METRICS.items()}
-RANDOMIZATIONS: dict[int, str] = {
-    pb.RANDOMIZATION_CASCADING: "cascading",
-    pb.RANDOMIZATION_INDEPENDENT: "independent",
-}
-_RANDOMIZATION_VALUES = {name: value for value, name in RANDOMIZATIONS.items()}
 MAX_LAYER_NAME = 200
 
 
@@ -136,23 +117,6 @@ def evaluate_from_proto(
     return options
 
 
-def evaluate_to_proto(options: Any, ground_truth: Any = None) -> pb.EvaluateOptions:
-    """Client side: EvaluateOptions (its `region` unused) and a ground truth in pixels of the
-    image sent: a box (x_min, y_min, x_max, y_max) or a mask tensor [H0, W0]."""
-    message = pb.EvaluateOptions(
-        metrics=[_QUALITY_METRIC_VALUES[m] for m in options.metrics],
-        perturbation_steps=options.perturbation_steps,
-        top_fraction=options.top_fraction,
-        pointing_tolerance=options.pointing_tolerance,
-    )
-    if isinstance(ground_truth, torch.Tensor):
-        message.ground_truth.mask.CopyFrom(tensor_to_proto(ground_truth.float()))
-    elif ground_truth is not None:
-        x_min, y_min, x_max, y_max = ground_truth
-        message.ground_truth.box.CopyFrom(pb.Box(x_min=x_min, y_min=y_min, x_max=x_max, y_max=y_max))
-    return message
-
-
 # ---------------------------------------------- policy: latency budget, completeness target
 
 
@@ -182,20 +146,6 @@ def policy_from_request(request: pb.ExplainRequest) -> Any:
     return options
 
 
-def apply_policy_to_proto(request: pb.ExplainRequest, policy: Any) -> None:
-    """Client side: set the request's policy fields from PolicyOptions."""
-    if policy.latency_budget_ms is not None:
-        request.latency_budget_ms = policy.latency_budget_ms
-    if policy.completeness_target is not None:
-        request.completeness_target = policy.completeness_target
-    if policy.explain_if is not None:
-        request.explain_if.SetInParent()
-        if policy.explain_if.margin_below is not None:
-            request.explain_if.margin_below = policy.explain_if.margin_below
-        if policy.explain_if.probability_below is not None:
-            request.explain_if.probability_below = policy.explain_if.probability_below
-
-
 # ------------------------------------------------ results: quality scores, policy decisions
 
 
@@ -208,20 +158,6 @@ def quality_score_to_proto(score: Any) -> pb.QualityScore:
     if score.other_target >= 0:
         message.other_target = score.other_target
     return message
-
-
-def quality_score_from_proto(message: pb.QualityScore) -> Any:
-    from saliency.quality.evaluate import QualityScore
-
-    return QualityScore(
-        message.metric,
-        method_name(message.method),
-        message.target,
-        message.value,
-        method_name(message.other_method) if message.other_method else "",
-        message.other_target if message.HasField("other_target") else -1,
-    )
-
 
 
 def policy_decision_to_proto(decision: Any) -> pb.PolicyDecision:
@@ -241,28 +177,6 @@ def policy_decision_to_proto(decision: Any) -> pb.PolicyDecision:
             choice.target = c.target
         message.choices.append(choice)
     return message
-
-
-def policy_decision_from_proto(message: pb.PolicyDecision) -> Any:
-    from saliency.quality.policy import MethodChoice, PolicyDecision
-
-    return PolicyDecision(
-        message.deep_maps,
-        message.reason,
-        [
-            MethodChoice(
-                method_name(c.requested),
-                method_name(c.chosen) if c.chosen else "",
-                c.reason,
-                c.n_steps,
-                c.completeness_error if c.HasField("completeness_error") else None,
-                c.target if c.HasField("target") else None,
-            )
-            for c in message.choices
-        ],
-        message.budget_ms if message.HasField("budget_ms") else None,
-        message.sample_ms,
-    )
 
 
 # ---------------------------------------------------------------------------- sanity checks
@@ -316,33 +230,6 @@ def sanity_request_from_proto(
     return SanityRequest(x, methods, layers or None, modes or ("cascading", "independent"), target, seed)
 
 
-def sanity_request_to_proto(
-    model: str,
-    image: bytes | torch.Tensor,
-    methods: Mapping[str, Any],
-    layers: Sequence[str] = (),
-    modes: Sequence[str] = (),
-    target: int | None = None,
-    seed: int | None = None,
-) -> pb.SanityCheckRequest:
-    """Client side: the inverse of sanity_request_from_proto."""
-    request = pb.SanityCheckRequest(
-        model=model,
-        methods=method_requests_to_proto(methods),
-        layers=list(layers),
-        randomizations=[_RANDOMIZATION_VALUES[m] for m in modes],
-    )
-    if target is not None:
-        request.target = target
-    if seed is not None:
-        request.seed = seed
-    if isinstance(image, torch.Tensor):
-        request.tensor.CopyFrom(tensor_to_proto(image))
-    else:
-        request.image = bytes(image)
-    return request
-
-
 def sanity_response_to_proto(outcome: Any) -> pb.SanityCheckResponse:
     result = outcome.result
     response = pb.SanityCheckResponse(
@@ -353,38 +240,8 @@ def sanity_response_to_proto(outcome: Any) -> pb.SanityCheckResponse:
         s = r.similarity
         response.similarities.append(
             pb.LayerSimilarity(
-                randomization=_RANDOMIZATION_VALUES[r.mode], layer=r.layer, method=method_enum(r.method),
+                randomization=RANDOMIZATION_VALUES[r.mode], layer=r.layer, method=method_enum(r.method),
                 spearman_abs=s.spearman_abs, spearman_signed=s.spearman_signed, ssim=s.ssim, hog=s.hog,
             )
         )
     return response
-
-
-@dataclass(frozen=True)
-class SanityCheckResult:
-    """What SanityCheck returned, client side. rows: quality.sanity.SimilarityRow."""
-
-    model: str
-    target: int
-    layers: tuple[str, ...]
-    rows: list[Any]
-    weights_sha256: str
-
-
-def sanity_response_from_proto(response: pb.SanityCheckResponse) -> SanityCheckResult:
-    return SanityCheckResult(
-        response.model, response.target, tuple(response.layers), sanity_rows_from_proto(response),
-        response.weights_sha256,
-    )
-
-
-def sanity_rows_from_proto(response: pb.SanityCheckResponse) -> list[Any]:
-    from saliency.quality.sanity import SimilarityRow
-
-    return [
-        SimilarityRow(
-            RANDOMIZATIONS.get(s.randomization, str(s.randomization)), s.layer, method_name(s.method),
-            s.spearman_abs, s.spearman_signed, s.ssim, s.hog,
-        )
-        for s in response.similarities
-    ]

@@ -1,45 +1,28 @@
 """`Tensor` messages <-> torch tensors, and a request's `input` oneof -> the model input.
 
-The wire's array primitives, shared by every codec in this package (`convert`,
-`method_params`, `quality_codec`), which is why they sit below all of them. Every check names
-the request path of the field at fault (InvalidArgument, or ResourceExhausted for size limits).
+The torch face of the wire's arrays (`saliency.wire.arrays`, numpy), shared by every codec in
+this package (`convert`, `method_params`, `quality_codec`), which is why they sit below all
+of them. Every check names the request path of the field at fault (InvalidArgument, or
+ResourceExhausted for size limits).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from saliency.errors import InvalidArgument, ResourceExhausted, require
+from saliency.errors import InvalidArgument, require
 from saliency.imaging import ImageLimits, decode_image, to_model_input, validate_input_tensor
 from saliency.models import ModelSpec
 from saliency.v1 import explainer_pb2 as pb
-
-# DType enum -> (name, little-endian numpy dtype). UNSPECIFIED means float32 (see the proto).
-DTYPES: dict[int, tuple[str, str]] = {
-    pb.DTYPE_UNSPECIFIED: ("float32", "<f4"),
-    pb.DTYPE_FLOAT32: ("float32", "<f4"),
-    pb.DTYPE_FLOAT16: ("float16", "<f2"),
-}
-DTYPE_VALUES = {"float32": pb.DTYPE_FLOAT32, "float16": pb.DTYPE_FLOAT16}
-_FLOAT16_MAX = float(np.finfo(np.float16).max)
-
-# A decoded map (or logits) from a backend reply: far above any model's input size.
-MAX_MAP_ELEMENTS = 4096 * 4096
-# No wire tensor needs more dimensions (numpy allows 64; a longer shape is an INTERNAL there).
-MAX_DIMS = 8
-
-
-def shape_text(shape: Sequence[int]) -> str:
-    """A shape for an error message, bounded however many dimensions the client sent."""
-    if len(shape) <= MAX_DIMS:
-        return str([int(d) for d in shape])
-    head = ", ".join(str(int(d)) for d in shape[:MAX_DIMS])
-    return f"[{head}, ...] ({len(shape)} dimensions)"
-
+from saliency.wire.arrays import (
+    MAX_MAP_ELEMENTS,  # noqa: F401 (the backends' replies use it)
+    array_from_proto,
+    array_to_proto,
+    shape_text,
+)
 
 # ----------------------------------------------------------------------------------- tensors
 
@@ -47,37 +30,9 @@ def shape_text(shape: Sequence[int]) -> str:
 def tensor_from_proto(t: pb.Tensor, field: str, max_elements: int) -> torch.Tensor:
     """A `Tensor` message -> a float32 torch tensor of its shape (float16 data is widened).
 
-    Checks, each naming `field`: a known dtype (UNSPECIFIED = float32), at most MAX_DIMS
-    non-negative dims, at most `max_elements` elements (ResourceExhausted), and exactly
-    prod(shape) * itemsize bytes of data. Values are not checked for NaN here: callers that
-    need finite values do.
+    The checks are `saliency.wire.arrays.array_from_proto`'s, each naming `field`.
     """
-    if t.dtype not in DTYPES:
-        raise InvalidArgument(
-            f"unknown dtype {t.dtype}; use DTYPE_FLOAT32 or DTYPE_FLOAT16", f"{field}.dtype"
-        )
-    _, np_dtype = DTYPES[t.dtype]
-    require(
-        len(t.shape) <= MAX_DIMS,
-        f"{field}.shape",
-        f"{shape_text(t.shape)} has more than {MAX_DIMS} dimensions",
-    )
-    shape = [int(d) for d in t.shape]
-    require(all(d >= 0 for d in shape), f"{field}.shape", f"negative dimension in {shape}")
-    n = math.prod(shape)  # Python ints: no overflow on absurd shapes
-    if n > max_elements:
-        raise ResourceExhausted(
-            f"shape {shape} has {n} elements, over the limit of {max_elements}", f"{field}.shape"
-        )
-    itemsize = np.dtype(np_dtype).itemsize
-    require(
-        len(t.data) == n * itemsize,
-        f"{field}.data",
-        f"{len(t.data)} bytes, but shape {shape} of {DTYPES[t.dtype][0]} needs {n * itemsize}",
-    )
-    array = np.frombuffer(t.data, dtype=np_dtype).reshape(shape)
-    # astype copies: frombuffer's array is read-only and torch warns on those.
-    return torch.from_numpy(array.astype(np.float32))
+    return torch.from_numpy(array_from_proto(t, field, max_elements))
 
 
 def tensor_to_proto(t: torch.Tensor, dtype: int = pb.DTYPE_FLOAT32) -> pb.Tensor:
@@ -85,14 +40,7 @@ def tensor_to_proto(t: torch.Tensor, dtype: int = pb.DTYPE_FLOAT32) -> pb.Tensor
 
     For float16, finite values beyond its range saturate at +-65504 rather than becoming Inf.
     """
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown DType value {dtype}")
-    _, np_dtype = DTYPES[dtype]
-    array = t.detach().to("cpu", torch.float32).contiguous().numpy()
-    if np_dtype == "<f2":
-        array = np.where(np.isfinite(array), np.clip(array, -_FLOAT16_MAX, _FLOAT16_MAX), array)
-    data = np.ascontiguousarray(array, dtype=np_dtype).tobytes()
-    return pb.Tensor(shape=list(array.shape), dtype=dtype or pb.DTYPE_FLOAT32, data=data)
+    return array_to_proto(t, dtype)
 
 
 # ------------------------------------------------------------------------------------ input

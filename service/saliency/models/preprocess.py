@@ -16,41 +16,13 @@ so a model trained with that preprocessing sees the same pixels here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
+from saliency.wire.types import InputRegion  # the API's type: Attribution.region
+
 RESIZE_MODES = ("stretch", "crop")
 CROP_FRACTION = 0.875  # the input is this fraction of the scaled image (224 of 256)
-
-
-@dataclass(frozen=True)
-class InputRegion:
-    """The part of an image that became the model input, in that image's pixel coordinates
-    (continuous: x from the left edge of column 0 to the right edge of column W0 - 1).
-    The whole image for `stretch`; the centre crop for `crop`."""
-
-    x_min: float
-    y_min: float
-    x_max: float
-    y_max: float
-
-    @staticmethod
-    def whole(size: tuple[int, int]) -> InputRegion:
-        """All of an image of size (H, W)."""
-        return InputRegion(0.0, 0.0, float(size[1]), float(size[0]))
-
-    def pixel_box(self, image_size: tuple[int, int], size: tuple[int, int]) -> tuple[int, int, int, int]:
-        """This region of an image of `image_size` (H0, W0), in a picture of the same image at
-        `size` (H, W), e.g. capped for overlays: (top, bottom, left, right) whole pixels,
-        rounded, at least one pixel and inside the picture."""
-        sy, sx = size[0] / image_size[0], size[1] / image_size[1]
-        top = min(max(round(self.y_min * sy), 0), size[0] - 1)
-        left = min(max(round(self.x_min * sx), 0), size[1] - 1)
-        bottom = min(max(round(self.y_max * sy), top + 1), size[0])
-        right = min(max(round(self.x_max * sx), left + 1), size[1])
-        return top, bottom, left, right
 
 
 def scaled_size(image_size: tuple[int, int], input_size: tuple[int, int]) -> tuple[int, int]:

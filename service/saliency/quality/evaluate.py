@@ -24,9 +24,12 @@ import torch
 from saliency.attribution.executor import ChunkExecutor, DeepTask
 from saliency.attribution.types import Attribution, Prediction, Targets
 from saliency.errors import require
-from saliency.models.preprocess import InputRegion
 from saliency.quality.curves import plan_perturbation_curves
 from saliency.quality.similarity import spearman, top_k_iou
+from saliency.wire.types import (
+    InputRegion,
+    QualityScore,  # the API's type: ExplainResponse.quality
+)
 
 METRIC_GROUPS = ("deletion", "insertion", "pointing_game", "agreement", "contrast", "completeness")
 MAX_PERTURBATION_STEPS = 256
@@ -88,27 +91,6 @@ class EvaluateOptions:
             ok, why = applicable[name]
             require(ok, f"evaluate.metrics[{i}]", f"{name} {why}")
         return self.metrics
-
-
-@dataclass(frozen=True)
-class QualityScore:
-    """One number about the maps of a response.
-
-    other_method: the second method of an agreement pair; other_target: the runner-up class
-    of a contrast (-1 when not applicable).
-    """
-
-    metric: str
-    method: str
-    target: int
-    value: float
-    other_method: str = ""
-    other_target: int = -1
-
-    @property
-    def label(self) -> str:
-        """The `method` label of the Prometheus histogram (pairs as "a_vs_b")."""
-        return f"{self.method}_vs_{self.other_method}" if self.other_method else self.method
 
 
 def pointing_game(saliency_map: torch.Tensor, region: torch.Tensor, tolerance: int = 0) -> bool:

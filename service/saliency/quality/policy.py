@@ -18,122 +18,28 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from saliency.attribution.types import Prediction
-from saliency.errors import require
+from saliency.attribution.registry import RegistryView, get_method
 
-# The cheap counterpart of each deep method, computed by the fast pass.
-FALLBACKS: dict[str, str] = {
-    "ig": "input_x_gradient",  # IG's one-point (first-order) approximation with a zero baseline
-    "smoothgrad": "vanilla",
-    "guided_backprop": "vanilla",
-    "deconvnet": "vanilla",
-    "guided_gradcam": "gradcam",
-    "rise": "gradcam",
-    "occlusion": "gradcam",
-    "scorecam": "gradcam",
-    "gradient_shap": "input_x_gradient",  # one sample, alpha = 1, a zero reference
-    "xrai": "gradcam",  # coarse regions, as XRAI's
-    "deeplift": "input_x_gradient",  # DeepLIFT-Rescale's gradient approximation, zero reference
-    "lrp": "input_x_gradient",  # LRP-0 on a ReLU network is gradient x input
-    "kernel_shap": "gradcam",  # coarse regions, as superpixels are
-    "lime": "gradcam",
-}
+# The request's options and what the policy decided are the API's value types.
+from saliency.wire.types import (  # noqa: F401 (re-exported: the policy's vocabulary)
+    DEFAULT_COMPLETENESS_TARGET,
+    MAX_BUDGET_MS,
+    ExplainCondition,
+    MethodChoice,
+    PolicyDecision,
+    PolicyOptions,
+)
+
+# The cheap counterpart of each deep method, computed by the fast pass: each deep method's
+# `register(fallback=...)`.
+FALLBACKS: Mapping[str, str] = RegistryView(
+    lambda methods: {m.name: m.fallback for m in methods.values() if m.kind == "deep"}
+)
 IG_START_STEPS = 4
-DEFAULT_COMPLETENESS_TARGET = 0.05
-MAX_BUDGET_MS = 3_600_000.0
-
-
-@dataclass(frozen=True)
-class ExplainCondition:
-    """Compute deep maps only if a set condition holds (None = not set)."""
-
-    margin_below: float | None = None  # p(top-1) - p(top-2) < this
-    probability_below: float | None = None  # p(top-1) < this
-
-    def validate(self) -> None:
-        require(
-            self.margin_below is not None or self.probability_below is not None,
-            "explain_if",
-            "set margin_below and/or probability_below",
-        )
-        for name in ("margin_below", "probability_below"):
-            value = getattr(self, name)
-            if value is not None:
-                require(0.0 < value <= 1.0, f"explain_if.{name}", f"{value} is outside (0, 1]")
-
-    def holds(self, predictions: Sequence[Prediction]) -> tuple[bool, str]:
-        """(whether to compute deep maps, why) from the predictions, best first."""
-        p1 = predictions[0].probability
-        p2 = predictions[1].probability if len(predictions) > 1 else 0.0
-        margin = p1 - p2
-        reasons = []
-        if self.margin_below is not None:
-            if margin < self.margin_below:
-                return True, f"uncertain: top-1 minus top-2 probability {margin:.4f} < {self.margin_below:g}"
-            reasons.append(f"margin {margin:.4f} >= {self.margin_below:g}")
-        if self.probability_below is not None:
-            if p1 < self.probability_below:
-                return True, f"uncertain: top-1 probability {p1:.4f} < {self.probability_below:g}"
-            reasons.append(f"top-1 probability {p1:.4f} >= {self.probability_below:g}")
-        return False, "deep maps skipped, the prediction is confident: " + "; ".join(reasons)
-
-
-@dataclass(frozen=True)
-class PolicyOptions:
-    latency_budget_ms: float | None = None
-    completeness_target: float | None = None  # IG; default DEFAULT_COMPLETENESS_TARGET
-    explain_if: ExplainCondition | None = None
-
-    def validate(self) -> None:
-        if self.latency_budget_ms is not None:
-            require(
-                0.0 < self.latency_budget_ms <= MAX_BUDGET_MS,
-                "latency_budget_ms",
-                f"{self.latency_budget_ms} is outside (0, {MAX_BUDGET_MS:g}]",
-            )
-        if self.completeness_target is not None:
-            require(
-                self.latency_budget_ms is not None,
-                "completeness_target",
-                "only applies with latency_budget_ms (it steers IG's step count within the budget)",
-            )
-            require(
-                0.0 < self.completeness_target <= 1.0,
-                "completeness_target",
-                f"{self.completeness_target} is outside (0, 1]",
-            )
-        if self.explain_if is not None:
-            self.explain_if.validate()
-
-    @property
-    def target(self) -> float:
-        return DEFAULT_COMPLETENESS_TARGET if self.completeness_target is None else self.completeness_target
-
-
-@dataclass
-class MethodChoice:
-    """What the policy did with one requested method. chosen: the method delivered instead
-    ("" = none); n_steps / completeness_error / target: IG's final round, one per target."""
-
-    requested: str
-    chosen: str
-    reason: str
-    n_steps: int = 0
-    completeness_error: float | None = None
-    target: int | None = None
-
-
-@dataclass
-class PolicyDecision:
-    deep_maps: bool = True  # False: explain_if skipped every deep map
-    reason: str = ""
-    choices: list[MethodChoice] = field(default_factory=list)
-    budget_ms: float | None = None
-    sample_ms: float = 0.0  # the measured cost of one gradient sample the plan used
 
 
 @dataclass(frozen=True)
@@ -189,6 +95,17 @@ class CostTracker:
     def sample_seconds(self) -> float:
         with self._lock:
             return self._sample if self._sample is not None else (self._fast or 0.0)
+
+
+def budget_samples(name: str, params: Any, model: Any, x: Any, target: int) -> int:
+    """Deep samples one target's map of `name` needs within a budget: IG's first adaptive round
+    (it runs in rounds, `ig_schedule`), any other method's registered sample count.
+    model: the LoadedModel; x [C, H, W] the request's input (for methods that plan to count)."""
+    if name == "ig":
+        return min(IG_START_STEPS, params.n_steps) + 2
+    info = get_method(name)
+    task = info.plan(model, x, target, params) if info.samples is None else None
+    return info.sample_count(params, task=task)
 
 
 def ig_schedule(cap: int, start: int = IG_START_STEPS) -> tuple[int, ...]:

@@ -34,6 +34,7 @@ from saliency.attribution.types import Targets
 from saliency.errors import DeadlineExceeded, InvalidArgument, require
 from saliency.models import LoadedModel
 from saliency.quality.similarity import SIMILARITY_FIELDS, Similarity
+from saliency.wire.types import SimilarityRow  # the API's type: SanityCheckResponse rows
 
 MODES = ("cascading", "independent")
 MAX_LAYERS = 32
@@ -139,19 +140,6 @@ class LayerResult:
     @property
     def similarity(self) -> Similarity:
         return Similarity.mean(list(self.per_image))
-
-
-@dataclass(frozen=True)
-class SimilarityRow:
-    """One (schedule, layer, method) line of a sanity check: similarities, mean over images."""
-
-    mode: str
-    layer: str
-    method: str
-    spearman_abs: float
-    spearman_signed: float
-    ssim: float
-    hog: float
 
 
 @dataclass
