@@ -310,3 +310,16 @@ def test_a_registered_config_is_served_by_name(user_dir):
     model = load_model("registered_net")
     assert model.spec.config.path == path.resolve() and model.spec.num_classes == 5
     assert load_model("registered_net") is model  # loaded once per process and device
+
+
+def test_measured_chunk_sizes_are_keyed_by_the_model_not_only_its_name(user_dir):
+    """A config whose model changes under the same name must not reuse the old measurements."""
+    from saliency.attribution.tuning import _key
+
+    first = _key(load_config_model(read_model_config(write(user_dir, GOOD))))
+    assert _key(load_config_model(read_model_config(write(user_dir, GOOD)))) == first
+    retrained = {k: v + 0.01 if v.is_floating_point() else v for k, v in _net_state().items()}
+    torch.save(retrained, user_dir / "weights.pth")
+    changed = _key(load_config_model(read_model_config(write(user_dir, GOOD))))
+    assert changed != first
+    assert changed.split("|")[0] == first.split("|")[0] == "user_net"
