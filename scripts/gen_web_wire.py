@@ -5,8 +5,8 @@ into an `ExplainRequest` in protobuf's JSON mapping.
 command line spells them ("gausslegendre"); the JSON request needs the `MethodRequest.params`
 oneof member that carries the method ("integratedGradients"), each field's JSON name and each
 choice's proto enum value name ("INTEGRATION_RULE_GAUSS_LEGENDRE"). Those come from the
-descriptors and `saliency.api.method_params`, so the page cannot drift from the proto: the
-output is committed and tests/test_web_page.py regenerates it and compares.
+descriptors and `saliency.wire.tables` (the codec's enum tables), so the page cannot drift
+from the proto: the output is committed and tests/test_web_page.py regenerates it and compares.
 
 Usage: python scripts/gen_web_wire.py [--check]
 """
@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from saliency.api.method_params import ENUM_STRINGS, PARAMS_ONEOF
+from saliency.wire.tables import ENUM_STRINGS, PARAMS_ONEOF
 from saliency.v1 import explainer_pb2 as pb
 
 ROOT = Path(__file__).resolve().parent.parent
