@@ -28,8 +28,11 @@ const state = {
   image: null,       // {blob, name, bitmap}
   run: null,         // the request in flight: {controller, methods, started, ...}
   lastMethods: [],   // names of the methods last sent, in order (an error's methods[i])
+  lastMethodEnums: [], // the same as Method enum names
+  targets: [],       // the classes the last run explains
   cards: new Map(),  // "method:target" -> card state
   labels: new Map(), // class index -> label, from the predictions
+  quality: [],       // the run's QualityScores so far
 };
 
 // ------------------------------------------------------------------------------ API helpers
@@ -176,7 +179,7 @@ function paramInput(method, p) {
   if (p.type === "enum") {
     input = el("select", { id }, ...(p.choices ?? []).map((c) => el("option", { value: c, selected: c === p.defaultValue }, c)));
   } else {
-    const range = [p.minimum !== undefined ? `min ${p.minimum}` : "", p.maximum !== undefined ? `max ${p.maximum}` : ""].filter(Boolean).join(", ");
+    const range = [p.minimum !== undefined ? `min ${formatNumber(p.minimum)}` : "", p.maximum !== undefined ? `max ${formatNumber(p.maximum)}` : ""].filter(Boolean).join(", ");
     input = el("input", {
       id, type: "number", step: p.type === "int" ? "1" : "any", inputmode: p.type === "int" ? "numeric" : "decimal",
       min: p.minimum, max: p.maximum, value: hasDefault ? p.defaultValue : "", placeholder: hasDefault ? "" : "default",
@@ -186,7 +189,7 @@ function paramInput(method, p) {
   input.dataset.param = p.name;
   input.dataset.type = p.type;
   input.dataset.default = p.defaultValue ?? "";
-  const hint = [hasDefault ? `default ${p.defaultValue}` : "", p.minimum !== undefined || p.maximum !== undefined ? `${p.minimum ?? "…"} to ${p.maximum ?? "…"}` : ""]
+  const hint = [hasDefault ? `default ${p.defaultValue}` : "", p.minimum !== undefined || p.maximum !== undefined ? `${formatNumber(p.minimum ?? "…")} to ${formatNumber(p.maximum ?? "…")}` : ""]
     .filter(Boolean).join(", ");
   return el("label", { for: id, class: "param" }, el("span", {}, label), input, el("small", {}, hint));
 }
@@ -312,6 +315,7 @@ async function explain() {
   const model = currentModel();
   const chosen = (model.methods ?? []).filter((m) => document.querySelector(`input.method[value="${m.name}"]`)?.checked);
   state.lastMethods = chosen.map((m) => m.name);
+  state.lastMethodEnums = chosen.map((m) => m.method);
   let body;
   try {
     body = {
@@ -325,6 +329,9 @@ async function explain() {
     return;
   }
   if ($("evaluate").checked) body.evaluate = {};
+  const timeout = $("timeout").value.trim();
+  // Sent as typed: the service checks the range and names the header when it is wrong.
+  const deadline = timeout ? { "x-request-timeout": timeout } : {};
   body.image = await blobBase64(state.image.blob);
 
   resetResults();
@@ -336,7 +343,7 @@ async function explain() {
   try {
     const response = await fetch(`${API}/${encodeURIComponent(model.name)}:explainStream`, {
       method: "POST",
-      headers: { "Content-Type": "application/json", Accept: "text/event-stream", ...authHeaders() },
+      headers: { "Content-Type": "application/json", Accept: "text/event-stream", ...deadline, ...authHeaders() },
       body: JSON.stringify(body),
       signal: controller.signal,
     });
@@ -425,6 +432,7 @@ function onPrediction(response) {
   $("view").hidden = false;
   $("empty").hidden = true;
   run.targets = (response.targets ?? []).map(Number);
+  state.targets = run.targets;
   // A placeholder per expected map, so the grid shows what is still coming.
   for (const target of run.targets) {
     for (const info of run.methods) ensureCard(info.method, target, info.kind !== "fast");
@@ -463,14 +471,52 @@ function onPolicy(policy) {
   p.hidden = false;
 }
 
+// Quality scores as two tables: one row per map (deletion, insertion, completeness, contrast
+// with the runner-up, pointing game), one row per pair of methods (agreement).
+const MAP_METRICS = ["deletion_auc", "insertion_auc", "completeness_error", "pointing_game", "contrast_spearman", "contrast_top_iou"];
+const PAIR_METRICS = ["agreement_spearman", "agreement_top_iou"];
+
 function onQuality(scores) {
-  const body = $("quality").tBodies[0];
-  for (const s of scores) {
-    const other = [s.otherMethod ? methodLabel(s.otherMethod) : "", s.otherTarget !== undefined ? classLabel(s.otherTarget) : ""].filter(Boolean).join(" ");
-    body.append(el("tr", { dataset: { metric: s.metric } },
-      el("td", {}, s.metric), el("td", {}, s.method ? methodLabel(s.method) : ""), el("td", {}, classLabel(s.target ?? 0)),
-      el("td", { class: "num" }, formatNumber(s.value ?? 0)), el("td", {}, other)));
+  state.quality.push(...scores);
+  const perMap = new Map();
+  const perPair = new Map();
+  for (const s of state.quality) {
+    const method = s.method ?? "METHOD_UNSPECIFIED";
+    const target = s.target ?? 0;
+    const pair = PAIR_METRICS.includes(s.metric);
+    const key = pair ? `${method}|${s.otherMethod}|${target}` : `${method}|${target}`;
+    const rows = pair ? perPair : perMap;
+    if (!rows.has(key)) rows.set(key, { method, other: s.otherMethod, target, values: {} });
+    rows.get(key).values[s.metric] = s;
   }
+  // Rows in the grid's order: by class, then by the order the methods were asked for.
+  const rank = (r) => [state.targets.indexOf(r.target), state.lastMethodEnums.indexOf(r.method), state.lastMethodEnums.indexOf(r.other)];
+  const sorted = (rows) => [...rows.values()].sort((a, b) => {
+    const [x, y] = [rank(a), rank(b)];
+    return x[0] - y[0] || x[1] - y[1] || x[2] - y[2];
+  });
+  const table = (rows, metrics, heads) => {
+    const used = metrics.filter((m) => [...rows.values()].some((r) => m in r.values));
+    const extra = Object.keys(Object.assign({}, ...[...rows.values()].map((r) => r.values))).filter((m) => !metrics.includes(m));
+    const columns = [...used, ...extra];
+    return el("table", { class: "quality" },
+      el("thead", {}, el("tr", {}, ...heads.map((h) => el("th", {}, h)), ...columns.map((m) => el("th", { class: "num" }, m.replaceAll("_", " "))))),
+      el("tbody", {}, ...sorted(rows).map((r) => el("tr", {},
+        el("td", {}, methodLabel(r.method)),
+        ...(heads.length === 3 ? [el("td", {}, methodLabel(r.other))] : []),
+        el("td", {}, classLabel(r.target)),
+        ...columns.map((m) => {
+          const score = r.values[m];
+          const title = score?.otherTarget !== undefined ? `vs ${classLabel(score.otherTarget)}` : "";
+          return el("td", { class: "num", title, dataset: { metric: m } }, score ? formatNumber(score.value ?? 0) : "");
+        })))));
+  };
+  const box = $("quality");
+  box.replaceChildren(
+    perMap.size ? table(perMap, MAP_METRICS, ["method", "class"]) : null,
+    perPair.size ? el("h3", {}, "Agreement between methods") : null,
+    perPair.size ? table(perPair, PAIR_METRICS, ["method", "compared with", "class"]) : null,
+  );
   $("quality-panel").hidden = false;
 }
 
@@ -684,7 +730,7 @@ function formatNumber(v) {
   if (typeof v !== "number") return String(v);
   if (Number.isInteger(v) && Math.abs(v) < 1e6) return String(v);
   const a = Math.abs(v);
-  return a !== 0 && (a < 1e-3 || a >= 1e5) ? v.toExponential(2) : v.toPrecision(3).replace(/\.?0+$/, "");
+  return a !== 0 && (a < 1e-3 || a >= 1e5) ? v.toExponential(2) : v.toPrecision(3).replace(/(\.\d*?)0+$/, "$1").replace(/\.$/, "");
 }
 
 const STAT_NOTES = {
@@ -762,7 +808,8 @@ function resetResults() {
   state.labels.clear();
   $("grid").replaceChildren();
   $("predictions").replaceChildren();
-  $("quality").tBodies[0].replaceChildren();
+  $("quality").replaceChildren();
+  state.quality = [];
   $("quality-panel").hidden = true;
   $("policy").hidden = true;
   $("prediction-panel").hidden = true;
