@@ -20,6 +20,7 @@ from saliency.v1 import explainer_pb2_grpc as pb_grpc
 TEST_CONFIG = ServiceConfig(
     port=0,
     metrics_port=0,
+    http_port=0,
     models=("efficientnet_lite0", "tinycnn"),
     max_chunk=8,
     max_chunk_forward=16,
@@ -38,6 +39,7 @@ class ServiceThread:
         self.config = config
         self.service: RunningService = self.call(start_service(config, span_exporter), timeout=300)
         self.address = f"127.0.0.1:{self.service.port}"
+        self.http_url = f"http://127.0.0.1:{self.service.http_port}" if self.service.http_port else None
 
     def call(self, coroutine, timeout: float = 60):
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
@@ -102,15 +104,17 @@ class ServerProcess:
 
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-        self.port, self.metrics_port = free_port(), free_port()
+        self.port, self.metrics_port, self.http_port = free_port(), free_port(), free_port()
         self.log = tempfile.NamedTemporaryFile("w+", prefix="saliency-serve-", suffix=".log", delete=False)
         command = [
             sys.executable, "-c", "from saliency.cli import main; raise SystemExit(main())", "serve",
-            "--port", str(self.port), "--metrics-port", str(self.metrics_port), *args,
+            "--port", str(self.port), "--metrics-port", str(self.metrics_port), "--http-port", str(self.http_port),
+            *args,
         ]
         base = {k: v for k, v in os.environ.items() if k.startswith(("SALIENCY_CACHE_DIR", "PATH", "HOME", "PYTHONPATH"))}
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env={**base, **(env or {})})
         self.address = f"127.0.0.1:{self.port}"
+        self.http_url = f"http://127.0.0.1:{self.http_port}"
         health = health_pb2_grpc.HealthStub(self.channel())
         deadline = time.monotonic() + ready_timeout
         while True:

@@ -33,7 +33,7 @@ def server_process(tmp_path):
         [
             sys.executable, "-c", "from saliency.cli import main; raise SystemExit(main())",
             "serve", "--models", "tinycnn", "--port", str(port), "--metrics-port", str(metrics_port),
-            "--max-chunk", "4", "--max-chunk-forward", "4", "--grace-s", "20",
+            "--http-port", "0", "--max-chunk", "4", "--max-chunk-forward", "4", "--grace-s", "20",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -224,3 +224,21 @@ async def _responses(result):
                 yield response
     else:
         await result
+
+
+def write_access_line(
+    rpc: str,
+    code: grpc.StatusCode,
+    started: float,
+    *,
+    model: str = "",
+    request: RequestContext | None = None,
+    caller_trace_id: str = "",
+    peer: str = "",
+    bytes_in: int = 0,
+    bytes_out: int = 0,
+) -> None:
+    """The access line of a call served by another transport (the HTTP API), with the same
+    fields and levels as a gRPC call's; `started` is its time.perf_counter() at arrival."""
+    call = _Call(rpc, peer, _printable(model), request, caller_trace_id, bytes_in, bytes_out, started)
+    _write(call, code)

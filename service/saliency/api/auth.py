@@ -24,7 +24,10 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         self._metrics = metrics
 
     def _authorized(self, metadata) -> bool:
-        header = dict(metadata or ()).get("authorization", "")
+        return self.authorized(dict(metadata or ()).get("authorization", ""))
+
+    def authorized(self, header: str) -> bool:
+        """An `authorization` header value (gRPC metadata or HTTP) carries one of the tokens."""
         if not header.startswith("Bearer "):
             return False
         offered = header[len("Bearer "):].strip().encode()

@@ -86,6 +86,7 @@ class CertificateStore:
         self._pending: grpc.ServerCertificateConfiguration | None = None
         self.mutual = bool(config.tls_client_ca_file)
         self._initial = self._read()  # a bad file at start fails the start
+        self._ssl_contexts: list[ssl.SSLContext] = []
         paths = [config.tls_key_file, config.tls_cert_file] + ([config.tls_client_ca_file] if self.mutual else [])
         self.watched = _Watched("TLS certificate", paths, self._stage)
 
@@ -100,7 +101,28 @@ class CertificateStore:
         configuration = self._read()
         with self._lock:
             self._pending = configuration
+            for context in self._ssl_contexts:
+                self._load_into(context)
         return self._config.tls_cert_file
+
+    def _load_into(self, context: ssl.SSLContext) -> None:
+        config = self._config
+        context.load_cert_chain(config.tls_cert_file, config.tls_key_file)
+        if self.mutual:
+            context.load_verify_locations(cafile=config.tls_client_ca_file)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A server SSLContext of the same files, for the HTTP API. A reload replaces its key and
+        certificate in place, so new handshakes get them; a new client CA is added to the
+        trusted set (OpenSSL cannot drop one from a live context: a restart does)."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.mutual:
+            context.verify_mode = ssl.CERT_REQUIRED
+        with self._lock:
+            self._load_into(context)
+            self._ssl_contexts.append(context)
+        return context
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
         """gRPC's callback at each TLS handshake: a new configuration once, else None (keep)."""
@@ -131,6 +153,10 @@ class ReloadingBearerTokens(grpc.aio.ServerInterceptor):
 
     async def intercept_service(self, continuation, details):
         return await self._current.intercept_service(continuation, details)
+
+    def authorized(self, header: str) -> bool:
+        """The HTTP API's check: an `Authorization` header against the tokens last read."""
+        return self._current.authorized(header)
 
 
 class Reloader:

@@ -24,6 +24,8 @@ from saliency.api.reload import (
     check_tls_material,
 )
 from saliency.api.servicer import ExplainerServicer
+from saliency.http.app import HttpApi
+from saliency.http.server import HttpServer
 from saliency.runtime.backend import Backend, make_backend
 from saliency.runtime.config import ServiceConfig, check_tls
 from saliency.runtime.logs import configure_logging
@@ -54,6 +56,11 @@ class RunningService:
     _servicer: ExplainerServicer
     _health_watch: asyncio.Task | None = None
     reloader: Reloader | None = None  # TLS files and tokens; .request() on SIGHUP
+    http: HttpServer | None = None  # the HTTP/JSON API (docs/http.md); None when http_enabled is off
+
+    @property
+    def http_port(self) -> int | None:
+        return self.http.port if self.http is not None else None
 
     async def stop(self, grace: float) -> None:
         """Report NOT_SERVING, let in-flight RPCs finish within `grace`, then release all."""
@@ -62,7 +69,8 @@ class RunningService:
         if self.reloader is not None:
             self.reloader.stop()
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        # Both transports drain together, within the same grace, before the backend goes.
+        await asyncio.gather(self.server.stop(grace), *([self.http.stop()] if self.http is not None else []))
         self._servicer.close()
         self.backend.close()
         self._metrics_http.shutdown()
@@ -157,6 +165,7 @@ async def start_service(config: ServiceConfig, span_exporter: SpanExporter | Non
 
     interceptors = [AccessLogInterceptor()]  # first: calls that auth refuses are logged too
     watched = []
+    auth = None
     if tokens:
         # BearerTokenInterceptor over the tokens file as last read (api/reload.py).
         auth = ReloadingBearerTokens(config, metrics, tokens)
@@ -177,6 +186,7 @@ async def start_service(config: ServiceConfig, span_exporter: SpanExporter | Non
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
 
     address = f"{config.host}:{config.port}"
+    certificates = None
     if credentials is not None:
         # The same files as credentials that re-read them when they change (api/reload.py).
         certificates = CertificateStore(config)
@@ -185,7 +195,15 @@ async def start_service(config: ServiceConfig, span_exporter: SpanExporter | Non
     port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"could not bind gRPC on {address}")
+    http = None
+    if config.http_enabled:
+        # The same servicer (one validation path), token store and certificate files as gRPC.
+        ssl_context = certificates.ssl_context() if certificates is not None else None
+        http = HttpServer(HttpApi(servicer, auth).app, config.http_host or config.host, config.http_port,
+                          ssl_context, config.grace_s)
     await server.start()
+    if http is not None:
+        await http.start()
     metrics_http, metrics_port = metrics.serve(config.metrics_host, config.metrics_port)
     reloader = Reloader(watched, config.reload_interval_s)
     reloader.start()
@@ -196,10 +214,11 @@ async def start_service(config: ServiceConfig, span_exporter: SpanExporter | Non
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     else:
         watch = asyncio.create_task(_watch_backend(probe, health_servicer), name="backend-health")
-    log.info("saliency serving %s on %s:%d (metrics :%d)", ", ".join(config.models), config.host, port, metrics_port)
+    log.info("saliency serving %s on %s:%d (metrics :%d%s)", ", ".join(config.models), config.host, port, metrics_port,
+             f", HTTP {http.scheme}://{http.host}:{http.port}" if http is not None else "")
     return RunningService(
         server, port, metrics_port, backend, metrics, health_servicer, provider, metrics_http, servicer,
-        _health_watch=watch, reloader=reloader,
+        _health_watch=watch, reloader=reloader, http=http,
     )
 
 
@@ -235,7 +254,9 @@ def run_server(config: ServiceConfig) -> int:
         loop.add_signal_handler(signal.SIGHUP, lambda: None)
         service = await start_service(config)
         loop.add_signal_handler(signal.SIGHUP, service.reloader.request)
-        print(f"saliency: serving on {config.host}:{service.port}, metrics on {config.metrics_host}:{service.metrics_port}", flush=True)
+        http = f", HTTP on {service.http.scheme}://{service.http.host}:{service.http_port}" if service.http else ""
+        print(f"saliency: serving on {config.host}:{service.port}{http}, metrics on "
+              f"{config.metrics_host}:{service.metrics_port}", flush=True)
         await stop.wait()
         log.info("draining (grace %.1fs)", config.grace_s)
         await service.stop(config.grace_s)

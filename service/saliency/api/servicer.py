@@ -2,6 +2,10 @@
 
 Validation happens here, before any work is queued; errors map to status codes in one place
 (`_status_for`). A bad request never reaches a worker and never affects another request.
+
+The transport-neutral core (`explain`, `explain_stream`, `list_models`) takes a `CallContext`:
+gRPC's ServicerContext through `GrpcCall`, or the HTTP API's (saliency/http/app.py), so both
+APIs share one path of validation, admission, deadlines, memory budget, metrics and spans.
 """
 
 from __future__ import annotations
@@ -10,8 +14,10 @@ import asyncio
 import dataclasses
 import logging
 import uuid
+from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing, asynccontextmanager
+from typing import NoReturn, Protocol
 
 import grpc
 from opentelemetry import trace
@@ -71,11 +77,62 @@ def status_message(text: str) -> str:
     return text if len(text) <= MAX_STATUS_MESSAGE else text[: MAX_STATUS_MESSAGE - 1] + "…"
 
 
-def _status_for(exc: BaseException) -> grpc.StatusCode:
+def status_for(exc: BaseException) -> grpc.StatusCode:
+    """The status code of a SaliencyError (INTERNAL for anything else)."""
     for kind, code in _STATUS.items():
         if isinstance(exc, kind):
             return code
     return grpc.StatusCode.INTERNAL
+
+
+_status_for = status_for
+
+
+class CallContext(Protocol):
+    """What the core needs of a call, whatever carries it."""
+
+    span_prefix: str  # the span is named span_prefix + rpc
+
+    def metadata(self) -> Mapping[str, str]:
+        """Request headers (trace context among them)."""
+
+    def time_remaining(self) -> float | None:
+        """Seconds until the caller's deadline; None without one."""
+
+    def cancelled(self) -> bool:
+        """The caller went away."""
+
+    async def abort(self, code: grpc.StatusCode, message: str, field: str | None) -> NoReturn:
+        """End the call with `code`; raises."""
+
+
+class GrpcCall:
+    """A grpc.aio ServicerContext as a CallContext."""
+
+    span_prefix = "saliency.v1.Explainer/"
+
+    def __init__(self, context: grpc.aio.ServicerContext):
+        self.context = context
+
+    def metadata(self) -> Mapping[str, str]:
+        return dict(self.context.invocation_metadata() or ())
+
+    def time_remaining(self) -> float | None:
+        return self.context.time_remaining()
+
+    def cancelled(self) -> bool:
+        return self.context.cancelled()
+
+    async def abort(self, code: grpc.StatusCode, message: str, field: str | None) -> NoReturn:
+        await self.context.abort(code, message)
+
+
+class CallAborted(Exception):
+    """How a non-gRPC CallContext's `abort` ends a call: the status its transport answers."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, field: str | None = None):
+        super().__init__(message)
+        self.code, self.message, self.field = code, message, field
 
 
 class ExplainerServicer(pb_grpc.ExplainerServicer):
@@ -96,19 +153,44 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
         return await asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
 
     async def Explain(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext) -> pb.ExplainResponse:
-        async with self._rpc("Explain", request, context) as prepared:
+        return await self.explain(request, GrpcCall(context))
+
+    async def ExplainStream(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext):
+        async with aclosing(self.explain_stream(request, GrpcCall(context))) as events:
+            async for event in events:
+                yield event
+
+    async def SanityCheck(
+        self, request: pb.SanityCheckRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SanityCheckResponse:
+        call = GrpcCall(context)
+        async with self._rpc("SanityCheck", request, call, self._prepare_sanity_off_loop) as job:
+            outcome = await self.backend.sanity_check(job, self._timeout(call))
+            return quality_codec.sanity_response_to_proto(outcome)
+
+    async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
+        return self.list_models()
+
+    # ---- the transport-neutral core ------------------------------------------------------------
+
+    async def explain(self, request: pb.ExplainRequest, call: CallContext, rpc: str = "Explain") -> pb.ExplainResponse:
+        """Prediction and every map in one response; errors end the call through `call.abort`."""
+        async with self._rpc(rpc, request, call) as prepared:
             job, options, rgb = prepared
             response = pb.ExplainResponse(model=job.model, request_id=job.request_id)
-            # aclosing: a cancelled RPC closes the flow at once, dropping its queued deep work.
-            async with aclosing(self.backend.explain(job, self._timeout(context))) as events:
+            # aclosing: a cancelled call closes the flow at once, dropping its queued deep work.
+            async with aclosing(self.backend.explain(job, self._timeout(call))) as events:
                 async for event in events:
                     await self._off_loop(self._add_event, response, event, options, rgb)
             return response
 
-    async def ExplainStream(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext):
-        async with self._rpc("ExplainStream", request, context, self._prepare_stream) as prepared:
+    async def explain_stream(
+        self, request: pb.ExplainRequest, call: CallContext, rpc: str = "ExplainStream"
+    ) -> AsyncIterator[pb.ExplainEvent]:
+        """The prediction and fast maps first, then each deep map, policy and quality."""
+        async with self._rpc(rpc, request, call, self._prepare_stream) as prepared:
             job, options, rgb = prepared
-            async with aclosing(self.backend.explain(job, self._timeout(context))) as events:
+            async with aclosing(self.backend.explain(job, self._timeout(call))) as events:
                 async for event in events:
                     if isinstance(event, FastEvent):
                         first = pb.ExplainResponse(model=job.model, request_id=job.request_id)
@@ -123,37 +205,34 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
                         attribution = await self._off_loop(self._deep_proto, event, options, rgb)
                         yield pb.ExplainEvent(attribution=attribution)
 
-    async def SanityCheck(
-        self, request: pb.SanityCheckRequest, context: grpc.aio.ServicerContext
-    ) -> pb.SanityCheckResponse:
-        async with self._rpc("SanityCheck", request, context, self._prepare_sanity_off_loop) as job:
-            outcome = await self.backend.sanity_check(job, self._timeout(context))
-            return quality_codec.sanity_response_to_proto(outcome)
-
-    async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
-        self.metrics.requests.labels("ListModels", "", "OK").inc()
+    def list_models(self, rpc: str = "ListModels") -> pb.ListModelsResponse:
+        self.metrics.requests.labels(rpc, "", "OK").inc()
         return pb.ListModelsResponse(
             models=[convert.model_info_to_proto(spec, self.config.limits) for spec in self.backend.models.values()]
         )
 
+    async def off_loop(self, function, *args):
+        """Run `function(*args)` on the prepare pool (bounded threads, never the event loop)."""
+        return await self._off_loop(function, *args)
+
     # ---- helpers -----------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def _rpc(self, rpc: str, request, context: grpc.aio.ServicerContext, prepare=None):
+    async def _rpc(self, rpc: str, request, call: CallContext, prepare=None):
         """Span, validation and admission (`prepare`, default: an Explain request's), metrics
-        and error mapping around one RPC that names a model."""
+        and error mapping around one call that names a model."""
         model_label = request.model if request.model in self.backend.models else ""
-        parent = extract(dict(context.invocation_metadata() or ()))
+        parent = extract(dict(call.metadata()))
         code = grpc.StatusCode.OK
         admission = None
         reached_backend = False  # from then on the backend counts how the call ended
         # Status and exceptions are recorded below; the SDK's own recording formats a traceback
         # (a stat per frame) on the event loop for every refused call.
         with self.tracer.start_as_current_span(
-            f"saliency.v1.Explainer/{rpc}", context=parent, record_exception=False, set_status_on_exception=False
+            call.span_prefix + rpc, context=parent, record_exception=False, set_status_on_exception=False
         ) as span:
             try:
-                prepared = await (prepare or self._prepare)(request, context)
+                prepared = await (prepare or self._prepare)(request, call)
                 job = prepared[0] if isinstance(prepared, tuple) else prepared
                 admission = getattr(job, "admission", None)
                 if getattr(job, "request_id", None):
@@ -166,12 +245,12 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
                 if code == grpc.StatusCode.INVALID_ARGUMENT:
                     self.metrics.rejected.labels(model_label, "invalid_argument").inc()
                 span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))
-                await context.abort(code, status_message(str(exc)))
-            except grpc.aio.AbortError:
+                await call.abort(code, status_message(str(exc)), exc.field)
+            except (grpc.aio.AbortError, CallAborted):
                 raise
             except asyncio.CancelledError:
                 # gRPC cancels the handler when the client's deadline passes or it goes away.
-                remaining = context.time_remaining()
+                remaining = call.time_remaining()
                 late = remaining is not None and remaining <= DEADLINE_MARGIN_S
                 code = grpc.StatusCode.DEADLINE_EXCEEDED if late else grpc.StatusCode.CANCELLED
                 if not reached_backend:  # it ended while being validated, admitted or decoded
@@ -181,25 +260,25 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
                 code = grpc.StatusCode.INTERNAL
                 log.exception("internal error in %s", rpc)
                 span.record_exception(exc)
-                await context.abort(code, f"internal error ({type(exc).__name__}); see server logs")
+                await call.abort(code, f"internal error ({type(exc).__name__}); see server logs", None)
             finally:
                 if admission is not None:
                     admission.close()
-                if context.cancelled() and code == grpc.StatusCode.OK:
+                if call.cancelled() and code == grpc.StatusCode.OK:
                     code = grpc.StatusCode.CANCELLED
                 self.metrics.requests.labels(rpc, model_label, code.name).inc()
 
-    async def _prepare(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext, streaming: bool = False):
+    async def _prepare(self, request: pb.ExplainRequest, call: CallContext, streaming: bool = False):
         """Validate what the request asks for, admit it, then decode its input and reserve the
         memory it will hold: each step before any work, the heavy ones off the event loop.
         Returns (job with its admission, output options, the picture overlays are drawn on)."""
         job, options = await self._off_loop(self._parse, request)
-        admission = await self._admit(job, context)
+        admission = await self._admit(job, call)
         try:
             x, rgb = await self._off_loop(
                 tensors.input_from_request, request, self.backend.models[job.model], self.image_limits
             )
-            if (remaining := context.time_remaining()) is not None and remaining <= DEADLINE_MARGIN_S:
+            if (remaining := call.time_remaining()) is not None and remaining <= DEADLINE_MARGIN_S:
                 raise DeadlineExceeded("the deadline passed while the input was decoded")
             # Where maps go in the image sent (the crop box, original-size maps) and the capped
             # picture overlays are drawn on (kept only with overlays).
@@ -240,9 +319,9 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
         job = dataclasses.replace(job, x=x, evaluate=evaluate, admission=admission)
         return job, options, picture
 
-    async def _prepare_stream(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext):
+    async def _prepare_stream(self, request: pb.ExplainRequest, call: CallContext):
         """As `_prepare`; each map travels in a message of its own, so only one must fit."""
-        return await self._prepare(request, context, streaming=True)
+        return await self._prepare(request, call, streaming=True)
 
     def _parse(self, request: pb.ExplainRequest):
         """Everything a user controls but the input itself, validated: (job without x, options)."""
@@ -266,11 +345,11 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
         job = ExplainJob(request.model, None, targets, methods, options.top_predictions, request_id, None, policy)
         return job, options
 
-    async def _admit(self, job: ExplainJob, context: grpc.aio.ServicerContext) -> Admission:
+    async def _admit(self, job: ExplainJob, call: CallContext) -> Admission:
         admit = getattr(self.backend, "admit", None)
-        return await admit(job, self._timeout(context)) if admit is not None else Admission()
+        return await admit(job, self._timeout(call)) if admit is not None else Admission()
 
-    async def _prepare_sanity_off_loop(self, request: pb.SanityCheckRequest, context) -> SanityJob:
+    async def _prepare_sanity_off_loop(self, request: pb.SanityCheckRequest, call: CallContext) -> SanityJob:
         return await self._off_loop(self._prepare_sanity, request)
 
     def _prepare_sanity(self, request: pb.SanityCheckRequest) -> SanityJob:
@@ -283,10 +362,11 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
         )
         return SanityJob(request.model, r.x, r.methods, r.layers, r.modes, r.target, r.seed)
 
-    def _timeout(self, context: grpc.aio.ServicerContext) -> float:
-        """Our own deadline, a little inside the client's, so that we (not gRPC's cancellation)
-        end the call: the response says what was still running and the metrics count it."""
-        remaining = context.time_remaining()
+    def _timeout(self, call: CallContext) -> float:
+        """Our own deadline, a little inside the client's, so that we (not the transport's
+        cancellation) end the call: the response says what was still running and the metrics
+        count it."""
+        remaining = call.time_remaining()
         if remaining is None:
             return self.config.default_deadline_s
         return max(remaining - DEADLINE_MARGIN_S, 0.0)

@@ -27,6 +27,11 @@ class ServiceConfig:
     port: int = 50051
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464
+    # The HTTP/JSON API (docs/http.md), beside gRPC in the same process: off with http_enabled
+    # false; http_port 0 picks a free port; an empty http_host binds where gRPC does (`host`).
+    http_enabled: bool = True
+    http_host: str = ""
+    http_port: int = 8080
     models: tuple[str, ...] = ("efficientnet_lite0",)
     # YAML model configs to serve too (docs/models.md), each under its `name`; when `models` is
     # not set, only these. Paths in a config file are relative to that file.
@@ -222,6 +227,8 @@ def load_config(
     config = _with_model_configs(config, explicit_models="models" in values)
     if config.backend not in BACKENDS:
         raise ValueError(f"config backend: {config.backend!r} is not one of {BACKENDS}")
+    if not 0 <= config.http_port <= 65535:
+        raise ValueError(f"config http_port: {config.http_port} is outside 0..65535 (0: a free port)")
     if config.fast_threads < 0:
         raise ValueError(f"config fast_threads: {config.fast_threads} is negative (0 = automatic)")
     if not 0.0 <= config.quality_sample_rate <= 1.0:
