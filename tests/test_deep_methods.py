@@ -183,22 +183,7 @@ def test_rise_plan_makes_no_mask_and_holds_no_bank(tiny, monkeypatch):
 
 
 DEEP = sorted(name for name, info in all_methods().items() if info.kind == "deep")
-SMALL = {
-    "ig": {"n_steps": 9},
-    "deeplift": {"baseline": "uniform", "seed": 5},
-    "lrp": {"rule": "gamma", "gamma": 0.5},
-    "smoothgrad": {"n_samples": 7},
-    "rise": {"n_masks": 30, "grid_size": 4},
-    "occlusion": {"window": 8, "stride": 8},
-    "gradient_shap": {"n_samples": 9, "stdev": 0.1, "reference": "uniform", "seed": 4},
-    "xrai": {"n_steps": 4},
-    "kernel_shap": {"n_samples": 20, "n_segments": 9, "compactness": 100.0, "baseline": "segment_mean"},
-    "lime": {"n_samples": 20, "n_segments": 9, "compactness": 100.0, "baseline": "blur", "blur_sigma": 2.0},
-    "scorecam": {},
-    "guided_backprop": {},
-    "deconvnet": {},
-    "guided_gradcam": {},
-}
+SMALL = {name: dict(get_method(name).example) for name in DEEP}  # registered examples: small
 
 
 @pytest.mark.parametrize("method", DEEP)
@@ -206,7 +191,6 @@ def test_deep_result_is_the_same_alone_or_packed_with_other_work(tiny, tiny_vit,
     """Batch invariance: other images, targets and methods in the same chunks change nothing.
 
     On tinycnn, or on the test ViT for methods that cannot explain tinycnn."""
-    assert method in SMALL, f"add small test parameters for {method}"
     model = tiny if get_method(method).unsupported_reason(tiny.spec) is None else tiny_vit
     assert get_method(method).unsupported_reason(model.spec) is None, f"{method} explains no test model"
     params = make_params(method, **SMALL[method])

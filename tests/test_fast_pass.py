@@ -9,7 +9,7 @@ from captum.attr import InputXGradient, LayerAttribution, LayerGradCam, Saliency
 
 from saliency.attribution.fast import fast_pass
 from saliency.attribution.hooks import resolve_layer
-from saliency.attribution.registry import make_params
+from saliency.attribution.registry import all_methods, example_params, get_method, make_params
 from saliency.attribution.types import Targets
 
 FAST = ("vanilla", "input_x_gradient", "gradcam", "gradcam_pp", "eigencam")
@@ -134,18 +134,30 @@ def test_k_targets_cost_one_forward(tiny, tiny_images):
     assert len(calls) == 1
 
 
-def test_batch_of_images_equals_each_alone(tiny, tiny_images):
-    """Images with different targets share one pass and get what they get alone."""
-    chosen = {m: make_params(m) for m in FAST}
+FAST_METHODS = sorted(name for name, info in all_methods().items() if info.kind == "fast")
+
+
+@pytest.mark.parametrize("method", FAST_METHODS)
+def test_batch_of_images_equals_each_alone(tiny, tiny_vit, tiny_images, method):
+    """Registry-driven batch invariance: images with different targets share one pass and get
+    what they get alone, for every fast method (on tinycnn, or the test ViT for the methods
+    that cannot explain tinycnn), alone and beside every other method the model supports."""
+    model = tiny if get_method(method).unsupported_reason(tiny.spec) is None else tiny_vit
+    assert get_method(method).unsupported_reason(model.spec) is None, f"{method} explains no test model"
+    fellows = [m for m in FAST_METHODS if get_method(m).unsupported_reason(model.spec) is None]
     per_image = [Targets(top_k=2), Targets(classes=(7,)), Targets(classes=(1, 4, 9))]
-    together = fast_pass(tiny, tiny_images, per_image, chosen)
-    for x, targets, batched in zip(tiny_images, per_image, together):
-        (alone,) = fast_pass(tiny, x[None], [targets], chosen)
-        assert batched.targets == alone.targets
-        assert len(batched.attributions) == len(alone.attributions)
-        for a, b in zip(alone.attributions, batched.attributions):
-            assert (a.method, a.target) == (b.method, b.target)
-            torch.testing.assert_close(a.map, b.map, rtol=1e-4, atol=1e-6)
+    for chosen in ({method: example_params(method)}, {m: example_params(m) for m in fellows}):
+        together = fast_pass(model, tiny_images, per_image, chosen)
+        for x, targets, batched in zip(tiny_images, per_image, together):
+            (alone,) = fast_pass(model, x[None], [targets], chosen)
+            assert batched.targets == alone.targets
+            mine = [(a.method, a.target) for a in alone.attributions if a.method == method]
+            assert mine == [(method, t) for t in alone.targets]
+            assert [(a.method, a.target) for a in batched.attributions] == [(a.method, a.target) for a in alone.attributions]
+            for a, b in zip(alone.attributions, batched.attributions):
+                torch.testing.assert_close(a.map, b.map, rtol=1e-4, atol=1e-6)
+                if a.raw is not None:
+                    torch.testing.assert_close(a.raw, b.raw, rtol=1e-4, atol=1e-6)
 
 
 def test_prediction_only_runs_no_backward(tiny, tiny_images):

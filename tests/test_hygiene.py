@@ -14,21 +14,8 @@ from saliency.models import LoadedModel, get_spec
 from saliency.models.tinycnn import TinyCNN, build_tinycnn
 from saliency.models.vit import VisionTransformer
 
-SMALL = {
-    "ig": {"n_steps": 4},
-    "deeplift": {"baseline": "blur", "blur_sigma": 2.0},
-    "lrp": {"rule": "alpha2_beta1"},
-    "smoothgrad": {"n_samples": 3},
-    "rise": {"n_masks": 5, "grid_size": 4},
-    "occlusion": {"window": 16, "stride": 16},
-    "gradient_shap": {"n_samples": 3, "reference": "black_white"},
-    "xrai": {"n_steps": 2},
-    "kernel_shap": {"n_samples": 6, "n_segments": 4, "compactness": 100.0},
-    "lime": {"n_samples": 5, "n_segments": 4, "compactness": 100.0},
-    "scorecam": {"max_channels": 3},
-    "attention_rollout": {"discard_ratio": 0.5},
-    "raw_attention": {"layer": 0},
-}
+# Each method's registered example parameters: small, quick to compute.
+SMALL = {name: dict(info.example) for name, info in all_methods().items()}
 
 
 class ExplodingTinyCNN(TinyCNN):

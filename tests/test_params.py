@@ -34,7 +34,7 @@ from saliency.errors import InvalidArgument
         ("rise", {"p": 1.5}, "rise.p"),
         ("rise", {"n_masks": 0}, "rise.n_masks"),
         ("rise", {"grid_size": 1}, "rise.grid_size"),
-        ("vanilla", {"reduction": "mean"}, "reduction"),
+        ("vanilla", {"reduction": "mean"}, "vanilla.reduction"),
         ("ig", {"steps": 5}, "ig.params"),
         ("deeplift", {"baseline": "grey"}, "deeplift.baseline"),
         ("deeplift", {"baseline": "custom"}, "deeplift.custom_baseline"),

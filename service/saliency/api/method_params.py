@@ -16,9 +16,7 @@ params classes are the single source of truth. Errors name the request path to f
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
-import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,63 +25,29 @@ import torch
 
 from saliency.api.tensors import tensor_from_proto, tensor_to_proto
 from saliency.attribution.limits import Limits
-from saliency.attribution.registry import get_method
+from saliency.attribution.registry import (
+    RegistryView,
+    check_field,
+    declared_range,
+    field_types,
+    get_method,
+)
 from saliency.errors import InvalidArgument, SaliencyError, require
 from saliency.v1 import explainer_pb2 as pb
 
 # ------------------------------------------------------------------------------ enum tables
 
-METHOD_NAMES: dict[int, str] = {
-    pb.METHOD_VANILLA: "vanilla",
-    pb.METHOD_INPUT_X_GRADIENT: "input_x_gradient",
-    pb.METHOD_GRADCAM: "gradcam",
-    pb.METHOD_GRADCAM_PP: "gradcam_pp",
-    pb.METHOD_EIGENCAM: "eigencam",
-    pb.METHOD_INTEGRATED_GRADIENTS: "ig",
-    pb.METHOD_SMOOTHGRAD: "smoothgrad",
-    pb.METHOD_RISE: "rise",
-    pb.METHOD_CAM: "cam",
-    pb.METHOD_SCORECAM: "scorecam",
-    pb.METHOD_OCCLUSION: "occlusion",
-    pb.METHOD_GUIDED_BACKPROP: "guided_backprop",
-    pb.METHOD_DECONVNET: "deconvnet",
-    pb.METHOD_GUIDED_GRADCAM: "guided_gradcam",
-    pb.METHOD_DEEPLIFT: "deeplift",
-    pb.METHOD_LRP: "lrp",
-    pb.METHOD_GRADIENT_SHAP: "gradient_shap",
-    pb.METHOD_XRAI: "xrai",
-    pb.METHOD_KERNEL_SHAP: "kernel_shap",
-    pb.METHOD_LIME: "lime",
-    pb.METHOD_ATTENTION_ROLLOUT: "attention_rollout",
-    pb.METHOD_RAW_ATTENTION: "raw_attention",
-}
-_METHOD_VALUES = {name: value for value, name in METHOD_NAMES.items()}
+# Views of the registry (each method's `register(enum=..., oneof=...)`), in enum value order;
+# a method registered without an enum value is usable in-process only and is absent here.
+METHOD_NAMES: Mapping[int, str] = RegistryView(
+    lambda methods: dict(sorted((pb.Method.Value(m.enum), m.name) for m in methods.values() if m.enum))
+)
+_METHOD_VALUES: Mapping[str, int] = RegistryView(lambda methods: {n: v for v, n in METHOD_NAMES.items()})
 
 # Which member of MethodRequest's `params` oneof carries each method's parameters.
-PARAMS_ONEOF: dict[str, str] = {
-    "vanilla": "gradient",
-    "input_x_gradient": "gradient",
-    "gradcam": "cam",
-    "gradcam_pp": "cam",
-    "eigencam": "cam",
-    "ig": "integrated_gradients",
-    "smoothgrad": "smoothgrad",
-    "rise": "rise",
-    "cam": "cam",
-    "scorecam": "scorecam",
-    "occlusion": "occlusion",
-    "kernel_shap": "kernel_shap",
-    "lime": "lime",
-    "guided_backprop": "guided_backprop",
-    "deconvnet": "guided_backprop",
-    "guided_gradcam": "guided_gradcam",
-    "deeplift": "deeplift",
-    "lrp": "lrp",
-    "gradient_shap": "gradient_shap",
-    "xrai": "xrai",
-    "attention_rollout": "attention",
-    "raw_attention": "attention",
-}
+PARAMS_ONEOF: Mapping[str, str] = RegistryView(
+    lambda methods: {METHOD_NAMES[v]: methods[METHOD_NAMES[v]].oneof for v in METHOD_NAMES}
+)
 
 # Proto enum (by full name) -> {value: the params field's string}. Value 0 (UNSPECIFIED) is
 # absent on purpose: it means "the dataclass default", which may differ per method.
@@ -176,12 +140,6 @@ def method_name(value: int) -> str:
 # --------------------------------------------------------- MethodRequest -> params (server)
 
 
-@functools.cache
-def _field_types(params_type: type) -> dict[str, Any]:
-    # The params modules use `from __future__ import annotations`: resolve the strings.
-    return typing.get_type_hints(params_type)
-
-
 def float32_decimal(value: float) -> float:
     """A proto `float` (float32) -> the shortest decimal that rounds to it, as a Python float.
 
@@ -189,30 +147,6 @@ def float32_decimal(value: float) -> float:
     wrote, so defaults compare equal and cache keys (RISE mask banks) are shared.
     """
     return float(str(np.float32(value)))
-
-
-def _declared_range(f: dataclasses.Field, limits: Limits) -> tuple[float | None, float | None]:
-    """(minimum, maximum) of a params field from its metadata; the maximum may be a Limits key."""
-    low = f.metadata.get("min")
-    high = f.metadata.get("max")
-    if "max_limit" in f.metadata:
-        high = getattr(limits, f.metadata["max_limit"])
-    return low, high
-
-
-def _check_declared_bounds(f: dataclasses.Field, value: float, limits: Limits, where: str) -> None:
-    """Enforce the bounds ListModels advertises (NaN fails every comparison, so it fails)."""
-    low, high = _declared_range(f, limits)
-    low_open, high_open = f.metadata.get("exclusive_min", False), f.metadata.get("exclusive_max", False)
-    ok = True
-    if low is not None:
-        ok = value > low if low_open else value >= low
-    if high is not None:
-        ok = ok and (value < high if high_open else value <= high)
-    if not ok:
-        lo = "(" if low_open else "["
-        hi = ")" if high_open else "]"
-        raise InvalidArgument(f"{value} is outside {lo}{low}, {high}{hi}", where)
 
 
 def _rename(exc: SaliencyError, field: str) -> SaliencyError:
@@ -226,7 +160,7 @@ def _params_from_message(
 ) -> Any:
     """One params message (or None: all defaults) -> the method's validated params object."""
     info = get_method(name)
-    types = _field_types(info.params_type)
+    types = field_types(info.params_type)
     fields = dataclasses.fields(info.params_type)
     values: dict[str, Any] = {}
     if message is not None:
@@ -262,8 +196,8 @@ def _params_from_message(
                 value = getattr(message, f.name)
                 if types[f.name] is float:
                     value = float32_decimal(value)
-                _check_declared_bounds(f, value, limits, where)
                 values[f.name] = value
+            check_field(f, values.get(f.name, f.default), types[f.name], limits, where)
     # The custom baseline's two halves must come together. Silently ignoring a sent tensor
     # would explain against another baseline than the one the caller chose.
     if "custom_baseline" in values and values.get("baseline") != "custom":
@@ -274,8 +208,10 @@ def _params_from_message(
             f"{path}.custom_baseline",
         )
     params = info.params_type(**values)
+    rules = getattr(params, "validate", None)  # the rules across fields (bounds: above)
     try:
-        params.validate(limits)
+        if rules is not None:
+            rules(limits)
     except SaliencyError as exc:
         # validate names fields as "ig.n_steps" (or bare "reduction"): keep the leaf only.
         leaf = (exc.field or "").split(".", 1)[-1]
@@ -409,7 +345,7 @@ def method_requests_to_proto(methods: Mapping[str, Any]) -> list[pb.MethodReques
 
 def parameter_infos(params_type: type, limits: Limits) -> list[pb.ParameterInfo]:
     """One `ParameterInfo` per params dataclass field, from its type, default and metadata."""
-    types = _field_types(params_type)
+    types = field_types(params_type)
     infos = []
     for f in dataclasses.fields(params_type):
         kind = types[f.name]
@@ -426,7 +362,7 @@ def parameter_infos(params_type: type, limits: Limits) -> list[pb.ParameterInfo]
             default_value="" if default is None else str(default),
             choices=list(f.metadata.get("choices", ())),
         )
-        low, high = _declared_range(f, limits)
+        low, high = declared_range(f, limits)
         if low is not None:
             info.minimum = float(low)
         if high is not None:

@@ -14,7 +14,6 @@ generated, and `SegmentCache` shares the result between the targets and methods 
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -24,7 +23,6 @@ from skimage.segmentation import slic
 
 from saliency.attribution.baselines import gaussian_blur
 from saliency.attribution.cache import TensorCache
-from saliency.errors import require
 from saliency.models import ModelSpec
 
 # What an "off" segment becomes, in the model's input space:
@@ -44,11 +42,13 @@ class SegmentationParams:
     # SLIC's target number of superpixels (it may return fewer)
     n_segments: int = field(default=50, metadata={"min": 2, "max": MAX_SEGMENTS})
     # SLIC's balance of colour against space: higher gives squarer segments
-    compactness: float = field(default=10.0, metadata={"min": 0.01, "max": 1000})
+    compactness: float = field(
+        default=10.0, metadata={"min": 0.01, "max": 1000, "note": "SLIC's colour/space balance; 10 suits photographs"}
+    )
     # what an "off" segment becomes (BASELINES above)
     baseline: str = field(default="zeros", metadata={"choices": BASELINES})
     # Gaussian sigma in pixels, for baseline "blur"
-    blur_sigma: float = field(default=10.0, metadata={"min": 0.1, "max": 100})
+    blur_sigma: float = field(default=10.0, metadata={"min": 0.1, "max": 100, "note": "pixels"})
     seed: int = field(default=0, metadata={"min": 0, "max": 2**63 - 1})
 
     @property
@@ -56,30 +56,6 @@ class SegmentationParams:
         """What the masked images depend on besides the input and the coalitions."""
         return self.n_segments, self.compactness, self.baseline, self.blur_sigma
 
-    def validate_segmentation(self) -> None:
-        """Checks of the shared fields, named "<method>.<field>" as in the API."""
-        method = self.method
-        require(
-            2 <= self.n_segments <= MAX_SEGMENTS,
-            f"{method}.n_segments",
-            f"{self.n_segments} is outside [2, {MAX_SEGMENTS}]",
-        )
-        require(
-            math.isfinite(self.compactness) and 0.01 <= self.compactness <= 1000,
-            f"{method}.compactness",
-            f"{self.compactness} is outside [0.01, 1000] (SLIC's colour/space balance; 10 suits photographs)",
-        )
-        require(
-            self.baseline in BASELINES,
-            f"{method}.baseline",
-            f"{self.baseline!r} is not one of {', '.join(BASELINES)}",
-        )
-        require(
-            math.isfinite(self.blur_sigma) and 0.1 <= self.blur_sigma <= 100,
-            f"{method}.blur_sigma",
-            f"{self.blur_sigma} is outside [0.1, 100] pixels",
-        )
-        require(0 <= self.seed < 2**63, f"{method}.seed", "must be in [0, 2^63)")
 
 
 def slic_segments(pixels: torch.Tensor, n_segments: int, compactness: float) -> torch.Tensor:

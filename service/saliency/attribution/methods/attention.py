@@ -21,19 +21,17 @@ response's output options normalise maps).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
+from saliency.attribution.fast_inputs import FastInputs
 from saliency.attribution.hooks import capture_fused_attention, capture_output
-from saliency.attribution.limits import Limits
 from saliency.attribution.reduce import upsample
-from saliency.attribution.registry import register
-from saliency.attribution.requirements import ATTENTION
-from saliency.attribution.types import Attribution
+from saliency.attribution.registry import ATTENTION_PROBS, register
 from saliency.errors import InvalidArgument, require
 from saliency.models import LoadedModel
 
@@ -51,26 +49,13 @@ class AttentionParams:
     """
 
     head_fusion: str = field(default="mean", metadata={"choices": HEAD_FUSIONS})
-    discard_ratio: float = field(default=0.0, metadata={"min": 0, "max": 1, "exclusive_max": True})
-    layer: int = field(default=-1, metadata={"min": -1, "max": MAX_LAYER})
+    discard_ratio: float = field(
+        default=0.0, metadata={"min": 0, "max": 1, "exclusive_max": True, "note": "the fraction of weights dropped"}
+    )
+    layer: int = field(
+        default=-1, metadata={"min": -1, "max": MAX_LAYER, "note": "a 0-based block index, or -1 for the last"}
+    )
     method: ClassVar[str] = ""
-
-    def validate(self, limits: Limits) -> None:
-        require(
-            self.head_fusion in HEAD_FUSIONS,
-            f"{self.method}.head_fusion",
-            f"{self.head_fusion!r} is not one of {HEAD_FUSIONS}",
-        )
-        require(
-            0 <= self.discard_ratio < 1,
-            f"{self.method}.discard_ratio",
-            f"{self.discard_ratio} is outside [0, 1): it is the fraction of weights dropped",
-        )
-        require(
-            -1 <= self.layer <= MAX_LAYER,
-            f"{self.method}.layer",
-            f"{self.layer} is outside [-1, {MAX_LAYER}]: a 0-based block index, or -1 for the last",
-        )
 
 
 @dataclass(frozen=True)
@@ -83,49 +68,73 @@ class RawAttentionParams(AttentionParams):
     method: ClassVar[str] = "raw_attention"
 
 
-register(
+ATTENTION_METHODS = ("attention_rollout", "raw_attention")
+
+
+def check_layers(model: LoadedModel, params: AttentionParams) -> None:
+    """Before the forward: the model has its attention layers, and `params.layer` exists."""
+    spec = model.spec
+    depth = spec.fused_attention or len(attention_layer_names(model, params.method))
+    _resolve_layer(params.layer, depth, params.method)
+
+
+@register(
     "attention_rollout",
     "fast",
     AttentionRolloutParams,
     "attention rollout (Abnar & Zuidema 2020), class-agnostic: same map for every target; ViT only",
-    supports=ATTENTION,
-)(None)
-register(
+    enum="METHOD_ATTENTION_ROLLOUT",
+    oneof="attention",
+    needs_from_pass=(ATTENTION_PROBS,),
+    class_agnostic=True,
+    check=check_layers,
+    example={"discard_ratio": 0.5},
+)
+def attention_rollout(params: AttentionParams, inputs: FastInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    return _grid_maps(rollout(inputs.attention, params), params, inputs)
+
+
+@register(
     "raw_attention",
     "fast",
     RawAttentionParams,
     "CLS-to-patch attention of one layer, heads fused; class-agnostic: same map for every target; ViT only",
-    supports=ATTENTION,
-)(None)
+    enum="METHOD_RAW_ATTENTION",
+    oneof="attention",
+    needs_from_pass=(ATTENTION_PROBS,),
+    class_agnostic=True,
+    check=check_layers,
+    example={"layer": 0, "head_fusion": "max"},
+)
+def raw_attention_map(params: AttentionParams, inputs: FastInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    return _grid_maps(raw_attention(inputs.attention, params), params, inputs)
 
-ATTENTION_METHODS = ("attention_rollout", "raw_attention")
+
+def _grid_maps(matrix: torch.Tensor, params: AttentionParams, inputs: FastInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """[n, N, N] -> the CLS row over the patches upsampled [n, H, W] (bilinear), and as its grid [n, h, w]."""
+    raw = cls_patch_map(matrix, inputs.size, params.method, inputs.model.spec.prefix_tokens)
+    return upsample(raw, inputs.size), raw
 
 
 @contextmanager
-def capture(model: LoadedModel, methods: Mapping[str, Any], batch: int) -> Iterator[Callable[[], list[torch.Tensor]]]:
-    """Capture the attention of the forward run inside the context when an attention method is
-    requested in {name: params}; yields a function returning, after that forward, each layer's
-    probabilities [B, heads, N, N], first layer first ([] when none is requested).
+def capture(model: LoadedModel, batch: int, wanted: bool = True) -> Iterator[Callable[[], list[torch.Tensor]]]:
+    """Capture the attention of the forward run inside the context (when `wanted`); yields a
+    function returning, after that forward, each layer's probabilities [B, heads, N, N], first
+    layer first ([] when not wanted).
 
-    Checked before the forward: the model has attention and each `layer` parameter exists.
     Modules that output probabilities are captured by hooks; fused attention
     (scaled_dot_product_attention, nn.MultiheadAttention) by recomputing each call's
     probabilities from its queries and keys (`hooks.capture_fused_attention`).
     """
-    requested = [name for name in ATTENTION_METHODS if name in methods]
-    if not requested:
+    if not wanted:
         yield list
         return
     spec = model.spec
     if spec.fused_attention:
-        for name in requested:
-            _resolve_layer(methods[name].layer, spec.fused_attention, name)
         with capture_fused_attention() as captured:
             yield lambda: _checked(captured, spec.fused_attention, batch)
         return
-    layers = attention_layer_names(model, requested[0])
-    for name in requested:
-        _resolve_layer(methods[name].layer, len(layers), name)
+    layers = attention_layer_names(model, "attention_layers")
     with ExitStack() as stack:
         captured_per_layer = [stack.enter_context(capture_output(model.module, name)) for name in layers]
         yield lambda: _attention_probs(captured_per_layer, layers, batch)
@@ -235,24 +244,3 @@ def cls_patch_map(matrix: torch.Tensor, size: tuple[int, int], method: str, pref
             method,
         )
     return matrix[:, 0, prefix:].reshape(-1, h, w)
-
-
-def attention_attributions(
-    methods: dict,
-    attns: Sequence[torch.Tensor],
-    targets: Sequence[Sequence[int]],
-    size: tuple[int, int],
-    prefix: int = 1,
-) -> list[list[Attribution]]:
-    """attns: per layer [B, heads, N, N]; {method: params} -> per image, one Attribution per
-    (attention method, target); the map [H, W] is the grid map [h, w] upsampled (bilinear)."""
-    per_image: list[list[Attribution]] = [[] for _ in targets]
-    for name in ATTENTION_METHODS:
-        if name not in methods:
-            continue
-        compute = rollout if name == "attention_rollout" else raw_attention
-        raw = cls_patch_map(compute(attns, methods[name]), size, name, prefix)
-        up = upsample(raw, size)
-        for b, image_targets in enumerate(targets):
-            per_image[b].extend(Attribution(name, t, up[b], raw[b]) for t in image_targets)
-    return per_image

@@ -23,30 +23,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from saliency.attribution.fast_inputs import FastInputs
 from saliency.attribution.hooks import resolve_layer
-from saliency.attribution.limits import Limits
 from saliency.attribution.reduce import upsample
-from saliency.attribution.registry import register
+from saliency.attribution.registry import CAM_ACTS, register
 from saliency.attribution.requirements import CAM_HEAD, CAM_LAYER, needs
-from saliency.attribution.types import Attribution
 from saliency.errors import InvalidArgument, require
 from saliency.models import LoadedModel
 
 
 @dataclass(frozen=True)
 class ClassActivationMapParams:
-    def validate(self, limits: Limits) -> None:
-        pass
-
-
-register(
-    "cam",
-    "fast",
-    ClassActivationMapParams,
-    "CAM (Zhou et al. 2016): classifier weights x activations; GAP + linear heads only",
-    signed=True,
-    supports=needs(CAM_LAYER, CAM_HEAD),
-)(None)
+    """No parameters (CAM travels in the API's `cam` message, as the other CAM methods)."""
 
 
 def classifier(model: LoadedModel) -> nn.Linear:
@@ -104,17 +92,25 @@ def class_activation_maps(
     ]
 
 
-def cam_attributions(
-    layer: nn.Linear,
-    acts: torch.Tensor,
-    logits: torch.Tensor,
-    targets: Sequence[Sequence[int]],
-    size: tuple[int, int],
-) -> list[list[Attribution]]:
-    """Per image b, one "cam" Attribution per target: map [H, W] upsampled, raw [h, w]."""
-    maps = class_activation_maps(layer, acts, logits, targets)
-    up = [upsample(m, size) for m in maps]
-    return [
-        [Attribution("cam", t, up[b][j], maps[b][j]) for j, t in enumerate(classes)]
-        for b, classes in enumerate(targets)
-    ]
+def check_head(model: LoadedModel, params: ClassActivationMapParams) -> None:
+    """Before the forward: the spec names a Linear classifier."""
+    classifier(model)
+
+
+@register(
+    "cam",
+    "fast",
+    ClassActivationMapParams,
+    "CAM (Zhou et al. 2016): classifier weights x activations; GAP + linear heads only",
+    signed=True,
+    supports=needs(CAM_LAYER, CAM_HEAD),
+    enum="METHOD_CAM",
+    oneof="cam",
+    needs_from_pass=(CAM_ACTS,),
+    check=check_head,
+)
+def cam(params: ClassActivationMapParams, inputs: FastInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """map [n, H, W] upsampled, raw [n, h, w]: each row's target class's activation map."""
+    maps = class_activation_maps(classifier(inputs.model), inputs.acts, inputs.logits, [[t] for t in inputs.targets])
+    raw = torch.cat(maps)
+    return upsample(raw, inputs.size), raw

@@ -39,7 +39,7 @@ class DeepLiftParams:
     custom_baseline: torch.Tensor | None = field(default=None, compare=False, repr=False)  # [C, H, W]
 
     def validate(self, limits: Limits) -> None:
-        validate_baseline("deeplift", self.baseline, self.blur_sigma, self.custom_baseline)
+        validate_baseline("deeplift", self.baseline, self.custom_baseline)
 
 
 @register(
@@ -49,6 +49,11 @@ class DeepLiftParams:
     "DeepLIFT, Rescale rule (Shrikumar et al. 2017); ReLU and ReLU6 networks",
     signed=True,
     supports=needs(INPUT_GRADIENT, RULES_RESCALE),
+    enum="METHOD_DEEPLIFT",
+    oneof="deeplift",
+    fallback="input_x_gradient",  # DeepLIFT-Rescale's gradient approximation, zero reference
+    samples=lambda p: 2,  # the (input, reference) pair
+    example={"baseline": "uniform", "seed": 5},
 )
 def plan_deeplift(model: LoadedModel, x: torch.Tensor, target: int, params: DeepLiftParams) -> DeepTask:
     """x [C, H, W] normalised input -> a DeepTask whose map is sum_c attr [H, W], raw attr [C, H, W]."""

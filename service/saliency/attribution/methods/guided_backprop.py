@@ -27,13 +27,11 @@ import torch.nn.functional as F
 
 from saliency.attribution import cams
 from saliency.attribution.executor import ChunkOutput, DeepTask, SampleStream
-from saliency.attribution.limits import Limits
 from saliency.attribution.methods.score_cam import cam_channels, cam_layer_bytes
 from saliency.attribution.reduce import CHANNEL_REDUCTIONS, reduce_channels, upsample
 from saliency.attribution.registry import register
 from saliency.attribution.requirements import CAM_LAYER, INPUT_GRADIENT, RULES_GUIDED, needs
 from saliency.attribution.types import Attribution
-from saliency.errors import require
 from saliency.models import LoadedModel
 
 INTERPOLATIONS = ("bilinear", "nearest")
@@ -43,13 +41,6 @@ INTERPOLATIONS = ("bilinear", "nearest")
 class GuidedBackpropParams:
     method: ClassVar[str] = "guided_backprop"
     reduction: str = field(default="max", metadata={"choices": CHANNEL_REDUCTIONS})
-
-    def validate(self, limits: Limits) -> None:
-        require(
-            self.reduction in CHANNEL_REDUCTIONS,
-            f"{self.method}.reduction",
-            f"{self.reduction!r} is not one of {CHANNEL_REDUCTIONS}",
-        )
 
 
 @dataclass(frozen=True)
@@ -62,14 +53,6 @@ class GuidedGradCamParams(GuidedBackpropParams):
     method: ClassVar[str] = "guided_gradcam"
     # how Grad-CAM [h, w] is brought to the input's size before the product
     interpolation: str = field(default="bilinear", metadata={"choices": INTERPOLATIONS})
-
-    def validate(self, limits: Limits) -> None:
-        super().validate(limits)
-        require(
-            self.interpolation in INTERPOLATIONS,
-            "guided_gradcam.interpolation",
-            f"{self.interpolation!r} is not one of {INTERPOLATIONS}",
-        )
 
 
 def _one_gradient(x: torch.Tensor, rule: str | None, capture_layer: bool = False) -> tuple[SampleStream, dict]:
@@ -112,6 +95,10 @@ plan_guided_backprop = register(
     GuidedBackpropParams,
     "guided backpropagation (Springenberg et al. 2015); ReLU and ReLU6",
     supports=needs(INPUT_GRADIENT, RULES_GUIDED),
+    enum="METHOD_GUIDED_BACKPROP",
+    oneof="guided_backprop",
+    fallback="vanilla",
+    samples=lambda p: 1,
 )(_plan_rule("guided_backprop", "guided"))
 
 plan_deconvnet = register(
@@ -120,6 +107,10 @@ plan_deconvnet = register(
     DeconvnetParams,
     "deconvnet backward (Zeiler & Fergus 2014); ReLU and ReLU6",
     supports=needs(INPUT_GRADIENT, RULES_GUIDED),
+    enum="METHOD_DECONVNET",
+    oneof="guided_backprop",
+    fallback="vanilla",
+    samples=lambda p: 1,
 )(_plan_rule("deconvnet", "deconvnet"))
 
 
@@ -129,6 +120,10 @@ plan_deconvnet = register(
     GuidedGradCamParams,
     "Guided Grad-CAM: guided backpropagation x upsampled Grad-CAM (Selvaraju et al. 2017)",
     supports=needs(CAM_LAYER, INPUT_GRADIENT, RULES_GUIDED),
+    enum="METHOD_GUIDED_GRADCAM",
+    oneof="guided_gradcam",
+    fallback="gradcam",
+    samples=lambda p: 2,  # the guided gradient, and the plain one at the CAM layer
 )
 def plan_guided_gradcam(
     model: LoadedModel, x: torch.Tensor, target: int, params: GuidedGradCamParams

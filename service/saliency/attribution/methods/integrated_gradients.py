@@ -52,23 +52,15 @@ class IntegratedGradientsParams:
     custom_baseline: torch.Tensor | None = field(default=None, compare=False, repr=False)  # [C, H, W]
     # estimated relative L2 error of the map to stop at (0: off, exactly n_steps by `rule`);
     # above 0 n_steps is the cap and the nested graded grid replaces `rule`
-    max_map_error: float = field(default=0.0, metadata={"min": 0, "max": 1})
+    max_map_error: float = field(
+        default=0.0, metadata={"min": 0, "max": 1, "note": "a relative L2 error; 0 turns the target off"}
+    )
 
     def validate(self, limits: Limits) -> None:
-        require(
-            1 <= self.n_steps <= limits.max_ig_steps,
-            "ig.n_steps",
-            f"{self.n_steps} is outside [1, {limits.max_ig_steps}]",
-        )
-        require(self.rule in RULES, "ig.rule", f"{self.rule!r} is not one of {RULES}")
-        validate_baseline("ig", self.baseline, self.blur_sigma, self.custom_baseline)
+        """Rules across fields; each field's own bounds are in its metadata."""
+        validate_baseline("ig", self.baseline, self.custom_baseline)
         if self.rule == "riemann_trapezoid":
             require(self.n_steps >= 2, "ig.n_steps", "riemann_trapezoid needs at least 2 steps")
-        require(
-            math.isfinite(self.max_map_error) and 0 <= self.max_map_error <= 1,
-            "ig.max_map_error",
-            f"{self.max_map_error} is outside [0, 1] (a relative L2 error; 0 turns the target off)",
-        )
         if self.max_map_error > 0:
             require(
                 self.n_steps >= PILOT_STEPS,
@@ -198,7 +190,14 @@ def baseline_key(params: IntegratedGradientsParams) -> tuple:
     return params.baseline, params.blur_sigma, params.seed, custom
 
 
-@register("ig", "deep", IntegratedGradientsParams, "Integrated Gradients (Sundararajan et al. 2017)", signed=True, supports=INPUT_GRADIENT)
+@register(
+    "ig", "deep", IntegratedGradientsParams, "Integrated Gradients (Sundararajan et al. 2017)", signed=True,
+    supports=INPUT_GRADIENT, enum="METHOD_INTEGRATED_GRADIENTS", oneof="integrated_gradients",
+    # IG's one-point (first-order) approximation with a zero baseline
+    fallback="input_x_gradient",
+    samples=lambda p: p.n_steps + 2,  # path points and the two endpoints (the cap, error-targeted)
+    example={"n_steps": 9},
+)
 def plan_integrated_gradients(
     model: LoadedModel, x: torch.Tensor, target: int, params: IntegratedGradientsParams
 ) -> DeepTask:

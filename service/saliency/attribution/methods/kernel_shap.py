@@ -30,7 +30,6 @@ import torch
 from torch.distributions import Categorical
 
 from saliency.attribution.executor import ChunkOutput, DeepTask, SameTensor, SampleStream
-from saliency.attribution.limits import Limits
 from saliency.attribution.registry import register
 from saliency.attribution.superpixels import (
     SEGMENTS,
@@ -40,7 +39,6 @@ from saliency.attribution.superpixels import (
     segment_map,
 )
 from saliency.attribution.types import Attribution
-from saliency.errors import require
 from saliency.models import LoadedModel
 
 
@@ -48,16 +46,10 @@ from saliency.models import LoadedModel
 class KernelShapParams(SegmentationParams):
     method: ClassVar[str] = "kernel_shap"
     # model calls, including the two end coalitions (all kept, all off)
-    n_samples: int = field(default=256, metadata={"min": 2, "max_limit": "max_kernel_shap_samples"})
-
-    def validate(self, limits: Limits) -> None:
-        require(
-            2 <= self.n_samples <= limits.max_kernel_shap_samples,
-            "kernel_shap.n_samples",
-            f"{self.n_samples} is outside [2, {limits.max_kernel_shap_samples}] "
-            "(two samples are the all-kept and all-off images)",
-        )
-        self.validate_segmentation()
+    n_samples: int = field(
+        default=256,
+        metadata={"min": 2, "max_limit": "max_kernel_shap_samples", "note": "two samples are the all-kept and all-off images"},
+    )
 
 
 def shapley_kernel_weights(m: int, sizes: torch.Tensor) -> torch.Tensor:
@@ -127,6 +119,11 @@ def coalition_task_bytes(x: torch.Tensor, n_samples: int, n_segments: int) -> in
     KernelShapParams,
     "KernelSHAP over SLIC superpixels: Shapley values of the target logit (Lundberg & Lee 2017)",
     signed=True,
+    enum="METHOD_KERNEL_SHAP",
+    oneof="kernel_shap",
+    fallback="gradcam",  # coarse regions, as superpixels are
+    samples=lambda p: p.n_samples,
+    example={"n_samples": 20, "n_segments": 9, "compactness": 100.0, "baseline": "segment_mean"},
 )
 def plan_kernel_shap(
     model: LoadedModel, x: torch.Tensor, target: int, params: KernelShapParams, segments: SegmentCache = SEGMENTS

@@ -20,14 +20,12 @@ same numbers (tests).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 
 from saliency.attribution.executor import ChunkOutput, DeepTask, SameTensor, SampleStream
-from saliency.attribution.limits import Limits
 from saliency.attribution.methods.kernel_shap import coalition_task_bytes
 from saliency.attribution.registry import register
 from saliency.attribution.superpixels import (
@@ -38,7 +36,6 @@ from saliency.attribution.superpixels import (
     segment_map,
 )
 from saliency.attribution.types import Attribution
-from saliency.errors import require
 from saliency.models import LoadedModel
 
 
@@ -48,27 +45,11 @@ class LimeParams(SegmentationParams):
     # model calls: sampled coalitions
     n_samples: int = field(default=256, metadata={"min": 1, "max_limit": "max_lime_samples"})
     # width of the exponential similarity kernel on the cosine distance (in [0, 1])
-    kernel_width: float = field(default=0.25, metadata={"min": 0.05, "max": 100})
+    kernel_width: float = field(
+        default=0.25, metadata={"min": 0.05, "max": 100, "note": "below 0.05 the weights of distant samples underflow"}
+    )
     # ridge penalty on the coefficients (0: weighted least squares)
     alpha: float = field(default=1.0, metadata={"min": 0, "max": 1e6})
-
-    def validate(self, limits: Limits) -> None:
-        require(
-            1 <= self.n_samples <= limits.max_lime_samples,
-            "lime.n_samples",
-            f"{self.n_samples} is outside [1, {limits.max_lime_samples}]",
-        )
-        self.validate_segmentation()
-        require(
-            math.isfinite(self.kernel_width) and 0.05 <= self.kernel_width <= 100,
-            "lime.kernel_width",
-            f"{self.kernel_width} is outside [0.05, 100] (below 0.05 the weights of distant samples underflow)",
-        )
-        require(
-            math.isfinite(self.alpha) and 0 <= self.alpha <= 1e6,
-            "lime.alpha",
-            f"{self.alpha} is outside [0, 1e6]",
-        )
 
 
 def bernoulli_coalitions(m: int, n: int, seed: int) -> torch.Tensor:
@@ -122,6 +103,11 @@ def weighted_r2(
     LimeParams,
     "LIME over SLIC superpixels: a locally weighted linear surrogate of the target logit (Ribeiro et al. 2016)",
     signed=True,
+    enum="METHOD_LIME",
+    oneof="lime",
+    fallback="gradcam",
+    samples=lambda p: p.n_samples,
+    example={"n_samples": 20, "n_segments": 9, "compactness": 100.0, "baseline": "blur", "blur_sigma": 2.0},
 )
 def plan_lime(
     model: LoadedModel, x: torch.Tensor, target: int, params: LimeParams, segments: SegmentCache = SEGMENTS

@@ -19,12 +19,10 @@ from dataclasses import dataclass, field
 import torch
 
 from saliency.attribution.executor import ChunkOutput, DeepTask, SampleStream
-from saliency.attribution.limits import Limits
 from saliency.attribution.registry import check_supported, register
 from saliency.attribution.relevance import LRP_RULES, RelevanceRules
 from saliency.attribution.requirements import INPUT_GRADIENT, RULES_LRP, needs
 from saliency.attribution.types import Attribution
-from saliency.errors import require
 from saliency.models import LoadedModel
 
 MAX_EPSILON = 1e3
@@ -40,13 +38,6 @@ class LrpParams:
     # rule="gamma": weight given to positive contributions, z_ij + gamma * max(z_ij, 0)
     gamma: float = field(default=0.25, metadata={"min": 0, "max": MAX_GAMMA})
 
-    def validate(self, limits: Limits) -> None:
-        require(self.rule in LRP_RULES, "lrp.rule", f"{self.rule!r} is not one of {LRP_RULES}")
-        require(
-            0 <= self.epsilon <= MAX_EPSILON, "lrp.epsilon", f"{self.epsilon} is outside [0, {MAX_EPSILON:g}]"
-        )
-        require(0 <= self.gamma <= MAX_GAMMA, "lrp.gamma", f"{self.gamma} is outside [0, {MAX_GAMMA:g}]")
-
     def rules(self) -> RelevanceRules:
         return RelevanceRules(self.rule, float(self.epsilon), float(self.gamma))
 
@@ -58,6 +49,11 @@ class LrpParams:
     "Layer-wise Relevance Propagation, epsilon / gamma / alpha-beta rules (Bach et al. 2015)",
     signed=True,
     supports=needs(INPUT_GRADIENT, RULES_LRP),
+    enum="METHOD_LRP",
+    oneof="lrp",
+    fallback="input_x_gradient",  # LRP-0 on a ReLU network is gradient x input
+    samples=lambda p: 1,
+    example={"rule": "gamma", "gamma": 0.5},
 )
 def plan_lrp(model: LoadedModel, x: torch.Tensor, target: int, params: LrpParams) -> DeepTask:
     """x [C, H, W] normalised input -> a DeepTask whose map is sum_c R [H, W], raw R [C, H, W]."""

@@ -38,17 +38,11 @@ class OcclusionParams:
     baseline: float = field(default=0.0, metadata={"min": -100, "max": 100})
 
     def validate(self, limits: Limits) -> None:
-        require(1 <= self.window <= 1024, "occlusion.window", f"{self.window} is outside [1, 1024]")
-        require(1 <= self.stride <= 1024, "occlusion.stride", f"{self.stride} is outside [1, 1024]")
+        """Rules across fields; each field's own bounds are in its metadata."""
         require(
             self.stride <= self.window,
             "occlusion.stride",
             f"stride {self.stride} > window {self.window} would leave pixels never occluded",
-        )
-        require(
-            math.isfinite(self.baseline) and -100 <= self.baseline <= 100,
-            "occlusion.baseline",
-            f"{self.baseline} is outside [-100, 100]",
         )
 
 
@@ -71,6 +65,10 @@ def coverage(size: int, starts: list[int], window: int) -> torch.Tensor:
     OcclusionParams,
     "Occlusion: mean logit drop over the sliding windows covering each pixel (Zeiler & Fergus 2014)",
     signed=True,
+    enum="METHOD_OCCLUSION",
+    oneof="occlusion",
+    fallback="gradcam",
+    example={"window": 8, "stride": 8},
 )
 def plan_occlusion(
     model: LoadedModel,

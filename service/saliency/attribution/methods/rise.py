@@ -24,10 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from saliency.attribution.executor import ChunkOutput, DeepTask, SameTensor, Samples, SampleStream
-from saliency.attribution.limits import Limits
 from saliency.attribution.registry import register
 from saliency.attribution.types import Attribution
-from saliency.errors import require
 
 
 @dataclass(frozen=True)
@@ -38,16 +36,6 @@ class RiseParams:
     # probability that a cell is kept, in the open interval (0, 1)
     p: float = field(default=0.5, metadata={"min": 0, "max": 1, "exclusive_min": True, "exclusive_max": True})
     seed: int = field(default=0, metadata={"min": 0, "max": 2**63 - 1})
-
-    def validate(self, limits: Limits) -> None:
-        require(
-            1 <= self.n_masks <= limits.max_rise_masks,
-            "rise.n_masks",
-            f"{self.n_masks} is outside [1, {limits.max_rise_masks}]",
-        )
-        require(2 <= self.grid_size <= 64, "rise.grid_size", f"{self.grid_size} is outside [2, 64]")
-        require(0 < self.p < 1, "rise.p", f"{self.p} is outside the open interval (0, 1)")
-        require(0 <= self.seed < 2**63, "rise.seed", "must be in [0, 2^63)")
 
 
 BLOCK = 128  # masks per generator call: part of the draw order, so never to be changed
@@ -114,7 +102,11 @@ class MaskSampler:
                 out[block * BLOCK + i - start] = up[k, dy[i] : dy[i] + h, dx[i] : dx[i] + w]
         return out
 
-@register("rise", "deep", RiseParams, "RISE randomised input sampling (Petsiuk et al. 2018)")
+@register(
+    "rise", "deep", RiseParams, "RISE randomised input sampling (Petsiuk et al. 2018)",
+    enum="METHOD_RISE", oneof="rise", fallback="gradcam", samples=lambda p: p.n_masks,
+    example={"n_masks": 30, "grid_size": 4},
+)
 def plan_rise(model, x: torch.Tensor, target: int, params: RiseParams) -> DeepTask:
     """x [C, H, W] normalised input -> a DeepTask whose map [H, W] is the RISE saliency."""
     image = SameTensor(x)  # the caller's tensor: plans of one request share it, wherever it is

@@ -31,12 +31,11 @@ from torch import nn
 
 from saliency.attribution.executor import ChunkOutput, DeepTask, SameTensor, SampleStream
 from saliency.attribution.hooks import resolve_layer
-from saliency.attribution.limits import Limits
 from saliency.attribution.reduce import upsample
 from saliency.attribution.registry import register
 from saliency.attribution.requirements import CAM_LAYER
 from saliency.attribution.types import Attribution
-from saliency.errors import InvalidArgument, require
+from saliency.errors import InvalidArgument
 from saliency.models import LoadedModel
 
 WEIGHTINGS = ("channel_softmax", "class_probability")
@@ -47,18 +46,6 @@ class ScoreCamParams:
     # channels kept (largest mean activation first); one forward each
     max_channels: int = field(default=256, metadata={"min": 1, "max_limit": "max_scorecam_channels"})
     weighting: str = field(default="channel_softmax", metadata={"choices": WEIGHTINGS})
-
-    def validate(self, limits: Limits) -> None:
-        require(
-            1 <= self.max_channels <= limits.max_scorecam_channels,
-            "scorecam.max_channels",
-            f"{self.max_channels} is outside [1, {limits.max_scorecam_channels}]",
-        )
-        require(
-            self.weighting in WEIGHTINGS,
-            "scorecam.weighting",
-            f"{self.weighting!r} is not one of {WEIGHTINGS}",
-        )
 
 
 def select_channels(acts: torch.Tensor, max_channels: int) -> torch.Tensor:
@@ -107,7 +94,11 @@ def _channel_bound(model: LoadedModel, params: ScoreCamParams) -> int:
     return params.max_channels if channels is None else min(params.max_channels, channels)
 
 
-@register("scorecam", "deep", ScoreCamParams, "Score-CAM: channels weighted by masked-input scores (Wang et al. 2020)", supports=CAM_LAYER)
+@register(
+    "scorecam", "deep", ScoreCamParams, "Score-CAM: channels weighted by masked-input scores (Wang et al. 2020)",
+    supports=CAM_LAYER, enum="METHOD_SCORECAM", oneof="scorecam", fallback="gradcam",
+    example={"max_channels": 3},
+)
 def plan_score_cam(model: LoadedModel, x: torch.Tensor, target: int, params: ScoreCamParams) -> DeepTask:
     """x [C, H, W] normalised input -> a DeepTask whose map is Score-CAM [H, W] (raw [h, w])."""
     image = SameTensor(x)  # the caller's tensor: plans of one request share it, wherever it is

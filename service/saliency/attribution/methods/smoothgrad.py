@@ -14,12 +14,10 @@ from dataclasses import dataclass, field
 import torch
 
 from saliency.attribution.executor import ChunkOutput, DeepTask, SampleStream, tensor_bytes
-from saliency.attribution.limits import Limits
 from saliency.attribution.reduce import CHANNEL_REDUCTIONS, reduce_channels
 from saliency.attribution.registry import register
 from saliency.attribution.requirements import INPUT_GRADIENT
 from saliency.attribution.types import Attribution
-from saliency.errors import require
 
 AGGREGATES = ("mean", "square", "variance")
 
@@ -33,27 +31,12 @@ class SmoothGradParams:
     seed: int = field(default=0, metadata={"min": 0, "max": 2**63 - 1})
     reduction: str = field(default="max", metadata={"choices": CHANNEL_REDUCTIONS})
 
-    def validate(self, limits: Limits) -> None:
-        require(
-            1 <= self.n_samples <= limits.max_smoothgrad_samples,
-            "smoothgrad.n_samples",
-            f"{self.n_samples} is outside [1, {limits.max_smoothgrad_samples}]",
-        )
-        require(0 <= self.sigma <= 1, "smoothgrad.sigma", f"{self.sigma} is outside [0, 1]")
-        require(
-            self.aggregate in AGGREGATES,
-            "smoothgrad.aggregate",
-            f"{self.aggregate!r} is not one of {AGGREGATES}",
-        )
-        require(
-            self.reduction in CHANNEL_REDUCTIONS,
-            "smoothgrad.reduction",
-            f"{self.reduction!r} is not one of {CHANNEL_REDUCTIONS}",
-        )
-        require(0 <= self.seed < 2**63, "smoothgrad.seed", "must be in [0, 2^63)")
 
-
-@register("smoothgrad", "deep", SmoothGradParams, "SmoothGrad / SmoothGrad² / VarGrad of |dS/dx|", supports=INPUT_GRADIENT)
+@register(
+    "smoothgrad", "deep", SmoothGradParams, "SmoothGrad / SmoothGrad² / VarGrad of |dS/dx|", supports=INPUT_GRADIENT,
+    enum="METHOD_SMOOTHGRAD", oneof="smoothgrad", fallback="vanilla", samples=lambda p: p.n_samples,
+    example={"n_samples": 7},
+)
 def plan_smoothgrad(model, x: torch.Tensor, target: int, params: SmoothGradParams) -> DeepTask:
     x = x.detach().float().cpu()
     stdev = params.sigma * float(x.max() - x.min())

@@ -27,7 +27,6 @@ import torch
 from scipy import ndimage
 
 from saliency.attribution.executor import DeepTask
-from saliency.attribution.limits import Limits
 from saliency.attribution.methods.integrated_gradients import (
     IntegratedGradientsParams,
     plan_integrated_gradients,
@@ -35,7 +34,6 @@ from saliency.attribution.methods.integrated_gradients import (
 from saliency.attribution.registry import register
 from saliency.attribution.requirements import INPUT_GRADIENT
 from saliency.attribution.types import Attribution
-from saliency.errors import require
 
 BASELINES = ("black_white", "black", "zeros")
 # PAIR's Felzenszwalb settings, stated for a 224 x 224 image; the minimum segment size and the
@@ -58,20 +56,6 @@ class XraiParams:
     area_threshold: float = field(default=1.0, metadata={"min": 0, "max": 1, "exclusive_min": True})
     # a region must add at least this fraction of the pixels (PAIR: 50 px of 224 x 224)
     min_region_area: float = field(default=0.001, metadata={"min": 0, "max": 0.5})
-
-    def validate(self, limits: Limits) -> None:
-        require(
-            1 <= self.n_steps <= limits.max_ig_steps,
-            "xrai.n_steps",
-            f"{self.n_steps} is outside [1, {limits.max_ig_steps}]",
-        )
-        require(self.baseline in BASELINES, "xrai.baseline", f"{self.baseline!r} is not one of {BASELINES}")
-        require(0 < self.area_threshold <= 1, "xrai.area_threshold", f"{self.area_threshold} is outside (0, 1]")
-        require(
-            0 <= self.min_region_area <= 0.5,
-            "xrai.min_region_area",
-            f"{self.min_region_area} is outside [0, 0.5]",
-        )
 
 
 def segment_regions(image: np.ndarray) -> scipy.sparse.csr_matrix:
@@ -156,7 +140,12 @@ def xrai_baselines(model, x: torch.Tensor, baseline: str) -> list[torch.Tensor]:
     return [black] if baseline == "black" else [torch.zeros_like(x)]
 
 
-@register("xrai", "deep", XraiParams, "XRAI region attribution over IG (Kapishnikov et al. 2019)", signed=True, supports=INPUT_GRADIENT)
+@register(
+    "xrai", "deep", XraiParams, "XRAI region attribution over IG (Kapishnikov et al. 2019)", signed=True,
+    supports=INPUT_GRADIENT, enum="METHOD_XRAI", oneof="xrai",
+    fallback="gradcam",  # coarse regions, as XRAI's
+    example={"n_steps": 4},
+)
 def plan_xrai(model, x: torch.Tensor, target: int, params: XraiParams) -> DeepTask:
     """x [C, H, W] normalised input -> a DeepTask whose map is the region density [H, W]."""
     x = x.detach().float().cpu()
