@@ -26,6 +26,9 @@ TEST_CONFIG = ServiceConfig(
     max_chunk_forward=16,
     max_batch_delay_ms=20,
     reflection=True,
+    # Tests repeat identical requests to load, time out or cancel real work; the explanation
+    # cache would answer them instead (tests/test_explanation_cache.py turns it on).
+    explanation_cache_bytes=0,
 )
 
 

@@ -245,6 +245,7 @@ def attribution_to_proto(
         map=tensor_to_proto(values, DTYPE_VALUES[options.map_dtype]),
         queue_ms=float(queue_ms),
         compute_ms=float(compute_ms),
+        cached=a.cached,
     )
     for key, value in a.stats.items():
         message.stats[key] = float(value)
@@ -317,4 +318,5 @@ def attribution_from_proto(message: pb.Attribution) -> Attribution:
         target=message.target,
         map=tensor_from_proto(message.map, "attribution.map", MAX_MAP_ELEMENTS),
         stats=stats,
+        cached=message.cached,
     )

@@ -23,6 +23,8 @@ class Attribution:
     raw: per-channel attribution [C, H, W] for gradient methods, the feature-resolution map
          [h, w] for CAM methods; None when the method has nothing finer to offer.
     stats: per-method numbers (e.g. IG completeness error, samples used).
+    cached: not computed for this request: the serving layer's explanation cache had it, or
+         an identical request's computation in flight at the same time (runtime/explanation_cache.py).
     """
 
     method: str
@@ -30,3 +32,4 @@ class Attribution:
     map: torch.Tensor
     raw: torch.Tensor | None = None
     stats: dict[str, float] = field(default_factory=dict)
+    cached: bool = False

@@ -74,6 +74,10 @@ class ServiceConfig:
     # Fraction of Explain requests without `evaluate` whose maps are scored in the background
     # for saliency_explanation_quality (deletion/insertion cost 2 x 17 forwards per map).
     quality_sample_rate: float = 0.0
+    # Explanation cache of the embedded backend (docs/service.md, "Explanation cache"): bytes of
+    # maps and predictions kept for inputs seen before, least recently used evicted first; a
+    # size such as 64MiB; 0 = off.
+    explanation_cache_bytes: int = 64 * 2**20
     # The torchserve backend (docs/torchserve.md).
     torchserve_address: str = ""  # host:port of a running TorchServe's gRPC inference API; empty = start one
     torchserve_key_file: str = ""  # that TorchServe's key_file.json (token authorization)
@@ -153,8 +157,19 @@ _FIELDS = {f.name: f for f in dataclasses.fields(ServiceConfig)}
 _LIMIT_FIELDS = {f.name: f for f in dataclasses.fields(Limits)}
 
 
+# Byte counts that may be written as sizes: 64MiB, 1.5GB, 512k.
+_SIZE_FIELDS = frozenset({"explanation_cache_bytes"})
+
+
 def _coerce(name: str, value: Any, current: Any) -> Any:
     """Turn a YAML / env / flag value into the type of the field's default."""
+    if name in _SIZE_FIELDS:
+        from saliency.runtime.explanation_cache import parse_size
+
+        try:
+            return parse_size(value)
+        except ValueError as exc:
+            raise ValueError(f"config {name}: {exc}") from None
     if isinstance(current, bool):
         if isinstance(value, str):
             lowered = value.strip().lower()
@@ -231,6 +246,8 @@ def load_config(
         raise ValueError(f"config http_port: {config.http_port} is outside 0..65535 (0: a free port)")
     if config.fast_threads < 0:
         raise ValueError(f"config fast_threads: {config.fast_threads} is negative (0 = automatic)")
+    if config.explanation_cache_bytes < 0:
+        raise ValueError(f"config explanation_cache_bytes: {config.explanation_cache_bytes} is negative (0 = off)")
     if not 0.0 <= config.quality_sample_rate <= 1.0:
         raise ValueError(f"config quality_sample_rate: {config.quality_sample_rate} is outside [0, 1]")
     for name in ("max_connection_age_s", "max_connection_age_grace_s", "reload_interval_s"):

@@ -8,6 +8,11 @@ Optional stages, each after the one before:
 - evaluate (quality/evaluate.py): the delivered maps are scored (perturbation curves on the
   deep executor, the rest on a thread) and a QualityEvent comes last. Requests without
   `evaluate` are scored in the background at `quality_sample_rate`, for the metrics only.
+
+The explanation cache (runtime/explanation_cache.py) answers the prediction and fast maps when
+it holds all of them, and each deep map it holds; a deep map being computed for an identical
+request is awaited rather than computed again. The policy's fallbacks and adaptive IG rounds
+depend on timing and bypass it.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from opentelemetry import trace
 
 from saliency.attribution.executor import DeepTask, TaskCancelled
 from saliency.attribution.fast import FastResult
+from saliency.attribution.fast import _top_predictions as top_predictions  # the pass's own ranking
 from saliency.attribution.registry import get_method, make_params, split_by_kind
 from saliency.attribution.types import Attribution, Targets
 from saliency.errors import DeadlineExceeded, ResourceExhausted, SaliencyError
@@ -65,6 +71,15 @@ from saliency.runtime.backend import (
     check_model,
 )
 from saliency.runtime.config import ServiceConfig
+from saliency.runtime.explanation_cache import (
+    CachedPrediction,
+    ExplanationCache,
+    Flight,
+    Flights,
+    input_digest,
+    input_sketch,
+    parse_size,
+)
 from saliency.runtime.fast_pool import BEFORE_DEEP, URGENT
 from saliency.runtime.metrics import Metrics
 from saliency.runtime.telemetry import method_span, request_in_flight
@@ -109,6 +124,16 @@ class Runtime:
         self._deep_costs = DeepCosts()
         self._sanity_pool = ThreadPoolExecutor(1, thread_name_prefix="sanity")
         self._sanity_running = threading.Lock()  # one sanity check at a time
+        try:
+            budget = parse_size(config.explanation_cache_bytes)
+        except ValueError as exc:
+            raise ValueError(f"config explanation_cache_bytes: {exc}") from None
+        self.cache = ExplanationCache(budget)
+        self._flights = Flights()
+        # Cache keys name the weights too; hashed once here (the served copy is never changed).
+        self._weights = (
+            {name: weights_hash(w.model.module) for name, w in self.workers.items()} if self.cache.enabled else {}
+        )
 
     def worker(self, name: str) -> ModelWorker:
         check_model(self, name)
@@ -131,16 +156,17 @@ class Runtime:
         with request_in_flight(self.metrics, job.model, deadline):
             try:
                 with self.tracer.start_as_current_span("fast_pass", attributes={"methods": list(fast)}):
-                    result = await _within(
-                        deadline, worker.run_fast(job.x, job.targets, fast, job.n_predictions, admission.priority)
-                    )
+                    result, digest = await self._fast(worker, job, fast, admission.priority, deadline)
                 fast_seconds = time.perf_counter() - started
                 for attribution in result.attributions:
                     self.metrics.method_latency.labels(method=attribution.method, **labels).observe(fast_seconds)
                 delivered = list(result.attributions)
                 yield FastEvent(result, fast_seconds)
 
-                plan = await asyncio.to_thread(self._plan, worker, job, result, deep, fast_seconds)
+                if _has_policy(job):
+                    plan = await asyncio.to_thread(self._plan, worker, job, result, deep, fast_seconds)
+                else:  # everything requested: no thread hop for nothing
+                    plan = _Plan(deep, {})
                 if plan.fast_extra:  # the policy's fallbacks: one more cheap pass
                     extra_started = time.perf_counter()
                     extra = await _within(
@@ -154,7 +180,7 @@ class Runtime:
                         delivered.append(attribution)
                         yield DeepEvent(attribution, 0.0, time.perf_counter() - extra_started)
                 deep_maps = self._deep_maps(
-                    worker, job, result.targets, plan, started, deadline, submitted, admission.queued
+                    worker, job, result.targets, plan, started, deadline, submitted, admission.queued, digest
                 )
                 async with aclosing(deep_maps) as events:  # closed at once if the caller goes away
                     async for event in events:
@@ -174,6 +200,89 @@ class Runtime:
                 if job.admission is None:  # admitted here: released here
                     admission.close()
 
+    # ---- the cache ---------------------------------------------------------------------------
+
+    async def _fast(
+        self, worker: ModelWorker, job: ExplainJob, fast: dict[str, Any], priority: int, deadline: float
+    ) -> tuple[FastResult, asyncio.Future | None]:
+        """The prediction and fast maps: from the cache when it holds all of them, else from the
+        fast pass (stored off the loop after). Also returns a future of the input's digest for
+        the deep maps' keys (None with the cache off)."""
+        if not self.cache.enabled:
+            result = await _within(deadline, worker.run_fast(job.x, job.targets, fast, job.n_predictions, priority))
+            return result, None
+        loop = asyncio.get_running_loop()
+        sketch = input_sketch(job.x)  # an unseen input costs no full hash before its fast pass
+        digest = None
+        if self.cache.may_hold_prediction(job.model, sketch):
+            digest, cached = await _within(
+                deadline, loop.run_in_executor(None, self._fast_from_cache, worker, job, fast)
+            )
+            if cached is not None:
+                for a in cached.attributions:
+                    self.metrics.cache_hits.labels(job.model, a.method).inc()
+                known = loop.create_future()
+                known.set_result(digest)
+                return cached, known
+        result = await _within(deadline, worker.run_fast(job.x, job.targets, fast, job.n_predictions, priority))
+        for a in result.attributions:
+            self.metrics.cache_misses.labels(job.model, a.method).inc()
+        stored = loop.run_in_executor(None, self._store_fast, job, fast, result, sketch, digest)
+        stored.add_done_callback(_log_store_failure)
+        return result, stored
+
+    def _fast_from_cache(
+        self, worker: ModelWorker, job: ExplainJob, fast: dict[str, Any]
+    ) -> tuple[bytes, FastResult | None]:
+        """(input digest, the FastResult if the cache holds the prediction and every fast map)."""
+        digest = input_digest(job.x)
+        weights = self._weights[job.model]
+        entry = self.cache.get(ExplanationCache.prediction_key(job.model, weights, digest))
+        if not isinstance(entry, CachedPrediction):
+            return digest, None
+        targets = job.targets.resolve(entry.logits)
+        maps = []
+        for name, params in fast.items():
+            for target in targets:
+                key = self.cache.map_key(job.model, weights, digest, name, params, target)
+                hit = self.cache.get_map(key, name, target) if key is not None else None
+                if hit is None:
+                    return digest, None  # one fast pass makes them all: no partial answers
+                maps.append(hit)
+        predictions = top_predictions(entry.logits, worker.model.spec.labels, job.n_predictions)
+        return digest, FastResult(entry.logits.clone(), predictions, targets, maps)
+
+    def _store_fast(
+        self, job: ExplainJob, fast: dict[str, Any], result: FastResult, sketch: int, digest: bytes | None
+    ) -> bytes:
+        """Keep the pass's prediction and maps (on a thread: hashing and copies); returns the digest."""
+        digest = digest or input_digest(job.x)
+        weights = self._weights[job.model]
+        self.cache.put_prediction(ExplanationCache.prediction_key(job.model, weights, digest), result.logits, sketch)
+        for a in result.attributions:
+            if a.method in fast:
+                key = self.cache.map_key(job.model, weights, digest, a.method, fast[a.method], a.target)
+                if key is not None:
+                    self.cache.put_map(key, a)
+        self.metrics.cache_bytes.set(self.cache.nbytes)
+        return digest
+
+    def _look_up_deep(
+        self, job: ExplainJob, items: list[tuple[str, Any, int]], digest: bytes
+    ) -> tuple[list[Any], dict[int, Attribution]]:
+        """On a thread (params may hold tensors to hash): each item's key, and the cached maps by index."""
+        weights = self._weights[job.model]
+        keys = [self.cache.map_key(job.model, weights, digest, name, params, t) for name, params, t in items]
+        hits = {}
+        for i, ((name, _, target), key) in enumerate(zip(items, keys)):
+            if key is not None and (hit := self.cache.get_map(key, name, target)) is not None:
+                hits[i] = hit
+        return keys, hits
+
+    def _store_map(self, key: Any, attribution: Attribution) -> None:
+        self.cache.put_map(key, attribution)
+        self.metrics.cache_bytes.set(self.cache.nbytes)
+
     # ---- deep maps -----------------------------------------------------------------------------
 
     async def _deep_maps(
@@ -186,29 +295,88 @@ class Runtime:
         deadline: float,
         submitted: list[DeepTask],
         queued: Callable[[], None],
+        digest: asyncio.Future | None = None,
     ) -> AsyncIterator[DeepEvent]:
-        """DeepEvents of the planned deep maps (and adaptive IG rounds) as each completes.
-        `queued()` hands the request's admission reservation over to the executor's queue."""
-        pairs = await worker.submit_deep(job.x, targets, plan.deep, job.request_id) if plan.deep else []
-        submitted.extend(task for task, _ in pairs)
-        queued()
-        pending: dict[asyncio.Future, DeepTask | None] = {future: task for task, future in pairs}
-        if plan.ig is not None:
-            for target in targets:
-                rounds = self._adaptive_ig(worker, job, target, plan, started, submitted)
-                pending[asyncio.ensure_future(rounds)] = None
+        """DeepEvents of the planned deep maps (and adaptive IG rounds) as each completes: cached
+        ones first, then as they complete. `queued()` hands the request's admission reservation
+        over to the executor's queue. `digest`: a future of the input's digest (None: no cache).
+
+        A map that identical requests computing now will deliver is awaited in their Flight;
+        every Flight joined is left on exit, and its last waiter drops the computation."""
         labels = {"model": job.model, "backend": BACKEND}
+        items = [(name, params, target) for name, params in plan.deep.items() for target in targets]
+        keys: list[Any] = [None] * len(items)
+        hits: dict[int, Attribution] = {}
+        if digest is not None and items and (known := await _digest_or_none(digest)) is not None:
+            keys, hits = await asyncio.to_thread(self._look_up_deep, job, items, known)
+        pending: dict[asyncio.Future, DeepTask | Flight | None] = {}
+        held: list[Flight] = []  # flights this request waits in, left in `finally`
+        led: set[Flight] = set()  # flights whose computation this request submitted
         try:
+            for attribution in hits.values():
+                self.metrics.cache_hits.labels(job.model, attribution.method).inc()
+                self.metrics.method_latency.labels(method=attribution.method, **labels).observe(
+                    time.perf_counter() - started
+                )
+                yield DeepEvent(attribution, 0.0, 0.0)
+
+            def join(flight: Flight, method: str) -> None:
+                held.append(flight)
+                pending[flight.wait()] = flight
+                self.metrics.cache_hits.labels(job.model, method).inc()
+
+            to_plan = []
+            for i, (name, _, _) in enumerate(items):
+                if i in hits:
+                    continue
+                flight = self._flights.get(keys[i]) if keys[i] is not None else None
+                if flight is not None:
+                    join(flight, name)
+                else:
+                    to_plan.append(i)
+            planned = await asyncio.to_thread(_plan_items, worker, job.x, [items[i] for i in to_plan]) if to_plan else []
+            to_submit = []
+            for i, task in zip(to_plan, planned):
+                # An identical request may have started this map while ours was planned.
+                flight = self._flights.get(keys[i]) if keys[i] is not None else None
+                if flight is not None:
+                    join(flight, items[i][0])
+                else:
+                    to_submit.append((i, task))
+            pairs = worker.submit_tasks([task for _, task in to_submit], job.request_id) if to_submit else []
+            for (i, _), (task, future) in zip(to_submit, pairs):
+                if keys[i] is None:
+                    submitted.append(task)
+                    pending[future] = task
+                    continue
+                flight = self._flights.start(
+                    keys[i], task, future,
+                    drop=lambda t=task: worker.cancel([t]),
+                    on_result=lambda a, key=keys[i]: self._store_map(key, a),
+                )
+                led.add(flight)
+                held.append(flight)
+                pending[flight.wait()] = flight
+                self.metrics.cache_misses.labels(job.model, task.method).inc()
+            queued()
+            if plan.ig is not None:
+                for target in targets:
+                    rounds = self._adaptive_ig(worker, job, target, plan, started, submitted)
+                    pending[asyncio.ensure_future(rounds)] = None
             while pending:
                 done, _ = await _wait_first(deadline, set(pending))
                 for future in done:
-                    task = pending.pop(future)
-                    if task is None:  # the adaptive IG rounds of one target
+                    entry = pending.pop(future)
+                    if entry is None:  # the adaptive IG rounds of one target
                         attribution, queue_seconds, compute_seconds = future.result()
                     else:
+                        task = entry.task if isinstance(entry, Flight) else entry
                         attribution = future.result()
                         queue_seconds, compute_seconds = task.queue_seconds, task.compute_seconds
-                        self._task_done(job.model, task, started)
+                        if isinstance(entry, Flight) and entry not in led:  # another request's work
+                            attribution = dataclasses.replace(attribution, stats=dict(attribution.stats), cached=True)
+                        else:
+                            self._task_done(job.model, task, started)
                     self.metrics.method_latency.labels(method=attribution.method, **labels).observe(
                         time.perf_counter() - started
                     )
@@ -217,6 +385,8 @@ class Runtime:
         finally:
             for future in pending:
                 future.cancel()
+            for flight in held:
+                self._flights.leave(flight)
 
     async def _adaptive_ig(
         self,
@@ -287,7 +457,7 @@ class Runtime:
     ) -> _Plan:
         """Decide what runs after the prediction (everything requested when no policy is set)."""
         policy = job.policy
-        if policy is None or not (policy.explain_if or policy.latency_budget_ms):
+        if not _has_policy(job):
             return _Plan(deep, {})
         uncertain = ""
         if policy.explain_if is not None:
@@ -422,6 +592,29 @@ class Runtime:
         for worker in self.workers.values():
             worker.close()
         self._sanity_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _plan_items(worker: ModelWorker, x, items: list[tuple[str, Any, int]]) -> list[DeepTask]:
+    """One DeepTask per (deep method, params, target), in order (on a thread)."""
+    return [get_method(name).plan(worker.model, x, target, params) for name, params, target in items]
+
+
+def _has_policy(job: ExplainJob) -> bool:
+    """Whether the policy decides what runs after the prediction (see Runtime._plan)."""
+    return job.policy is not None and bool(job.policy.explain_if or job.policy.latency_budget_ms)
+
+
+async def _digest_or_none(digest: asyncio.Future) -> bytes | None:
+    """The input's digest, or None when storing the fast pass failed (logged; no cache then)."""
+    try:
+        return await asyncio.shield(digest)
+    except Exception:  # noqa: BLE001 - _log_store_failure reports it
+        return None
+
+
+def _log_store_failure(future: asyncio.Future) -> None:
+    if not future.cancelled() and (exc := future.exception()) is not None:
+        log.error("explanation cache: storing a fast pass failed: %r", exc)
 
 
 async def _within(deadline: float, awaitable, what: str = "the prediction was ready"):

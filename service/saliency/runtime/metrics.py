@@ -61,6 +61,21 @@ class Metrics:
             registry=r,
         )
 
+        self.cache_hits = Counter(
+            "saliency_cache_hits",
+            "Maps not computed for their request: from the explanation cache, or shared with an "
+            "identical request's computation in flight",
+            ["model", "method"],
+            registry=r,
+        )
+        self.cache_misses = Counter(
+            "saliency_cache_misses", "Cacheable maps computed because the cache did not hold them",
+            ["model", "method"], registry=r,
+        )
+        self.cache_bytes = Gauge(
+            "saliency_cache_bytes", "Bytes held by the explanation cache", registry=r
+        )
+
     def serve(self, host: str, port: int):
         """Start the /metrics HTTP endpoint; returns (server, bound port)."""
         server, _thread = start_http_server(port, addr=host, registry=self.registry)

@@ -579,7 +579,7 @@ class Prediction(_message.Message):
     def __init__(self, class_index: _Optional[int] = ..., label: _Optional[str] = ..., logit: _Optional[float] = ..., probability: _Optional[float] = ...) -> None: ...
 
 class Attribution(_message.Message):
-    __slots__ = ("method", "target", "map", "overlay_png", "stats", "queue_ms", "compute_ms", "region")
+    __slots__ = ("method", "target", "map", "overlay_png", "stats", "queue_ms", "compute_ms", "region", "cached")
     class StatsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -595,6 +595,7 @@ class Attribution(_message.Message):
     QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
+    CACHED_FIELD_NUMBER: _ClassVar[int]
     method: Method
     target: int
     map: Tensor
@@ -603,7 +604,8 @@ class Attribution(_message.Message):
     queue_ms: float
     compute_ms: float
     region: Box
-    def __init__(self, method: _Optional[_Union[Method, str]] = ..., target: _Optional[int] = ..., map: _Optional[_Union[Tensor, _Mapping]] = ..., overlay_png: _Optional[bytes] = ..., stats: _Optional[_Mapping[str, float]] = ..., queue_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ..., region: _Optional[_Union[Box, _Mapping]] = ...) -> None: ...
+    cached: bool
+    def __init__(self, method: _Optional[_Union[Method, str]] = ..., target: _Optional[int] = ..., map: _Optional[_Union[Tensor, _Mapping]] = ..., overlay_png: _Optional[bytes] = ..., stats: _Optional[_Mapping[str, float]] = ..., queue_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ..., region: _Optional[_Union[Box, _Mapping]] = ..., cached: _Optional[bool] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
     __slots__ = ("model", "request_id", "predictions", "targets", "attributions", "quality", "policy")
