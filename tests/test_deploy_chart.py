@@ -23,12 +23,13 @@ ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "saliency"
 HELM = ROOT / ".tools" / "helm" / "helm"
 TORCHSERVE_PORTS = {7070, 7071, 8080, 8081, 8082}
-SERVICE_PORTS = {50051, 9464}
+SERVICE_PORTS = {50051, 9464, 8000}  # gRPC, metrics, HTTP (docs/http.md)
 # ServiceConfig fields the chart sets itself (values.yaml `config` may not).
 CHART_OWNED = {
     "host", "port", "metrics_host", "metrics_port", "backend", "device",
     "auth_tokens_file", "tls_cert_file", "tls_key_file", "tls_client_ca_file",
     "otlp_endpoint",  # from tracing.endpoint
+    "http_enabled", "http_host", "http_port",  # from http (tests/test_deploy_http.py)
     "model_configs",  # from userModels (a volume of configs and weights): tests/test_chart_user_models.py
 }
 
@@ -126,7 +127,7 @@ def test_services_never_expose_torchserve_ports(rendered):
                 assert [(p["name"], p["port"]) for p in ports] == [("grpc", 50051)], name
                 continue
             assert {p["port"] for p in ports} == SERVICE_PORTS, name
-            assert {p["name"] for p in ports} == {"grpc", "metrics"}
+            assert {p["name"] for p in ports} == {"grpc", "metrics", "http"}
         for container in containers(docs).values():
             declared = {p["containerPort"] for p in container.get("ports", [])}
             assert declared <= SERVICE_PORTS, (name, container["name"])

@@ -125,7 +125,7 @@ def test_dockerfile_runtime_stage(dockerfile):
     assert entrypoint[-1] == ["saliency"]
     assert cmd[-1] == ["serve", "--config", "/etc/saliency/config.yaml"]
     exposed = {word for keyword, rest in runtime if keyword == "EXPOSE" for word in rest.split()}
-    assert exposed == {"50051", "9464"}
+    assert exposed == {"50051", "8000", "9464"}
     env = " ".join(rest for keyword, rest in runtime if keyword == "ENV")
     assert "SALIENCY_CACHE_DIR=/var/cache/saliency" in env
     assert any(keyword == "HEALTHCHECK" and "grpc_health" in rest for keyword, rest in runtime)
@@ -241,11 +241,11 @@ def test_compose_ports_bind_loopback_where_intended(compose):
         for port in service.get("ports", []):
             host_ip, host_port, container_port = str(port).split(":")
             assert host_ip == "127.0.0.1", f"{name} publishes {port} beyond the laptop"
-            published[name] = (int(host_port), int(container_port))
+            published.setdefault(name, []).append((int(host_port), int(container_port)))
     assert published == {
-        "saliency": (50051, 50051),
-        "prometheus": (9090, 9090),
-        "grafana": (3000, 3000),
+        "saliency": [(50051, 50051), (8080, 8000)],  # gRPC; HTTP on 8000 inside (TorchServe has 8080)
+        "prometheus": [(9090, 9090)],
+        "grafana": [(3000, 3000)],
     }
     torchserve = compose["services"]["torchserve"]
     assert torchserve["network_mode"] == "service:saliency", "TorchServe shares the service's loopback"
@@ -275,6 +275,7 @@ def test_compose_bind_mounts_exist(compose):
     saliency = dict((t, s) for s, t in bind_mounts(compose["services"]["saliency"]))
     config = load_config(str(saliency["/etc/saliency/config.yaml"]), env={})
     assert (config.host, config.port, config.metrics_host, config.metrics_port) == ("0.0.0.0", 50051, "0.0.0.0", 9464)
+    assert (config.http_enabled, config.http_host, config.http_port) == (True, "0.0.0.0", 8000)
 
 
 def test_prometheus_scrapes_the_compose_service(compose):

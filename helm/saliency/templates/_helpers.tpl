@@ -70,6 +70,11 @@ backend, device, auth and TLS file paths, model_configs from userModels). */}}
 {{- $_ := set $config "port" (int .Values.service.grpcPort) -}}
 {{- $_ := set $config "metrics_host" "0.0.0.0" -}}
 {{- $_ := set $config "metrics_port" (int .Values.service.metricsPort) -}}
+{{- $_ := set $config "http_enabled" .Values.http.enabled -}}
+{{- if .Values.http.enabled -}}
+{{- $_ := set $config "http_host" "0.0.0.0" -}}
+{{- $_ := set $config "http_port" (int .Values.http.port) -}}
+{{- end -}}
 {{- $_ := set $config "backend" .Values.backend -}}
 {{- $_ := set $config "device" (ternary "cuda" "cpu" (and .Values.gpu.enabled (eq .Values.backend "embedded"))) -}}
 {{- $_ := set $config "otlp_endpoint" .Values.tracing.endpoint -}}
