@@ -18,10 +18,11 @@ $(STAMP): pyproject.toml deploy/constraints.txt | $(BIN)/python
 	$(BIN)/pip install --quiet -c deploy/constraints.txt -e '.[dev]'
 	touch $@
 
-# The main job: the gRPC service, embedded backend, on 127.0.0.1:50051 (metrics :9464).
+# The main job: the gRPC service, embedded backend, on 127.0.0.1:50051 (metrics :9464), and its
+# HTTP/JSON API and web page on http://127.0.0.1:8080 (docs/http.md); both addresses are printed.
 # Try it from another shell: .venv/bin/saliency explain --sample chelsea --server 127.0.0.1:50051
 run: $(STAMP)
-	$(BIN)/saliency serve --backend embedded --host 127.0.0.1 --port 50051 --metrics-port 9464
+	$(BIN)/saliency serve --backend embedded --host 127.0.0.1 --port 50051 --metrics-port 9464 --http-port 8080
 
 # Explain a bundled photograph in-process with every method and write the pictures.
 demo: $(STAMP)
