@@ -56,6 +56,7 @@ def run(settings: Settings) -> list[Table]:
     service = _Service(ServiceConfig(
         port=0, metrics_port=0, models=(MODEL_NAME,), device=settings.device,
         max_chunk=4, max_chunk_forward=4, reflection=False,
+        explanation_cache_bytes=0,  # the deep load must be computed, not answered from the cache
     ))
     stop = threading.Event()
     deep_done = [0]

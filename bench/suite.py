@@ -9,6 +9,7 @@ from types import ModuleType
 from bench import (
     attention,
     batching,
+    explanation_cache,
     fast,
     gradient_shap,
     ig,
@@ -58,6 +59,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         _entry("torchserve", torchserve),
         _entry("threads", threads),
         _entry("isolation", isolation),
+        _entry("explanation_cache", explanation_cache),
         _entry("attention", attention),
         _entry("user_models", user_models),
     )

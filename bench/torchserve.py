@@ -71,6 +71,7 @@ def run(settings: Settings) -> list[Table]:
     base = ServiceConfig(
         port=0, metrics_port=0, models=(MODEL_NAME,), device=settings.device,
         max_chunk=8, max_chunk_forward=4, reflection=False,  # no chunk measurement: fast only
+        explanation_cache_bytes=0,  # every call computes (hits: bench explanation_cache)
     )
     request = pb.ExplainRequest(
         model=MODEL_NAME,
@@ -81,7 +82,7 @@ def run(settings: Settings) -> list[Table]:
     services: dict[str, _Service] = {}
     notes = [
         "the services get the normalised input as a tensor and answer float32 maps; "
-        "p50 = median of interleaved calls, one at a time",
+        "p50 = median of interleaved calls, one at a time; explanation cache off",
     ]
     try:
         _log("starting the service with the embedded backend")
