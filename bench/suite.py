@@ -9,6 +9,7 @@ from types import ModuleType
 from bench import (
     attention,
     batching,
+    compiled,
     explanation_cache,
     fast,
     gradient_shap,
@@ -50,6 +51,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         _entry("smoothgrad", smoothgrad),
         _entry("rise", rise),
         _entry("shared_forwards", shared_forwards),
+        _entry("compiled", compiled),
         _entry("more_methods", more_methods),
         _entry("propagation", propagation),
         _entry("gradient_shap", gradient_shap),

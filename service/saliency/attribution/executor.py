@@ -339,10 +339,14 @@ class ChunkExecutor:
         model: LoadedModel,
         chunk_sizes: ChunkSizes,
         on_chunk: Callable[[ChunkReport], None] | None = None,
+        compiled: torch.nn.Module | None = None,
     ):
         self.model = model
         self.chunk_sizes = chunk_sizes
         self.on_chunk = on_chunk
+        # A compiled copy of model.module (models/compiled.py) for the calls with no layer
+        # capture and no backward rule: those need the eager module's hooks.
+        self.compiled = compiled
         self.stats = ExecutorStats()
         self._pending: deque[tuple[DeepTask, SampleStream]] = deque()
         self._lock = threading.RLock()  # on_done callbacks may submit
@@ -565,6 +569,8 @@ class ChunkExecutor:
         """One model call on inputs [n, C, H, W]; gradients are of logit[i, targets[i]] (under
         an LRP rule: the relevance of logit[i, targets[i]], seeded with its value)."""
         module, device = self.model.module, self.model.device
+        if self.compiled is not None and backward_rule is None and not capture_layer:
+            module = self.compiled
         x = inputs.to(device, torch.float32)
         if device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)

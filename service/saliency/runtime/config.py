@@ -19,6 +19,7 @@ from saliency.attribution.limits import Limits
 from saliency.runtime.logs import LOG_FORMATS, LOG_LEVELS
 
 BACKENDS = ("embedded", "torchserve")
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")  # torch.compile modes
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,9 @@ class ServiceConfig:
     max_queue_samples: int = 20_000  # deep samples waiting per model
     max_chunk: int = 0  # samples per model call with gradient; 0 = measured per model
     max_chunk_forward: int = 0  # forward-only; 0 = measured
+    # torch.compile the deep methods' plain model calls (models/compiled.py): off, default,
+    # reduce-overhead (CUDA graphs) or max-autotune. Compiled and checked at start.
+    compile_model: str = "off"
     max_batch_delay_ms: float = 5.0  # wait this long for more deep work to fill a chunk
     default_deadline_s: float = 60.0  # applied when the client sets none
     grace_s: float = 10.0  # SIGTERM drain
@@ -242,6 +246,8 @@ def load_config(
     config = _with_model_configs(config, explicit_models="models" in values)
     if config.backend not in BACKENDS:
         raise ValueError(f"config backend: {config.backend!r} is not one of {BACKENDS}")
+    if config.compile_model not in COMPILE_MODES:
+        raise ValueError(f"config compile_model: {config.compile_model!r} is not one of {COMPILE_MODES}")
     if not 0 <= config.http_port <= 65535:
         raise ValueError(f"config http_port: {config.http_port} is outside 0..65535 (0: a free port)")
     if config.fast_threads < 0:

@@ -34,6 +34,7 @@ from saliency.attribution.tuning import configured_chunk_sizes
 from saliency.attribution.types import Targets
 from saliency.errors import ResourceExhausted
 from saliency.models import LoadedModel
+from saliency.models.compiled import compile_for_chunks
 from saliency.quality.policy import CostTracker
 from saliency.runtime.admission import ESTIMATE_MARGIN
 from saliency.runtime.config import ServiceConfig
@@ -51,7 +52,11 @@ class ModelWorker:
         self.config = config
         self.metrics = metrics
         sizes = configured_chunk_sizes(model, config.max_chunk, config.max_chunk_forward)
-        self.executor = ChunkExecutor(model, sizes, on_chunk=self._record_chunk)
+        self.compiled = None
+        if config.compile_model != "off":
+            self.compiled = compile_for_chunks(model, (sizes.grad, sizes.forward), config.compile_model)
+        compiled_module = self.compiled.module if self.compiled is not None else None
+        self.executor = ChunkExecutor(model, sizes, on_chunk=self._record_chunk, compiled=compiled_module)
         # Read once here: every thread sets its own count, so creation order does not matter.
         self._deep_threads = torch.get_num_threads()
         self.fast_threads = config.fast_threads or max(1, self._deep_threads - 1)
