@@ -1,7 +1,8 @@
-"""Locust load test for the saliency gRPC service.
+"""Locust load test for the saliency service: gRPC users, and HTTP/JSON users beside them.
 
     locust -f deploy/loadtest/locustfile.py --headless -u 8 -r 8 -t 60s --host 127.0.0.1:50051
     saliency loadtest --server 127.0.0.1:50051 --users 8 --duration 60s   # same, plus a chart
+    saliency loadtest --server 127.0.0.1:50051 --http http://127.0.0.1:8080   # both APIs
 
 Follows locust's documented gRPC pattern: grpc is switched to gevent, each user opens one sync
 channel in on_start, and a client interceptor fires `environment.events.request` for every
@@ -15,9 +16,13 @@ call. Request names (one row each in locust's statistics):
     ExplainStream complete  the whole stream
 
 Each user picks its next request at random with weights 6 : 3 : 1 (fast : fast+ig32 :
-stream), then waits a think time. Environment:
+stream), then waits a think time. With SALIENCY_LOADTEST_HTTP set, `HttpExplainerUser` runs
+the same mix over the HTTP/JSON API (docs/http.md) as requests named "HTTP explain fast",
+"HTTP explain fast+ig32", "HTTP explainStream first", "HTTP explainStream deep map" and
+"HTTP explainStream complete"; locust divides the users between the two classes. Environment:
 
     SALIENCY_LOADTEST_MODEL   model name (default efficientnet_lite0)
+    SALIENCY_LOADTEST_HTTP    base URL of the HTTP API, e.g. http://127.0.0.1:8080 (unset: gRPC only)
     SALIENCY_LOADTEST_WAIT    think time "MIN,MAX" seconds (default 0.2,1.0)
     SALIENCY_TOKEN            bearer token, sent as `authorization: Bearer ...`
     SALIENCY_TLS_CA           PEM file: connect with TLS, trusting this CA
@@ -36,7 +41,8 @@ import grpc
 import grpc.experimental.gevent as grpc_gevent
 import locust.stats
 import skimage.data
-from locust import User, between, task
+from google.protobuf import json_format
+from locust import HttpUser, User, between, task
 from locust.env import Environment
 from PIL import Image
 
@@ -54,6 +60,7 @@ DEFAULT_HOST = "127.0.0.1:50051"
 _WAIT = os.environ.get("SALIENCY_LOADTEST_WAIT", "0.2,1.0")
 WAIT_MIN, WAIT_MAX = (float(part) for part in _WAIT.split(","))
 MAX_MESSAGE = 64 << 20
+HTTP_HOST = os.environ.get("SALIENCY_LOADTEST_HTTP", "")
 
 
 def _chelsea_png() -> bytes:
@@ -210,3 +217,79 @@ class ExplainerUser(User):
                 pass
         except grpc.RpcError:
             pass
+
+
+def _json_body(methods: list[pb.MethodRequest]) -> bytes:
+    return json_format.MessageToJson(explain_request(methods), indent=None).encode()
+
+
+class HttpExplainerUser(HttpUser):
+    """The same mix over the HTTP/JSON API: JSON bodies (base64 image), the SSE stream read as
+    it arrives. Runs only when SALIENCY_LOADTEST_HTTP names the API's base URL."""
+
+    abstract = not HTTP_HOST
+    host = HTTP_HOST or None
+    wait_time = between(WAIT_MIN, WAIT_MAX)
+    bodies = {}
+
+    def on_start(self) -> None:
+        token = os.environ.get("SALIENCY_TOKEN")
+        if token:
+            self.client.headers["authorization"] = f"Bearer {token}"
+        self.client.headers["content-type"] = "application/json"
+        ca_file = os.environ.get("SALIENCY_TLS_CA")
+        if ca_file:
+            self.client.verify = ca_file
+        if not HttpExplainerUser.bodies:  # encoded once per process
+            HttpExplainerUser.bodies = {
+                "fast": _json_body(FAST), "fast+ig32": _json_body([*FAST, IG32]),
+                "stream": _json_body([*FAST, IG32, SMOOTHGRAD16]),
+            }
+
+    def _fire(self, name: str, started: float, length: int = 0, exc: BaseException | None = None) -> None:
+        self.environment.events.request.fire(
+            request_type="http", name=name, response_time=(time.perf_counter() - started) * 1000.0,
+            response_length=length, response=None, context=None, exception=exc,
+        )
+
+    def _explain(self, body: str, name: str, timeout: float) -> None:
+        # Absolute URLs: locust's --host is the gRPC address, shared by every user class.
+        with self.client.post(f"{HTTP_HOST}/v1/models/{MODEL}:explain", data=self.bodies[body], name=name,
+                              timeout=timeout, catch_response=True) as response:
+            if response.status_code != 200:
+                response.failure(f"{response.status_code}: {response.text[:200]}")
+
+    @task(6)
+    def explain_fast(self) -> None:
+        self._explain("fast", "HTTP explain fast", 30)
+
+    @task(3)
+    def explain_fast_ig(self) -> None:
+        self._explain("fast+ig32", "HTTP explain fast+ig32", 60)
+
+    @task(1)
+    def explain_stream_deep(self) -> None:
+        started, total, event, first = time.perf_counter(), 0, None, True
+        try:
+            with self.client.post(f"{HTTP_HOST}/v1/models/{MODEL}:explainStream", data=self.bodies["stream"],
+                                  stream=True, name="HTTP explainStream headers", timeout=120,
+                                  catch_response=True) as response:
+                if response.status_code != 200:
+                    response.failure(f"{response.status_code}: {response.text[:200]}")
+                    raise RuntimeError(f"HTTP {response.status_code}")
+                response.success()
+                for line in response.iter_lines():
+                    total += len(line)
+                    if line.startswith(b"event: "):
+                        event = line[len(b"event: "):].decode()
+                        if event == "error":
+                            raise RuntimeError("the stream ended with an error event")
+                    elif line.startswith(b"data: ") and first:
+                        self._fire("HTTP explainStream first", started, len(line))
+                        first = False
+                    elif line.startswith(b"data: ") and event == "attribution":
+                        self._fire("HTTP explainStream deep map", started, len(line))
+        except Exception as exc:  # reported to locust, the user goes on
+            self._fire("HTTP explainStream complete", started, total, exc)
+            return
+        self._fire("HTTP explainStream complete", started, total)

@@ -1,6 +1,6 @@
 """`saliency loadtest`: drive a running service with locust's gRPC users, then chart the run.
 
-    saliency loadtest --server HOST:PORT [--users 4] [--spawn-rate R] [--duration 60s]
+    saliency loadtest --server HOST:PORT [--http URL] [--users 4] [--spawn-rate R] [--duration 60s]
                       [--model efficientnet_lite0] [--out out/loadtest] [--tls-ca FILE]
                       [--think-time MIN,MAX] [--wait-ready SECONDS] [--locustfile FILE]
 
@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Load-test a saliency service with locust gRPC users; write CSVs and a chart.",
     )
     parser.add_argument("--server", required=True, metavar="HOST:PORT", help="the gRPC address")
+    parser.add_argument(
+        "--http", metavar="URL",
+        help="the HTTP API's base URL (e.g. http://127.0.0.1:8080): HTTP users run beside the gRPC ones",
+    )
     parser.add_argument("--users", type=int, default=4, help="concurrent users (default: 4)")
     parser.add_argument(
         "--spawn-rate", type=float, help="users started per second (default: all at once)"
@@ -428,6 +432,12 @@ def run(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     env["SALIENCY_LOADTEST_MODEL"] = args.model
     env["SALIENCY_LOADTEST_WAIT"] = _think_time(args.think_time)
+    if args.http:
+        if not re.fullmatch(r"https?://[^/\s]+/?", args.http):
+            raise UsageError(f"--http: {args.http!r} is not a base URL like http://127.0.0.1:8080")
+        env["SALIENCY_LOADTEST_HTTP"] = args.http.rstrip("/")
+    else:
+        env.pop("SALIENCY_LOADTEST_HTTP", None)
     if args.tls_ca:
         env["SALIENCY_TLS_CA"] = str(Path(args.tls_ca).resolve())
 
