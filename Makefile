@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 OUT ?= out
 
-.PHONY: run demo test soak bench lint clean
+.PHONY: run demo test test-unit soak bench lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,10 +30,19 @@ demo: $(STAMP)
 	    --methods vanilla,input_x_gradient,gradcam,gradcam_pp,eigencam,cam,ig,smoothgrad,rise,occlusion,scorecam,guided_backprop,guided_gradcam,deeplift,lrp,gradient_shap,xrai,kernel_shap,lime \
 	    --top-k 2 --out $(OUT)/chelsea --raw
 
-test: $(STAMP)
+# Everything (CI): the system tools first (`make tools`: helm, promtool, chromium); test
+# fixtures never install them.
+test: tools
 	$(BIN)/ruff check service tests bench handlers
 	$(BIN)/hadolint deploy/Dockerfile
 	$(BIN)/python -m pytest
+
+# The quick loop: no servers, no Java, no subprocesses, no apt/npm tools. tests/conftest.py marks
+# tests `integration` by what they and their fixtures start, and under SALIENCY_UNIT_TESTS=1 a
+# test that starts a gRPC server or a subprocess anyway fails, naming the marker.
+test-unit: $(STAMP)
+	$(BIN)/ruff check service tests bench handlers
+	SALIENCY_UNIT_TESTS=1 $(BIN)/python -m pytest -q -m "not integration and not slow"
 
 # The soak test of docs/service.md for 3 minutes per backend (`make test` runs it for 1).
 soak: $(STAMP)
@@ -64,7 +73,7 @@ LOADTEST_MODEL ?= tinycnn
 LOADTEST_PORT ?= 50061
 LOADTEST_METRICS_PORT ?= 9465
 
-.PHONY: tools promtool chromium chart loadtest alerts constraints image
+.PHONY: tools promtool chromium chart chart-check loadtest alerts constraints image
 
 $(HELM):
 	rm -rf $(TOOLS)/npm && mkdir -p $(TOOLS)/npm
@@ -94,7 +103,11 @@ tools: $(STAMP) $(HELM) promtool chromium
 
 # Lint the chart strictly, render it for the default values and every ci/*-values.yaml, and
 # validate the manifests against Kubernetes $(KUBE_VERSION)'s schemas (out/chart/*.yaml).
-chart: tools
+chart: tools chart-check
+
+# The same with the tools already there (the tests run this; `make test` runs `make tools`).
+chart-check: $(STAMP)
+	@[ -x $(HELM) ] || { echo "$(HELM) is missing: run make tools" >&2; exit 1; }
 	@mkdir -p $(OUT)/chart
 	@set -e; for values in default $(wildcard $(CHART)/ci/*-values.yaml); do \
 	  name=$$(basename $$values -values.yaml); flag=; [ $$values = default ] || flag="-f $$values"; \

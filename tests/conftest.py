@@ -1,8 +1,20 @@
-"""Shared fixtures: models load once per session; chunk-size measurements go to a temp dir."""
+"""Shared fixtures: models load once per session; chunk-size measurements go to a temp dir.
+
+Tests that start a server (gRPC, HTTP, TorchServe, Prometheus), run helm or any subprocess are
+marked `integration` here, from their own code and every fixture they use, so `make test-unit`
+(`-m "not integration and not slow"`) runs without them. Under SALIENCY_UNIT_TESTS=1 (set by
+`make test-unit`), starting a gRPC server or a subprocess anyway fails the test, naming the
+fix: the marking cannot silently miss one.
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
+import re
+import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -15,14 +27,107 @@ os.environ.setdefault("SALIENCY_CACHE_DIR", tempfile.mkdtemp(prefix="saliency-te
 from saliency.imaging import to_model_input  # noqa: E402
 from saliency.models import load_model  # noqa: E402
 
+# What starts a server or a process: the service (ServiceThread, ServerProcess, start_service),
+# a gRPC or HTTP server, TorchServe, Prometheus, helm/make, a browser, subprocesses.
+_STARTS_SOMETHING = re.compile(
+    r"\b(ServiceThread|ServerProcess|start_service|run_server|grpc\.(aio\.)?server|uvicorn|"
+    r"TorchServe\w*\(|torchserve|prometheus\b|subprocess\.|Popen|multiprocessing|"
+    r"sync_playwright|async_playwright)|\"make\""
+)
+
+
+@functools.cache
+def _starts_something(function) -> bool:
+    try:
+        return bool(_STARTS_SOMETHING.search(inspect.getsource(function)))
+    except (OSError, TypeError):  # built-in fixtures (tmp_path, ...) start nothing
+        return False
+
+
+@functools.cache
+def _starter_names(module) -> re.Pattern | None:
+    """Calls of the module's own functions that start something, directly or through one
+    another (a test that calls `start_server(...)` is as integration as one that uses a fixture)."""
+    functions = {
+        name: f for name, f in vars(module).items()
+        if inspect.isfunction(f) and f.__module__ == module.__name__
+    }
+    starters = {name for name, f in functions.items() if _starts_something(f)}
+    while True:
+        if not starters:
+            return None
+        calls = re.compile(r"\b(" + "|".join(map(re.escape, sorted(starters))) + r")\(")
+        more = {name for name, f in functions.items() if name not in starters and _calls(f, calls)}
+        if not more:
+            return calls
+        starters |= more
+
+
+def _calls(function, calls: re.Pattern) -> bool:
+    try:
+        return bool(calls.search(inspect.getsource(function)))
+    except (OSError, TypeError):
+        return False
+
+
+def _is_integration(item: pytest.Item) -> bool:
+    functions = [getattr(item, "function", None)]
+    definitions = getattr(item, "_fixtureinfo", None)
+    for name in getattr(item, "fixturenames", ()):
+        if name == "_unit_tests_start_nothing":  # the guard below names what it refuses
+            continue
+        functions += [f.func for f in (definitions.name2fixturedefs.get(name, ()) if definitions else ())]
+    calls = _starter_names(item.module) if getattr(item, "module", None) else None
+    return any(
+        f is not None and (_starts_something(f) or (calls is not None and _calls(f, calls))) for f in functions
+    )
+
 
 def pytest_collection_modifyitems(config, items):
+    integration = pytest.mark.integration
+    for item in items:
+        if _is_integration(item):
+            item.add_marker(integration)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+_REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_OURS = tuple(os.path.join(_REPOSITORY, d) + os.sep for d in ("tests", "service", "handlers", "bench"))
+
+
+def _refuse(what: str, original, only_ours: bool = False):
+    """A stand-in that fails the test; with only_ours, just for calls from this repository's
+    code (the standard library runs subprocesses of its own, e.g. platform.processor())."""
+
+    def refuse(*args, **kwargs):
+        caller = sys._getframe(1).f_code.co_filename
+        if only_ours and not caller.startswith(_OURS):
+            return original(*args, **kwargs)
+        raise RuntimeError(
+            f"a unit test started {what}: mark it `integration` (or use a fixture that does) "
+            "so `make test-unit` leaves it to `make test`"
+        )
+
+    return refuse
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_nothing(request, monkeypatch):
+    if os.environ.get("SALIENCY_UNIT_TESTS") != "1" or "integration" in request.keywords:
+        return
+    import grpc
+    import grpc.aio
+
+    monkeypatch.setattr(grpc, "server", _refuse("a gRPC server", grpc.server))
+    monkeypatch.setattr(grpc.aio, "server", _refuse("a gRPC server", grpc.aio.server))
+    for name in ("run", "check_output", "check_call", "call"):
+        original = getattr(subprocess, name)
+        monkeypatch.setattr(subprocess, name, _refuse("a subprocess", original, only_ours=True))
 
 
 @pytest.fixture(scope="session")

@@ -43,7 +43,7 @@ STORE = "/opt/saliency/model_store"
 
 @pytest.fixture(scope="module")
 def rendered() -> dict:
-    subprocess.run(["make", "-s", "tools"], cwd=ROOT, check=True, timeout=600)
+    assert HELM.exists(), "helm is missing: run `make tools` (`make test` does)"
     subprocess.run(["make", "-s", "models"], cwd=ROOT, check=True, timeout=900)
     out = subprocess.run(
         [str(HELM), "template", "saliency", str(CHART), "-f", str(CHART / "ci" / "torchserve-values.yaml"),
