@@ -307,3 +307,22 @@ def test_http_can_be_turned_off():
         assert service.stub().ListModels(pb.ListModelsRequest(), timeout=30).models
     finally:
         service.stop()
+
+
+def test_http_calls_get_spans_named_by_the_route_under_the_callers_trace():
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import format_trace_id
+
+    exporter = InMemorySpanExporter()
+    service = ServiceThread(with_config(models=(TINY,)), span_exporter=exporter)
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    try:
+        answer = post(service, f"/v1/models/{TINY}:explain", as_json(tiny_request()),
+                      headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"})
+        assert answer.status_code == 200
+    finally:
+        service.stop()
+    (span,) = [s for s in exporter.get_finished_spans() if s.name == routes.EXPLAIN]
+    assert format_trace_id(span.context.trace_id) == trace_id
+    assert span.attributes["saliency.model"] == TINY
+    assert span.attributes["saliency.request_id"] == answer.headers["x-request-id"]
