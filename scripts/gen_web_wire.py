@@ -18,8 +18,8 @@ import json
 import sys
 from pathlib import Path
 
-from saliency.wire.tables import ENUM_STRINGS, PARAMS_ONEOF
 from saliency.v1 import explainer_pb2 as pb
+from saliency.wire.tables import ENUM_STRINGS, PARAMS_ONEOF
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "service" / "saliency" / "http" / "static" / "wire.json"

@@ -81,6 +81,7 @@ async function init() {
   token.value = sessionStorage.getItem(TOKEN_KEY) ?? "";
   token.addEventListener("change", () => {
     const value = token.value.trim();
+    if (value === (sessionStorage.getItem(TOKEN_KEY) ?? "")) return; // a blur after Enter
     if (value) sessionStorage.setItem(TOKEN_KEY, value);
     else sessionStorage.removeItem(TOKEN_KEY);
     loadModels();
@@ -391,6 +392,7 @@ async function readEvents(stream, handle) {
 // Events are ExplainEvent JSON ({prediction} | {attribution} | {policy} | {quality}) or whole
 // ExplainResponse JSON; an error event carries {code, message, field}.
 function onEvent(name, data) {
+  state.run.eventMs = performance.now() - state.run.started; // maps of one event arrived together
   let event;
   try {
     event = JSON.parse(data);
@@ -416,7 +418,7 @@ function onResponse(response) {
 function onPrediction(response) {
   const run = state.run;
   run.predicted = true;
-  run.predictionMs = performance.now() - run.started;
+  run.predictionMs = run.eventMs;
   const list = $("predictions");
   list.replaceChildren(...(response.predictions ?? []).map((p, i) => {
     const index = p.classIndex ?? 0;
@@ -451,7 +453,7 @@ function onAttribution(a) {
   Object.assign(card, {
     done: true, values, height: shape[0], width: shape[1],
     region: a.region ?? null, stats: a.stats ?? {}, queueMs: a.queueMs ?? 0, computeMs: a.computeMs ?? 0,
-    arrivedMs: performance.now() - run.started,
+    arrivedMs: run.eventMs,
   });
   card.range = valueRange(values);
   card.node.classList.remove("pending");
