@@ -278,6 +278,9 @@ def test_the_cat_is_explained_with_gradcam_and_ig(explained):
     _set_opacity(page, 0.6)
     for method, canvas in canvases.items():
         assert page.evaluate(MOVED, canvas) < 0.5, method  # redrawn as it was
+    # Streamed: the prediction came with Grad-CAM (one pass), IG in a later event.
+    arrived = {m: int(page.get_attribute(f"article.card[data-method={m}]", "data-arrived-ms")) for m in canvases}
+    assert int(page.get_attribute("#prediction-panel", "data-arrived-ms")) == arrived["gradcam"] < arrived["ig"]
     ig_info = page.locator("article.card[data-method=ig] .info").inner_text()
     assert "completeness error" in ig_info and "n steps" in ig_info
     assert page.is_hidden("#error")
@@ -377,6 +380,29 @@ def test_an_api_error_is_shown_with_status_code_and_field(browser, server, cat_p
         page.click("#run")
         page.wait_for_selector("#error[data-field='targets.classes.indices']")
         assert "Not sent" in error.inner_text() and '"cat"' in error.inner_text()
+        assert tab.errors == []
+    finally:
+        tab.close()
+
+
+@needs_chromium
+def test_a_bundled_photograph_can_be_picked_and_a_non_image_is_refused(browser, server, tmp_path):
+    tab = _Page(browser, server.url)
+    try:
+        page = tab.page
+        assert page.is_disabled("#run")  # nothing to explain yet
+        fake = tmp_path / "notes.png"
+        fake.write_text("not a picture")
+        page.set_input_files("#file", str(fake))
+        page.wait_for_selector("#error[data-field=image]")
+        assert "notes.png is not a PNG, JPEG or WebP file" in page.inner_text("#error")
+        assert page.is_disabled("#run")
+        page.click("button.sample[data-sample=coffee]")
+        page.wait_for_selector("#preview:not([hidden])")
+        assert page.inner_text("#drop-text").startswith("coffee.jpg · 512×")
+        assert page.is_enabled("#run")
+        natural = page.evaluate("[document.getElementById('preview').naturalWidth, document.getElementById('preview').naturalHeight]")
+        assert max(natural) == 512
         assert tab.errors == []
     finally:
         tab.close()

@@ -214,8 +214,10 @@ function methodRequest(info) {
     } else {
       const value = Number(raw);
       if (input.dataset.default !== "" && value === Number(input.dataset.default)) continue;
-      // Not a number: sent as typed, for the service to name the field.
-      params[wire.fields[name] ?? name] = Number.isFinite(value) ? value : raw;
+      // Not a number, or an integer past 2^53 (seeds are int64): sent as typed, a JSON string
+      // protobuf's mapping reads exactly, or names the field when it cannot.
+      const exact = Number.isFinite(value) && (input.dataset.type !== "int" || Number.isSafeInteger(value));
+      params[wire.fields[name] ?? name] = exact ? value : raw;
     }
   }
   if (Object.keys(params).length) request[wire.oneof] = params;
@@ -273,10 +275,20 @@ function wireImageInputs() {
   }
 }
 
+// The format from the file's first bytes (what the service decodes by), not its name or MIME type.
+async function sniffFormat(blob) {
+  const b = new Uint8Array(await blob.slice(0, 12).arrayBuffer());
+  const ascii = (from, to) => String.fromCharCode(...b.slice(from, to));
+  if (b[0] === 0x89 && ascii(1, 4) === "PNG") return "PNG";
+  if (b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff) return "JPEG";
+  if (ascii(0, 4) === "RIFF" && ascii(8, 12) === "WEBP") return "WebP";
+  return null;
+}
+
 async function setImage(blob, name) {
   clearError();
-  if (!["image/png", "image/jpeg", "image/webp"].includes(blob.type)) {
-    showError(new FormError("image", `image: ${name} is ${blob.type || "of an unknown type"}; choose a PNG, JPEG or WebP`));
+  if (!(await sniffFormat(blob))) {
+    showError(new FormError("image", `image: ${name} is not a PNG, JPEG or WebP file`));
     return;
   }
   if (blob.size > MAX_IMAGE_BYTES) {
@@ -333,15 +345,16 @@ async function explain() {
   const timeout = $("timeout").value.trim();
   // Sent as typed: the service checks the range and names the header when it is wrong.
   const deadline = timeout ? { "x-request-timeout": timeout } : {};
-  body.image = await blobBase64(state.image.blob);
 
   resetResults();
   const controller = new AbortController();
-  state.run = { controller, methods: chosen, started: performance.now(), model, bitmap: state.image.bitmap, imageName: state.image.name, predicted: false };
+  const image = state.image;
+  state.run = { controller, methods: chosen, started: performance.now(), model, bitmap: image.bitmap, predicted: false };
   $("cancel").hidden = false;
   updateRunButton();
   setStatus("running", "Sending the image…");
   try {
+    body.image = await blobBase64(image.blob);
     const response = await fetch(`${API}/${encodeURIComponent(model.name)}:explainStream`, {
       method: "POST",
       headers: { "Content-Type": "application/json", Accept: "text/event-stream", ...deadline, ...authHeaders() },
@@ -431,6 +444,7 @@ function onPrediction(response) {
       el("span", { class: "prob" }, `${(probability * 100).toFixed(1)} %`));
   }));
   $("prediction-panel").hidden = false;
+  $("prediction-panel").dataset.arrivedMs = String(Math.round(run.predictionMs));
   $("view").hidden = false;
   $("empty").hidden = true;
   run.targets = (response.targets ?? []).map(Number);
@@ -458,6 +472,7 @@ function onAttribution(a) {
   card.range = valueRange(values);
   card.node.classList.remove("pending");
   card.node.dataset.state = "done";
+  card.node.dataset.arrivedMs = String(Math.round(card.arrivedMs));
   drawCard(card);
   fillCardInfo(card);
   updateProgress();
