@@ -54,7 +54,7 @@ def run(settings: Settings) -> list[Table]:
         methods=convert.method_requests_to_proto({"ig": {"n_steps": 64}}),
     )
     service = _Service(ServiceConfig(
-        port=0, metrics_port=0, models=(MODEL_NAME,), device=settings.device,
+        port=0, metrics_port=0, http_enabled=False, models=(MODEL_NAME,), device=settings.device,
         max_chunk=4, max_chunk_forward=4, reflection=False,
         explanation_cache_bytes=0,  # the deep load must be computed, not answered from the cache
     ))

@@ -69,7 +69,7 @@ def run(settings: Settings) -> list[Table]:
     w = reference_workload(settings.device)
     repeats = settings.pick(40, 10)
     base = ServiceConfig(
-        port=0, metrics_port=0, models=(MODEL_NAME,), device=settings.device,
+        port=0, metrics_port=0, http_enabled=False, models=(MODEL_NAME,), device=settings.device,
         max_chunk=8, max_chunk_forward=4, reflection=False,  # no chunk measurement: fast only
         explanation_cache_bytes=0,  # every call computes (hits: bench explanation_cache)
     )
