@@ -386,6 +386,27 @@ def test_an_api_error_is_shown_with_status_code_and_field(browser, server, cat_p
 
 
 @needs_chromium
+def test_stop_ends_the_stream_and_keeps_the_maps_that_came(browser, server, cat_png):
+    tab = _Page(browser, server.url)
+    try:
+        tab.choose(cat_png, ("gradcam", "ig"))
+        page = tab.page
+        page.click("[data-method=ig] details summary")
+        page.fill("#param-ig-n_steps", "512")
+        page.click("#run")
+        page.wait_for_selector("article.card[data-method=gradcam][data-state=done]", timeout=120_000)
+        assert page.get_attribute("article.card[data-method=ig]", "data-state") == "pending"
+        page.click("#cancel")
+        page.wait_for_selector("#status[data-state=stopped]")
+        assert page.get_attribute("article.card[data-method=ig]", "data-state") == "missing"
+        assert page.get_attribute("article.card[data-method=gradcam]", "data-state") == "done"
+        assert page.is_hidden("#error") and page.is_enabled("#run")
+        assert tab.errors == []
+    finally:
+        tab.close()
+
+
+@needs_chromium
 def test_a_bundled_photograph_can_be_picked_and_a_non_image_is_refused(browser, server, tmp_path):
     tab = _Page(browser, server.url)
     try:

@@ -447,6 +447,8 @@ function onPrediction(response) {
   $("prediction-panel").dataset.arrivedMs = String(Math.round(run.predictionMs));
   $("view").hidden = false;
   $("empty").hidden = true;
+  // One column (a phone): the results are below the form, bring them up.
+  if (matchMedia("(max-width: 860px)").matches) $("prediction-panel").scrollIntoView({ behavior: "smooth" });
   run.targets = (response.targets ?? []).map(Number);
   state.targets = run.targets;
   // A placeholder per expected map, so the grid shows what is still coming.
