@@ -1,16 +1,17 @@
 """Method parameters on the wire: `MethodRequest` <-> {registry name: params dataclass}.
 
-Holds the method tables (`Method` enum <-> registry name, which `params` oneof member carries
-each method, proto enum <-> params string), decodes a request's `MethodRequest`s into
-validated params (server side), encodes params back (client side), and describes each
-method's parameters for `ListModels`.
+Holds the method tables (`Method` enum <-> registry name, and which `params` oneof member
+carries each method: views of the registry; proto enum <-> params string: `ENUM_STRINGS` of
+`saliency.wire.tables`, shared with the torch-free client), decodes a request's
+`MethodRequest`s into validated params (server side), encodes params back (client side), and
+describes each method's parameters for `ListModels`.
 
 Method parameters are converted generically: each params dataclass field has a proto field of
-the same name; `str` fields map to proto enums through the tables below, `optional` scalars
+the same name; `str` fields map to proto enums through `ENUM_STRINGS`, `optional` scalars
 fall back to the dataclass default when unset, and enum value 0 (UNSPECIFIED) means default.
-The bounds and choices that `ListModels` reports come from the fields' `metadata`, so the
-params classes are the single source of truth. Errors name the request path to fix, e.g.
-`methods[1].integrated_gradients.n_steps`.
+The bounds and choices that `ListModels` reports and those enforced both come from the fields'
+`metadata` (`registry.check_field`), so the params classes are the single source of truth.
+Errors name the request path to fix, e.g. `methods[1].integrated_gradients.n_steps`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from saliency.attribution.registry import (
 )
 from saliency.errors import InvalidArgument, SaliencyError, require
 from saliency.v1 import explainer_pb2 as pb
+from saliency.wire.tables import ENUM_STRINGS, enum_label
 
 # ------------------------------------------------------------------------------ enum tables
 
@@ -49,71 +51,6 @@ PARAMS_ONEOF: Mapping[str, str] = RegistryView(
     lambda methods: {METHOD_NAMES[v]: methods[METHOD_NAMES[v]].oneof for v in METHOD_NAMES}
 )
 
-# Proto enum (by full name) -> {value: the params field's string}. Value 0 (UNSPECIFIED) is
-# absent on purpose: it means "the dataclass default", which may differ per method.
-ENUM_STRINGS: dict[str, dict[int, str]] = {
-    "saliency.v1.ChannelReduction": {
-        pb.CHANNEL_REDUCTION_MAX: "max",
-        pb.CHANNEL_REDUCTION_SUM: "sum",
-        pb.CHANNEL_REDUCTION_L2: "l2",
-    },
-    "saliency.v1.IntegrationRule": {
-        pb.INTEGRATION_RULE_GAUSS_LEGENDRE: "gausslegendre",
-        pb.INTEGRATION_RULE_RIEMANN_LEFT: "riemann_left",
-        pb.INTEGRATION_RULE_RIEMANN_RIGHT: "riemann_right",
-        pb.INTEGRATION_RULE_RIEMANN_MIDDLE: "riemann_middle",
-        pb.INTEGRATION_RULE_RIEMANN_TRAPEZOID: "riemann_trapezoid",
-    },
-    "saliency.v1.Baseline": {
-        pb.BASELINE_ZEROS: "zeros",
-        pb.BASELINE_BLACK: "black",
-        pb.BASELINE_BLUR: "blur",
-        pb.BASELINE_UNIFORM: "uniform",
-        pb.BASELINE_CUSTOM: "custom",
-    },
-    "saliency.v1.LrpRule": {
-        pb.LRP_RULE_EPSILON: "epsilon",
-        pb.LRP_RULE_GAMMA: "gamma",
-        pb.LRP_RULE_ALPHA1_BETA0: "alpha1_beta0",
-        pb.LRP_RULE_ALPHA2_BETA1: "alpha2_beta1",
-    },
-    "saliency.v1.ScoreCamWeighting": {
-        pb.SCORE_CAM_WEIGHTING_CHANNEL_SOFTMAX: "channel_softmax",
-        pb.SCORE_CAM_WEIGHTING_CLASS_PROBABILITY: "class_probability",
-    },
-    "saliency.v1.AttentionHeadFusion": {
-        pb.ATTENTION_HEAD_FUSION_MEAN: "mean",
-        pb.ATTENTION_HEAD_FUSION_MAX: "max",
-        pb.ATTENTION_HEAD_FUSION_MIN: "min",
-    },
-    "saliency.v1.Interpolation": {
-        pb.INTERPOLATION_BILINEAR: "bilinear",
-        pb.INTERPOLATION_NEAREST: "nearest",
-    },
-    "saliency.v1.SmoothGradAggregate": {
-        pb.SMOOTH_GRAD_AGGREGATE_MEAN: "mean",
-        pb.SMOOTH_GRAD_AGGREGATE_SQUARE: "square",
-        pb.SMOOTH_GRAD_AGGREGATE_VARIANCE: "variance",
-    },
-    "saliency.v1.ReferenceSet": {
-        pb.REFERENCE_SET_PHOTOS: "photos",
-        pb.REFERENCE_SET_UNIFORM: "uniform",
-        pb.REFERENCE_SET_BLACK_WHITE: "black_white",
-        pb.REFERENCE_SET_CUSTOM: "custom",
-    },
-    "saliency.v1.XraiBaseline": {
-        pb.XRAI_BASELINE_BLACK_WHITE: "black_white",
-        pb.XRAI_BASELINE_BLACK: "black",
-        pb.XRAI_BASELINE_ZEROS: "zeros",
-    },
-    "saliency.v1.SuperpixelBaseline": {
-        pb.SUPERPIXEL_BASELINE_ZEROS: "zeros",
-        pb.SUPERPIXEL_BASELINE_MEAN: "mean",
-        pb.SUPERPIXEL_BASELINE_SEGMENT_MEAN: "segment_mean",
-        pb.SUPERPIXEL_BASELINE_BLUR: "blur",
-    },
-}
-
 
 def method_enum(name: str) -> int:
     """Registry name ("ig") -> `Method` enum value (METHOD_INTEGRATED_GRADIENTS)."""
@@ -123,12 +60,6 @@ def method_enum(name: str) -> int:
             "methods",
         )
     return _METHOD_VALUES[name]
-
-
-def enum_label(enum_type: Any, value: int) -> str:
-    """The proto name of an enum value, or the number when this stub does not know it."""
-    known = enum_type.values_by_number.get(value)
-    return known.name if known is not None else str(value)
 
 
 def method_name(value: int) -> str:

@@ -113,8 +113,9 @@ class DeepCosts:
     """(deep samples, bytes of per-task state) a request will queue, for admission: planned
     (no heavy work) for a blank input of the model's size on a thread, and remembered per
     (model, targets, methods and parameters, policy), so a repeated request is admitted with a
-    look-up. A plan for class 0 costs what any class's does; superpixel methods are counted at
-    their n_samples bound; a latency budget fits its deep work to the budget itself."""
+    look-up. A plan for class 0 costs what any class's does; samples are each method's
+    registered count (superpixel methods: their n_samples bound); a latency budget fits its
+    deep work to the budget itself."""
 
     def __init__(self, entries: int = 1024):
         self.entries = entries
@@ -140,8 +141,9 @@ def _plan_cost(model, targets, deep: dict[str, Any], policy: Any) -> tuple[int, 
     n_targets = len(targets.classes) if targets.classes else targets.top_k
     samples = state = 0
     for name, params in deep.items():
-        task = get_method(name).plan(model, x, 0, params)
-        samples += max(task.n_samples, getattr(params, "n_samples", 0))
+        info = get_method(name)
+        task = info.plan(model, x, 0, params)
+        samples += info.sample_count(params, task=task)  # the registered count, else the plan's
         state += task.memory_bytes
     return n_targets * samples, n_targets * state
 

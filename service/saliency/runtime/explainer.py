@@ -47,10 +47,10 @@ from saliency.quality.evaluate import (
 )
 from saliency.quality.policy import (
     FALLBACKS,
-    IG_START_STEPS,
     Costs,
     MethodChoice,
     PolicyDecision,
+    budget_samples,
     next_ig_round,
     plan_within_budget,
 )
@@ -469,7 +469,9 @@ class Runtime:
         if policy.latency_budget_ms is None:
             return _Plan(deep, {}, None, PolicyDecision(True, uncertain))
         kinds = {name: get_method(name).kind for name in job.methods}
-        samples = {name: self._samples_per_target(worker, job, result, name, p) for name, p in deep.items()}
+        samples = {
+            name: budget_samples(name, p, worker.model, job.x, result.targets[0]) for name, p in deep.items()
+        }
         tracker = worker.costs
         costs = Costs(tracker.sample_seconds, worker.executor.pending_samples, spent)
         fallbacks = {FALLBACKS[name] for name in deep}
@@ -490,15 +492,6 @@ class Runtime:
             decision.choices = [c for c in decision.choices if not (c.requested == c.chosen == "ig")]
         ig = (budget.ig_params, budget.ig_steps) if budget.ig_params is not None else None
         return _Plan(budget.deep, budget.fast_extra, ig, decision)
-
-    def _samples_per_target(self, worker: ModelWorker, job: ExplainJob, result: FastResult, name: str, params: Any) -> int:
-        """Deep samples one target's map of `name` needs (IG: its smallest round)."""
-        if name == "ig":
-            return min(IG_START_STEPS, params.n_steps) + 2
-        counts = {"smoothgrad": lambda p: p.n_samples, "rise": lambda p: p.n_masks}
-        if name in counts:
-            return counts[name](params)
-        return get_method(name).plan(worker.model, job.x, result.targets[0], params).n_samples
 
     # ---- evaluate --------------------------------------------------------------------------
 
