@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from saliency.attribution.rectifiers import parse_rectifier
 from saliency.attribution.relevance import RelevanceRules, relevance_mode
 from saliency.errors import InvalidArgument
 
@@ -253,36 +254,6 @@ def _rescale_multiplier(x: torch.Tensor, y: torch.Tensor, upper: float | None) -
     return torch.where(far[:, None], ratio[:, None], derivative.to(x.dtype)).flatten(0, 1)
 
 
-def _relu_args(x: torch.Tensor, inplace: bool = False) -> tuple[torch.Tensor, float | None, bool]:
-    return x, None, inplace
-
-
-def _relu6_args(x: torch.Tensor, inplace: bool = False) -> tuple[torch.Tensor, float | None, bool]:
-    return x, 6.0, inplace
-
-
-def _hardtanh_args(
-    x: torch.Tensor, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False
-) -> tuple[torch.Tensor, float | None, bool] | None:
-    # Only hardtanh(0, m) is a rectifier (nn.ReLU6 calls hardtanh(x, 0, 6)); others keep autograd's rule.
-    return (x, float(max_val), inplace) if min_val == 0 and max_val > 0 else None
-
-
-# Every public spelling of the rectifiers nn.ReLU and nn.ReLU6 reach, with its argument parser
-# -> (input, upper bound or None, whether the call is in place).
-_RECTIFIERS: dict[Callable, Callable[..., tuple[torch.Tensor, float | None, bool] | None]] = {
-    F.relu: _relu_args,
-    F.relu_: lambda x: (x, None, True),
-    torch.relu: _relu_args,
-    torch.relu_: lambda x: (x, None, True),
-    torch.Tensor.relu: _relu_args,
-    torch.Tensor.relu_: lambda x: (x, None, True),
-    F.relu6: _relu6_args,
-    F.hardtanh: _hardtanh_args,
-    F.hardtanh_: lambda x, min_val=-1.0, max_val=1.0: _hardtanh_args(x, min_val, max_val, True),
-}
-
-
 def _max_pool_args(
     x: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False
 ) -> tuple:
@@ -327,12 +298,6 @@ class _RescaleMaxPool(torch.autograd.Function):
         rescaled = torch.where(far, reached / torch.where(far, dx, 1.0), 0.0)
         plain = unpool(grad).unflatten(0, (-1, 2))
         return torch.where(far[:, None], rescaled[:, None], plain).flatten(0, 1), None
-
-
-def parse_rectifier(func: Callable, args: tuple, kwargs: dict) -> tuple[torch.Tensor, float | None, bool] | None:
-    """(input, upper bound or None, in place) when `func(*args, **kwargs)` is a ReLU / ReLU6."""
-    parse = _RECTIFIERS.get(func)
-    return parse(*args, **kwargs) if parse is not None else None
 
 
 class _BackwardRuleMode(TorchFunctionMode):

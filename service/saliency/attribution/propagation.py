@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from saliency.attribution.rectifiers import parse_rectifier
+
 GUIDED, RESCALE, LRP = "guided", "rescale", "lrp"
 FAMILIES = (GUIDED, RESCALE, LRP)
 _ALL = frozenset(FAMILIES)
@@ -86,8 +88,6 @@ def op_name(func: Callable) -> str:
 def op_rules(func: Callable, args: Sequence, kwargs: dict, dependent: int) -> frozenset[str]:
     """The rule families (GUIDED, RESCALE, LRP) that handle `func(*args, **kwargs)`, a call with
     `dependent` arguments that depend on the model's input."""
-    from saliency.attribution.hooks import parse_rectifier
-
     if func in _ROUTE or op_name(func).split(".")[-1] in _ROUTE_PROPERTIES and op_name(func).startswith("Tensor."):
         if func in (F.dropout, F.dropout2d) and _flag(args, kwargs, "training", 2, default=True):
             return frozenset()

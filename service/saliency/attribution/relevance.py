@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from saliency.attribution.rectifiers import parse_rectifier
+
 LRP_RULES = ("epsilon", "gamma", "alpha1_beta0", "alpha2_beta1")
 STABILIZER = 1e-9  # keeps denominators off zero (Captum's PropagationRule.STABILITY_FACTOR)
 
@@ -226,10 +228,7 @@ class _RelevanceMode(TorchFunctionMode):
 
     def __init__(self, rules: RelevanceRules):
         super().__init__()
-        from saliency.attribution.hooks import parse_rectifier  # hooks imports this module
-
         self.rules = rules
-        self.parse_rectifier = parse_rectifier  # one table of ReLU / ReLU6 spellings
         # id(z) -> (z, x, layer) for the latest conv / linear outputs: a BatchNorm reading one
         # of them is folded into that layer.
         self.layer_outputs: dict[int, tuple[torch.Tensor, torch.Tensor, _Affine]] = {}
@@ -253,7 +252,7 @@ class _RelevanceMode(TorchFunctionMode):
             ):
                 return _SumRelevance.apply(a, b)
             return func(*args, **kwargs)
-        parsed = self.parse_rectifier(func, args, kwargs)
+        parsed = parse_rectifier(func, args, kwargs)
         if parsed is None:
             return func(*args, **kwargs)
         x, upper, inplace = parsed

@@ -43,6 +43,7 @@ from torch.utils._pytree import tree_leaves
 
 from saliency.attribution.hooks import is_fused_attention, trace_module_calls
 from saliency.attribution.propagation import FAMILIES, op_name, op_rules
+from saliency.attribution.rectifiers import parse_rectifier
 from saliency.errors import InvalidArgument
 
 PROBE_BATCH = 2
@@ -243,8 +244,6 @@ class _Trace(TorchFunctionMode):
         return out
 
     def _note_layers(self, func, args, kwargs, results) -> None:
-        from saliency.attribution.hooks import parse_rectifier
-
         try:
             if parse_rectifier(func, tuple(args), dict(kwargs)) is not None:
                 self.rectifiers += 1

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from saliency.attribution.baselines import gaussian_blur
 from saliency.attribution.executor import ChunkOutput, DeepTask, SampleStream
-from saliency.attribution.methods.integrated_gradients import gaussian_blur
 from saliency.attribution.types import Attribution
 
 DELETION_FILL = 0.0  # model-input space: the mean colour
