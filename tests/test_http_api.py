@@ -44,6 +44,8 @@ def tiny_request(**changes) -> pb.ExplainRequest:
         if name == "methods":
             del request.methods[:]
             request.methods.extend(value)
+        elif name == "targets":
+            request.targets.CopyFrom(value)
         else:
             setattr(request, name, value)
     return request
@@ -326,3 +328,33 @@ def test_http_calls_get_spans_named_by_the_route_under_the_callers_trace():
     assert format_trace_id(span.context.trace_id) == trace_id
     assert span.attributes["saliency.model"] == TINY
     assert span.attributes["saliency.request_id"] == answer.headers["x-request-id"]
+
+
+def test_sigterm_lets_http_calls_in_flight_finish():
+    import signal
+    import threading
+    import time
+
+    from service_harness import ServerProcess
+
+    server = ServerProcess("--models", TINY, "--max-chunk", "4", "--max-chunk-forward", "4", "--grace-s", "30")
+    try:
+        body = as_json(tiny_request(targets=pb.Targets(top_k=5), methods=[
+            method(pb.METHOD_SMOOTHGRAD, n_samples=1024), method(pb.METHOD_INTEGRATED_GRADIENTS, n_steps=1024)]))
+        answers = []
+        call = threading.Thread(target=lambda: answers.append(
+            httpx.post(server.http_url + f"/v1/models/{TINY}:explain", json=body, timeout=120)))
+        call.start()
+        deadline = time.monotonic() + 60
+        while server.metric("saliency_inflight_requests", {"model": TINY}) < 1:  # the call is being served
+            assert time.monotonic() < deadline and call.is_alive(), "the call never started"
+            time.sleep(0.05)
+        server.process.send_signal(signal.SIGTERM)
+        call.join(timeout=120)
+        assert answers and answers[0].status_code == 200, answers and answers[0].text
+        assert len(answers[0].json()["attributions"]) == 10
+        assert server.process.wait(timeout=60) == 0
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(server.http_url + "/v1/models", timeout=5)
+    finally:
+        server.stop()
