@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 
@@ -26,8 +27,8 @@ from saliency.api.reload import (
 from saliency.api.servicer import ExplainerServicer
 from saliency.http.app import HttpApi
 from saliency.http.server import HttpServer
-from saliency.runtime.backend import Backend, make_backend
-from saliency.runtime.config import ServiceConfig, check_tls
+from saliency.runtime.backend import Backend
+from saliency.runtime.config import BACKENDS, ServiceConfig, check_tls
 from saliency.runtime.logs import configure_logging
 from saliency.runtime.metrics import Metrics
 from saliency.runtime.tracing import make_tracer_provider, tracer_from
@@ -143,6 +144,20 @@ def _connection_age_options(config: ServiceConfig) -> list[tuple[str, int]]:
     if config.max_connection_age_grace_s > 0:
         options.append(("grpc.max_connection_age_grace_ms", max(1, round(config.max_connection_age_grace_s * 1000))))
     return options
+
+
+def make_backend(config: ServiceConfig, metrics: Metrics, tracer: trace.Tracer) -> Backend:
+    """The configured backend, with its models loaded (blocking). The composition root: the
+    runtime and the backends know nothing of each other; only the service chooses."""
+    if config.backend == "embedded":
+        from saliency.runtime.explainer import Runtime
+
+        return Runtime(config, metrics, tracer)
+    if config.backend == "torchserve":  # imported only when chosen: TorchServe is optional
+        from saliency.backends.torchserve import TorchServeBackend
+
+        return TorchServeBackend(config, metrics, tracer)
+    raise ValueError(f"config backend: {config.backend!r} is not one of {BACKENDS}")
 
 
 async def start_service(config: ServiceConfig, span_exporter: SpanExporter | None = None) -> RunningService:

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
-from opentelemetry import trace
 
 from saliency.attribution.fast import FastResult
 from saliency.attribution.types import Attribution, Targets
@@ -22,8 +21,6 @@ from saliency.quality.evaluate import EvaluateOptions, QualityScore
 from saliency.quality.policy import PolicyDecision, PolicyOptions
 from saliency.quality.sanity import SanityResult
 from saliency.runtime.admission import Admission
-from saliency.runtime.config import BACKENDS, ServiceConfig
-from saliency.runtime.metrics import Metrics
 
 
 @dataclass(frozen=True)
@@ -149,16 +146,3 @@ def check_model(backend: Backend, name: str) -> ModelSpec:
             "model",
         )
     return backend.models[name]
-
-
-def make_backend(config: ServiceConfig, metrics: Metrics, tracer: trace.Tracer) -> Backend:
-    """The configured backend, with its models loaded (blocking)."""
-    if config.backend == "embedded":
-        from saliency.runtime.explainer import Runtime
-
-        return Runtime(config, metrics, tracer)
-    if config.backend == "torchserve":
-        from saliency.backends.torchserve import TorchServeBackend
-
-        return TorchServeBackend(config, metrics, tracer)
-    raise ValueError(f"config backend: {config.backend!r} is not one of {BACKENDS}")
