@@ -11,57 +11,33 @@ from typing import Any
 from saliency.errors import InvalidArgument
 from saliency.v1 import explainer_pb2 as pb
 
-METHOD_NAMES: dict[int, str] = {
-    pb.METHOD_VANILLA: "vanilla",
-    pb.METHOD_INPUT_X_GRADIENT: "input_x_gradient",
-    pb.METHOD_GRADCAM: "gradcam",
-    pb.METHOD_GRADCAM_PP: "gradcam_pp",
-    pb.METHOD_EIGENCAM: "eigencam",
-    pb.METHOD_INTEGRATED_GRADIENTS: "ig",
-    pb.METHOD_SMOOTHGRAD: "smoothgrad",
-    pb.METHOD_RISE: "rise",
-    pb.METHOD_CAM: "cam",
-    pb.METHOD_SCORECAM: "scorecam",
-    pb.METHOD_OCCLUSION: "occlusion",
-    pb.METHOD_GUIDED_BACKPROP: "guided_backprop",
-    pb.METHOD_DECONVNET: "deconvnet",
-    pb.METHOD_GUIDED_GRADCAM: "guided_gradcam",
-    pb.METHOD_DEEPLIFT: "deeplift",
-    pb.METHOD_LRP: "lrp",
-    pb.METHOD_GRADIENT_SHAP: "gradient_shap",
-    pb.METHOD_XRAI: "xrai",
-    pb.METHOD_KERNEL_SHAP: "kernel_shap",
-    pb.METHOD_LIME: "lime",
-    pb.METHOD_ATTENTION_ROLLOUT: "attention_rollout",
-    pb.METHOD_RAW_ATTENTION: "raw_attention",
-}
-METHOD_VALUES = {name: value for value, name in METHOD_NAMES.items()}
-
-# Which member of MethodRequest's `params` oneof carries each method's parameters.
-PARAMS_ONEOF: dict[str, str] = {
+# A method's name is its Method value's name without "METHOD_", lower-cased, and its parameters
+# travel in the `params` oneof member of that name, except as listed here. The server declares
+# both in each method's `register(...)` (attribution/registry.py, which needs torch);
+# tests/test_method_registry.py checks these agree, so a new method that follows the convention
+# needs no line here.
+_NAME_EXCEPTIONS: dict[int, str] = {pb.METHOD_INTEGRATED_GRADIENTS: "ig"}
+_ONEOF_EXCEPTIONS: dict[str, str] = {
     "vanilla": "gradient",
     "input_x_gradient": "gradient",
     "gradcam": "cam",
     "gradcam_pp": "cam",
     "eigencam": "cam",
     "ig": "integrated_gradients",
-    "smoothgrad": "smoothgrad",
-    "rise": "rise",
-    "cam": "cam",
-    "scorecam": "scorecam",
-    "occlusion": "occlusion",
-    "kernel_shap": "kernel_shap",
-    "lime": "lime",
-    "guided_backprop": "guided_backprop",
     "deconvnet": "guided_backprop",
-    "guided_gradcam": "guided_gradcam",
-    "deeplift": "deeplift",
-    "lrp": "lrp",
-    "gradient_shap": "gradient_shap",
-    "xrai": "xrai",
     "attention_rollout": "attention",
     "raw_attention": "attention",
 }
+
+METHOD_NAMES: dict[int, str] = {
+    v.number: _NAME_EXCEPTIONS.get(v.number, v.name.removeprefix("METHOD_").lower())
+    for v in sorted(pb.Method.DESCRIPTOR.values, key=lambda v: v.number)
+    if v.number != pb.METHOD_UNSPECIFIED
+}
+METHOD_VALUES = {name: value for value, name in METHOD_NAMES.items()}
+
+# Which member of MethodRequest's `params` oneof carries each method's parameters.
+PARAMS_ONEOF: dict[str, str] = {name: _ONEOF_EXCEPTIONS.get(name, name) for name in METHOD_NAMES.values()}
 
 # Proto enum (by full name) -> {value: the params field's string}. Value 0 (UNSPECIFIED) is
 # absent on purpose: it means "the method's default", which may differ per method.
