@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from saliency.models.probe import ModelProfile
 
 ZOO_DIR = Path(__file__).parent / "zoo"
-ZOO = ("efficientnet_lite0", "tinycnn", "vit_ti16", "tinyvit")  # in the order they are listed
+ZOO = ("efficientnet_lite0", "tinycnn", "vit_ti16", "tinyvit", "tinyvit_digits")  # in the order they are listed
 
 
 @dataclass(frozen=True)
