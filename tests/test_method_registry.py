@@ -318,6 +318,8 @@ def test_registration_refuses_what_would_break_later():
         register("toy_no_fallback", "deep", ScaledScoreParams, "deep without a fallback")
     with pytest.raises(InvalidArgument, match="needs_from_pass"):
         register("toy_bad_need", "fast", GradientPowerParams, "?", needs_from_pass=("logits_squared",))
+    with pytest.raises(InvalidArgument, match="class-agnostic"):
+        register("toy_agnostic_grad", "fast", GradientPowerParams, "?", needs_from_pass=(INPUT_GRAD,), class_agnostic=True)
     with pytest.raises(InvalidArgument, match="example"):
         register("toy_bad_example", "fast", GradientPowerParams, "?", example={"exponent": 2})
     with pytest.raises(InvalidArgument, match="together"):

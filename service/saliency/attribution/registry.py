@@ -155,6 +155,11 @@ def register(
         require(fallback is None and samples is None, f"{name}.fallback", "only for deep methods")
         bad = sorted(needs_set - set(PASS_NEEDS))
         require(not bad, f"{name}.needs_from_pass", f"{bad} not among {PASS_NEEDS}")
+        require(
+            not (class_agnostic and needs_set & {INPUT_GRAD, CAM_GRAD}),
+            f"{name}.class_agnostic",
+            "a gradient is taken for a target: a class-agnostic method cannot need one",
+        )
         if supports is None and needs_set:
             supports = needs(*(_NEED_SUPPORT[n] for n in PASS_NEEDS if n in needs_set))
 
