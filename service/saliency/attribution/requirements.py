@@ -1,7 +1,8 @@
 """What a method needs from a model, as predicates over what the model probe found.
 
-A method registers `supports=needs(INPUT_GRADIENT, CAM_LAYER, ...)`; the predicate takes the
-model's spec and returns None when the method can explain it, else why not. The answer comes
+A method registers `supports=needs(INPUT_GRADIENT, CAM_LAYER, ...)` (a fast method that gives
+none gets what its declared needs from the pass imply: registry.register); the predicate takes
+the model's spec and returns None when the method can explain it, else why not. The answer comes
 from the spec (its CAM layer, head and attention layers, which the probe filled in at load) and
 the probe's profile (`models/probe.py`), so ListModels, `saliency models`, `saliency models
 inspect` and request validation all give the same one.

@@ -68,7 +68,6 @@ class RawAttentionParams(AttentionParams):
     method: ClassVar[str] = "raw_attention"
 
 
-
 def check_layers(model: LoadedModel, params: AttentionParams) -> None:
     """Before the forward: the model has its attention layers, and `params.layer` exists."""
     spec = model.spec
