@@ -19,21 +19,22 @@ from typing import Any
 
 import numpy as np
 
-from saliency.api.convert import OutputOptions
 from saliency.attribution.limits import Limits
-from saliency.cli import (
+from saliency.cli_common import (
     USAGE_ERROR,
-    _fail,
-    build_parser,
+    fail,
     make_out_dir,
+    parse_list,
     parse_methods,
     parse_params,
+    parse_randomizations,
     parse_targets,
     read_image,
     report,
 )
 from saliency.errors import InvalidArgument, NotFound, require
 from saliency.runtime.config import ServiceConfig, load_config
+from saliency.wire.types import OutputOptions
 
 TOKEN_ENV = "SALIENCY_TOKEN"
 # The server checks n_steps & co. against its own limits; here only what travels (int32).
@@ -62,7 +63,7 @@ def connect(args: argparse.Namespace) -> Any:
 def _rpc_failed(exc: Any, server: str) -> int:
     code = exc.code().name if exc.code() is not None else "UNKNOWN"
     details = " ".join((exc.details() or "").split())  # one line, whatever the server sent
-    _fail(f"saliency: {server}: {code}: {details}")
+    fail(f"saliency: {server}: {code}: {details}")
     return USAGE_ERROR if code in _CALLER_CODES else 1
 
 
@@ -123,7 +124,6 @@ def sanity(args: argparse.Namespace) -> int:
     """`saliency sanity ... --server HOST:PORT`: the SanityCheck RPC; prints the same table."""
     import grpc
 
-    from saliency.cli import parse_list, parse_randomizations
     from saliency.quality.report import format_sanity_rows
 
     params = parse_params(parse_methods(args.methods), args.param, UNBOUNDED_LIMITS)
@@ -267,7 +267,9 @@ def config_from_args(args: argparse.Namespace) -> ServiceConfig:
 
 def serve_config(argv: Sequence[str]) -> ServiceConfig:
     """argv after `saliency serve` -> ServiceConfig, without starting anything (for tests)."""
-    return config_from_args(build_parser().parse_args(["serve", *argv]))
+    parser = argparse.ArgumentParser(prog="saliency serve")
+    add_serve_arguments(parser)
+    return config_from_args(parser.parse_args(list(argv)))
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -280,7 +282,7 @@ def serve(args: argparse.Namespace) -> int:
         config = config_from_args(args)
         otlp_target(config.otlp_endpoint)  # a bad tracing setting stops here, in one line
     except (ValueError, OSError, yaml.YAMLError) as exc:
-        return _fail(f"saliency serve: {' '.join(str(exc).split())}")
+        return fail(f"saliency serve: {' '.join(str(exc).split())}")
     from saliency.api.server import run_server
     from saliency.errors import SaliencyError
 
@@ -289,4 +291,4 @@ def serve(args: argparse.Namespace) -> int:
     # A model config that does not fit its model, a tokens or TLS file that cannot serve: the
     # service refuses to start, in one line that names the setting.
     except (SaliencyError, ValueError, OSError) as exc:
-        return _fail(f"saliency serve: {' '.join(str(exc).split())}")
+        return fail(f"saliency serve: {' '.join(str(exc).split())}")
