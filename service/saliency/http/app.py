@@ -156,7 +156,10 @@ class HttpApi:
         context = RequestContext(header_id[:128] or uuid.uuid4().hex)
         CURRENT_REQUEST.set(context)
         caller = get_current_span(extract(dict(request.headers))).get_span_context()
-        peer = f"ipv4:{request.client.host}:{request.client.port}" if request.client else ""
+        peer = ""
+        if request.client:  # as gRPC writes peers
+            host = request.client.host
+            peer = f"ipv6:[{host}]:{request.client.port}" if ":" in host else f"ipv4:{host}:{request.client.port}"
         served = _Served(route, context, format_trace_id(caller.trace_id) if caller.is_valid else "", peer)
         code = grpc.StatusCode.OK
         streaming = False
@@ -252,10 +255,14 @@ class HttpApi:
             return self._error(CallAborted(grpc.StatusCode.NOT_FOUND, f"model: {model[:128]!r} is not served", "model"))
         return JSONResponse({"name": model, "ready": True})
 
-    async def _native_request(self, request: Request, served: _Served, model: str, body: bytes) -> pb.ExplainRequest:
-        message = await self.servicer.off_loop(
-            codec.parse_message, body, request.headers.get("content-type"), pb.ExplainRequest
-        )
+    async def _native_request(self, request: Request, served: _Served, model: str, body: bytes | dict) -> pb.ExplainRequest:
+        """The ExplainRequest of a body (bytes, or JSON already parsed), checked against the URL."""
+        if isinstance(body, dict):
+            message = await self.servicer.off_loop(codec.message_from_dict, body, pb.ExplainRequest)
+        else:
+            message = await self.servicer.off_loop(
+                codec.parse_message, body, request.headers.get("content-type"), pb.ExplainRequest
+            )
         if not message.model:
             message.model = model
         elif message.model != model:
@@ -275,9 +282,9 @@ class HttpApi:
     async def _explain(self, request: Request, served: _Served, model: str) -> Response:
         body = await self._body(request, served)
         if codec.media_type(request.headers.get("content-type")) == codec.JSON:
-            value = await self.servicer.off_loop(codec.json_object, body)
-            if "instances" in value:  # KServe V1 shares this path; ExplainRequest has no `instances`
-                return await self._kserve_parsed(request, served, model, value, explain=True)
+            body = await self.servicer.off_loop(codec.json_object, body)
+            if "instances" in body:  # KServe V1 shares this path; ExplainRequest has no `instances`
+                return await self._kserve_parsed(request, served, model, body, explain=True)
         message = await self._native_request(request, served, model, body)
         call = self._call(request)
         response = await self._core(request, call, self.servicer.explain(message, call, rpc=EXPLAIN))
