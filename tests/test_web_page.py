@@ -29,6 +29,10 @@ CHROMIUM = Path("/usr/bin/chromium")
 OUT = ROOT / "out" / "web-page"
 MODEL = "efficientnet_lite0"
 TOKEN = "web-page-test-token"
+CROP_MODEL, CROP_SIZE = "user_crop", 64
+# Where a CROP_SIZE input lies in the 451x300 cat (tests/test_map_size.py works it out): the
+# photograph scaled to 109x73, its centre 64x64 from column 22, row 4.
+CROP_COLUMNS, CROP_ROWS = (22 * 451 / 109, 86 * 451 / 109), (4 * 300 / 73, 68 * 300 / 73)
 
 
 def _script(name: str):
@@ -105,10 +109,11 @@ class _Server:
     """`saliency serve` with bearer tokens on and its HTTP port on loopback, up when the page
     is served. Fixed chunk sizes: nothing is measured at start."""
 
-    def __init__(self, tokens: Path):
+    def __init__(self, tokens: Path, crop_config: Path):
         self.http_port = free_port()
         self.process = ServerProcess(
-            "--models", MODEL, "--http-port", str(self.http_port), "--http-host", "127.0.0.1",
+            "--models", MODEL, "--model-config", str(crop_config),
+            "--http-port", str(self.http_port), "--http-host", "127.0.0.1",
             "--auth-tokens-file", str(tokens), "--max-chunk", "8", "--max-chunk-forward", "16",
         )
         self.url = f"http://127.0.0.1:{self.http_port}/"
@@ -137,13 +142,34 @@ class _Server:
             return error.code, json.loads(error.read())
 
 
+def _crop_model_config(directory: Path) -> Path:
+    """A small ResNet-style user model (seeded weights) that sees only the centre of an image
+    (`resize: crop`, CROP_SIZE square)."""
+    import torch
+    import yaml
+
+    import user_nets
+
+    torch.manual_seed(0)
+    net = user_nets.randomise_batchnorm(user_nets.ResNetStyle()).eval()
+    torch.save(net.state_dict(), directory / "resnet.pth")
+    path = directory / "crop.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": CROP_MODEL,
+        "model": {"model_file": str(Path(user_nets.__file__).resolve()), "class_name": "ResNetStyle"},
+        "weights": "resnet.pth",
+        "input": {"size": [CROP_SIZE, CROP_SIZE], "resize": "crop"},
+    }))
+    return path
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     if not CHROMIUM.exists():
         pytest.skip("no /usr/bin/chromium (Debian's chromium; `make tools` installs it)")
     tokens = tmp_path_factory.mktemp("auth") / "tokens.txt"
     tokens.write_text(TOKEN + "\n")
-    running = _Server(tokens)
+    running = _Server(tokens, _crop_model_config(tmp_path_factory.mktemp("crop_model")))
     yield running
     running.process.stop()
 
@@ -182,11 +208,11 @@ class _Page:
         self.page.dispatch_event("#token", "change")
         self.page.wait_for_selector(f"#model option[value={MODEL}]", state="attached")
 
-    def choose(self, image: Path, methods: tuple[str, ...]) -> None:
+    def choose(self, image: Path, methods: tuple[str, ...], model: str = MODEL) -> None:
         page = self.page
         page.set_input_files("#file", str(image))
         page.wait_for_selector("#preview:not([hidden])")
-        page.select_option("#model", MODEL)
+        page.select_option("#model", model)
         for box in page.query_selector_all("input.method"):
             box.set_checked(box.get_attribute("value") in methods)
 
@@ -401,6 +427,48 @@ def test_stop_ends_the_stream_and_keeps_the_maps_that_came(browser, server, cat_
         assert page.get_attribute("article.card[data-method=ig]", "data-state") == "missing"
         assert page.get_attribute("article.card[data-method=gradcam]", "data-state") == "done"
         assert page.is_hidden("#error") and page.is_enabled("#run")
+        assert tab.errors == []
+    finally:
+        tab.close()
+
+
+# Mean |RGB difference| of the canvas from the photograph drawn alone inside the box [x0, x1) x
+# [y0, y1), and from the photograph at 35 % brightness left and right of the columns [X0, X1).
+REGION_STATS = """([canvas, [x0, x1, y0, y1], [X0, X1]]) => {
+  const w = canvas.width, h = canvas.height;
+  const drawn = canvas.getContext('2d').getImageData(0, 0, w, h).data;
+  const plain = document.createElement('canvas');
+  plain.width = w; plain.height = h;
+  const ctx = plain.getContext('2d');
+  ctx.drawImage(document.getElementById('preview'), 0, 0, w, h);
+  const photo = ctx.getImageData(0, 0, w, h).data;
+  let inside = 0, nIn = 0, outside = 0, nOut = 0;
+  for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) {
+    const i = 4 * (y * w + x);
+    const seen = x >= x0 && x < x1 && y >= y0 && y < y1;
+    const unseen = x < X0 || x >= X1;
+    if (!seen && !unseen) continue;
+    let d = 0;
+    for (let c = 0; c < 3; c++) d += Math.abs(drawn[i + c] - (seen ? photo[i + c] : 0.35 * photo[i + c])) / 3;
+    if (seen) { inside += d; nIn++; } else { outside += d; nOut++; }
+  }
+  return {inside: inside / nIn, outside: outside / nOut};
+}"""
+
+
+@needs_chromium
+def test_a_crop_model_map_covers_only_what_the_model_saw(browser, server, cat_png):
+    tab = _Page(browser, server.url)
+    try:
+        tab.choose(cat_png, ("gradcam",), model=CROP_MODEL)
+        assert tab.run() == "done", tab.page.inner_text("#error")
+        canvas = tab.page.locator("article.card[data-method=gradcam]").locator("canvas").element_handle()
+        (left, right), (top, bottom) = CROP_COLUMNS, CROP_ROWS
+        inner = [round(left) + 2, round(right) - 2, round(top) + 2, round(bottom) - 2]
+        stats = tab.page.evaluate(REGION_STATS, [canvas, inner, [round(left) - 2, round(right) + 2]])
+        assert stats["outside"] < 2.0, stats  # left and right of the crop: dimmed, no colour
+        assert stats["inside"] > 3.0, stats  # the map, drawn over the part the model saw
+        assert "64×64" in tab.page.locator("article.card[data-method=gradcam] .info").inner_text()
         assert tab.errors == []
     finally:
         tab.close()

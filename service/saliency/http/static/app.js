@@ -1,7 +1,7 @@
 // The saliency web page: ListModels -> a form; an ExplainRequest (protobuf JSON mapping) sent to
 // :explainStream; each server-sent event drawn as it arrives. Plain modules, no dependencies.
 
-import { COLORMAPS, colorLut } from "./colormaps.js";
+import { colorLut } from "./colormaps.js";
 
 const API = "v1/models";
 const MAX_IMAGE_BYTES = 32 * 1024 * 1024; // the service enforces its own limit too
@@ -688,7 +688,6 @@ function drawCard(card) {
   const signed = range.signed;
   const name = choice === "auto" ? (signed ? "coolwarm" : "inferno") : choice;
   const lut = colorLut(name);
-  const diverging = COLORMAPS[name].diverging;
   const clip = $("clip").checked;
   const scale = (clip ? range.clip : range.absMax) || range.absMax || 1;
   const lo = clip && !signed ? Math.min(range.min, range.clip) : range.min;
@@ -700,14 +699,15 @@ function drawCard(card) {
     const v = values[i];
     if (!Number.isFinite(v)) continue; // transparent where the model did not look
     let t, alpha;
-    if (signed || diverging) {
+    if (signed) {
       const s = Math.max(-1, Math.min(1, v / scale));
-      t = signed ? 0.5 + 0.5 * s : Math.max(0, s);
+      t = 0.5 + 0.5 * s;
       // Near-zero attributions stay see-through; the square root keeps weak ones visible.
-      alpha = signed ? Math.sqrt(Math.abs(s)) : 1;
+      alpha = Math.sqrt(Math.abs(s));
     } else {
+      // Weighted by the value, as the CLI's overlays: cold pixels keep the photograph.
       t = Math.max(0, Math.min(1, (v - lo) / span));
-      alpha = 1;
+      alpha = t;
     }
     const k = Math.round(t * 255) * 3;
     data[4 * i] = lut[k];
@@ -726,6 +726,16 @@ function drawCard(card) {
   ctx.imageSmoothingEnabled = true;
   ctx.imageSmoothingQuality = "high";
   ctx.drawImage(layer, x0, y0, x1 - x0, y1 - y0);
+  const { width: w, height: h } = card.canvas;
+  if (x0 > 0.5 || y0 > 0.5 || x1 < w - 0.5 || y1 < h - 0.5) {
+    // A `crop` model saw only the centre: what it never looked at keeps 35 % of its
+    // brightness, as in the CLI's overlays (render.OUTSIDE_DIM).
+    ctx.fillStyle = "rgba(0, 0, 0, 0.65)";
+    ctx.beginPath();
+    ctx.rect(0, 0, w, h);
+    ctx.rect(x0, y0, x1 - x0, y1 - y0);
+    ctx.fill("evenodd");
+  }
   card.colormap = name;
   card.node.querySelector(".legend")?.remove();
   card.node.querySelector(".canvas-box").after(legend(name, signed ? -scale : lo, signed ? scale : hi));
