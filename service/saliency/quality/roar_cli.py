@@ -80,14 +80,17 @@ def main(args: Any) -> int:
     except OSError as exc:
         raise InvalidArgument(f"cannot create {str(out)!r}: {exc.strerror}", "out") from None
     say = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+    def partial(report: Any) -> None:
+        write_report(report, out)
+
     with torch_threads(args.threads):
         if args.no_progress:
-            report = run_report(options, None, say)
+            report = run_report(options, None, say, partial)
         else:
             from tqdm import tqdm
 
             with tqdm(unit="step", file=sys.stderr, dynamic_ncols=True) as bar:
-                report = run_report(options, bar, say)
+                report = run_report(options, bar, say, partial)
     for result in report.results:
         for claim in seed_claims(result):
             print(f"{result.model}: {claim.text}: {'agrees' if claim.agrees else 'disagrees'} "

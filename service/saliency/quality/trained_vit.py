@@ -128,6 +128,8 @@ class TrainedVitReport:
     shuffled_accuracy: dict[str, float]  # train / test of the shuffled-label model
     agreement: dict[str, dict[str, float]]  # model -> Agreement.summary()
     rollout_vs_random: float  # mean Spearman, trained vs random-weight rollout per patch
+    n_sanity_images: int
+    n_agreement_images: int
 
 
 def run_trained_vit(
@@ -166,7 +168,8 @@ def run_trained_vit(
     random_rollout = rollout_grids("tinyvit", agreement_images)
     versus = float(np.mean([spearman(a, b) for a, b in zip(trained_rollout, random_rollout)]))
     say("attention vs gradient agreement done")
-    return TrainedVitReport(accuracies, cascading, independent, layers, data, control, shuffled_acc, agreement, versus)
+    return TrainedVitReport(accuracies, cascading, independent, layers, data, control, shuffled_acc, agreement, versus,
+                            n_sanity_images, n_agreement_images)
 
 
 def _data_randomisation(images: Sequence[torch.Tensor], targets: Sequence[int], methods: dict,
