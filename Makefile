@@ -97,7 +97,7 @@ chromium:
 	@[ -x /usr/bin/chromium ] || { \
 	  [ "$$(id -u)" = 0 ] || { echo "chromium missing: apt-get install chromium (as root)" >&2; exit 1; }; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
-	@/usr/bin/chromium --version
+	@/usr/bin/chromium --version 2>/dev/null  # its wrapper script warns on stderr
 
 tools: $(STAMP) $(HELM) promtool chromium
 
