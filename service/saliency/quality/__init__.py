@@ -12,6 +12,10 @@ One job per module (docs/faithfulness.md has the design and the numbers):
 | `invariance` | input invariance: a constant shift absorbed into the first layer |
 | `policy` | latency budgets (IG step count, fallbacks) and `explain_if` |
 | `report` / `plots` | `saliency report sanity`: the Markdown table and Pillow plots |
+| `digits` | tinycnn / tinyvit trained on the digits, deterministically, weights cached by content hash (`tinyvit_digits`) |
+| `roar` | ROAR / KAR (Hooker et al. 2019): remove pixels by each map, retrain from scratch, test accuracy |
+| `trained_vit` | the trained ViT's sanity checks and attention-vs-gradient agreement |
+| `roar_report` / `roar_cli` | `saliency report roar`: docs/roar/report.md, roar.json, the matplotlib plot |
 
 Dependency direction: `quality` uses `attribution` and `models`; `runtime` and `api` use
 `quality`; nothing here knows protobuf or gRPC.
