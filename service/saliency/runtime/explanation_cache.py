@@ -41,6 +41,12 @@ ENTRY_OVERHEAD = 512
 SKETCH_STRIDE = 7
 
 
+def _copy(t: torch.Tensor) -> torch.Tensor:
+    """A float32 CPU copy nobody else holds, made by numpy: a torch copy on a helper thread
+    starts an OpenMP team of its own, slow on a busy machine."""
+    return torch.from_numpy(np.array(t.detach().to("cpu", torch.float32).numpy(), copy=True))
+
+
 def _tensor_digest(t: torch.Tensor) -> bytes:
     """SHA-256 of a tensor's dtype, shape and values (0.3 ms for a 224 x 224 input)."""
     a = np.ascontiguousarray(t.detach().cpu().numpy())
@@ -57,7 +63,7 @@ def input_digest(x: torch.Tensor) -> bytes:
 def input_sketch(x: torch.Tensor) -> int:
     """A cheap fingerprint (about 5 us) of every SKETCH_STRIDE-th pixel of x [3, H, W]: equal
     inputs have equal sketches, so an unknown sketch is a miss without hashing the whole input."""
-    sample = x.detach().cpu()[..., ::SKETCH_STRIDE, ::SKETCH_STRIDE].contiguous().numpy()
+    sample = x.detach().cpu().numpy()[..., ::SKETCH_STRIDE, ::SKETCH_STRIDE]  # numpy: no OpenMP on the loop
     return hash((tuple(x.shape), str(x.dtype), sample.tobytes()))
 
 
@@ -187,15 +193,15 @@ class ExplanationCache:
         entry = self.get(key)
         if not isinstance(entry, CachedMap):
             return None
-        return Attribution(method, target, entry.map.clone(), None, dict(entry.stats), cached=True)
+        return Attribution(method, target, _copy(entry.map), None, dict(entry.stats), cached=True)
 
     def put_map(self, key: Hashable, attribution: Attribution) -> None:
-        m = attribution.map.detach().to("cpu", torch.float32).clone()
+        m = _copy(attribution.map)
         stats = {k: float(v) for k, v in attribution.stats.items()}
         self.put(key, CachedMap(m, stats), m.nbytes + 64 * len(stats))
 
     def put_prediction(self, key: Hashable, logits: torch.Tensor, sketch: int) -> None:
-        logits = logits.detach().to("cpu").clone()
+        logits = _copy(logits)
         self.put(key, CachedPrediction(logits, sketch), logits.nbytes)
 
     def put(self, key: Hashable, value: Any, nbytes: int) -> None:
