@@ -325,3 +325,31 @@ def test_lru_evicts_the_least_recently_used_and_never_stores_an_entry_over_budge
     hit = cache.get_map("a", "vanilla", 0)
     hit.map.add_(1)  # a caller's copy: the entry is unchanged
     assert np.array_equal(cache.get_map("a", "vanilla", 0).map.numpy(), np.full((32, 32), 1, np.float32))
+
+
+def test_a_stream_delivers_cached_maps_too(service):
+    stub = service.stub()
+    x = image(70)
+    asked = request(x, {"gradcam": None, "ig": {"n_steps": 8}})
+    first = list(stub.ExplainStream(asked, timeout=60))
+    second = list(stub.ExplainStream(asked, timeout=60))
+    assert first[0].WhichOneof("event") == second[0].WhichOneof("event") == "prediction"
+    assert not any(a.cached for a in first[0].prediction.attributions)
+    assert all(a.cached for a in second[0].prediction.attributions)
+    deep_first = {(e.attribution.method, e.attribution.target): e.attribution for e in first[1:]}
+    deep_second = {(e.attribution.method, e.attribution.target): e.attribution for e in second[1:]}
+    assert deep_first.keys() == deep_second.keys() and len(deep_first) == 2
+    assert all(a.cached and a.map.data == deep_first[k].map.data for k, a in deep_second.items())
+
+
+def test_the_latency_policy_adaptive_ig_rounds_are_never_cached(service):
+    """Their step count depends on the time left: not a function of the request."""
+    stub = service.stub()
+    x = image(80)
+    asked = request(x, {"vanilla": None, "ig": {"n_steps": 64}})
+    asked.latency_budget_ms = 60_000
+    for _ in range(2):
+        response = stub.Explain(asked, timeout=60)
+    cached = {convert.method_name(a.method): a.cached for a in response.attributions}
+    assert cached == {"vanilla": True, "ig": False}, cached
+    assert response.HasField("policy")
