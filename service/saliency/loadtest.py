@@ -8,7 +8,8 @@ Runs `locust --headless` on deploy/loadtest/locustfile.py in a subprocess (its l
 OUT/locust.log), prints a progress line every few seconds, then a summary, and leaves in OUT:
 `loadtest_stats.csv` (one row per request name), `loadtest_stats_history.csv` (one row per
 second), `loadtest_failures.csv`, `loadtest_exceptions.csv` and `loadtest.png` (latency
-percentiles per request name, throughput over time; drawn with Pillow). A bearer token is read
+percentiles per request name on a log scale, throughput over time; drawn with matplotlib,
+the `report` extra). A bearer token is read
 from SALIENCY_TOKEN. Exit status: 0 clean run, 1 failed requests or locust error, 2 usage error.
 
 locust is an optional dependency (`pip install 'saliency[loadtest]'`); this module imports it
@@ -31,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+import numpy as np
 
 USAGE_ERROR = 2
 PREFIX = "loadtest"
@@ -257,28 +258,8 @@ def read_history(path: Path) -> list[HistoryPoint]:
 
 # ---- the chart -------------------------------------------------------------------------------
 
-_WIDTH = 1200
-_MARGIN = 24
-_LABEL_W = 230
 _PERCENTILES = (("p50", "#4e79a7"), ("p95", "#f28e2b"), ("p99", "#e15759"))
-_INK = "#222222"
-_GRID = "#dddddd"
-
-
-def _font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: the fixed bitmap font
-        return ImageFont.load_default()
-
-
-def _nice_step(span: float, ticks: int = 5) -> float:
-    """A round tick step (1, 2 or 5 x 10^k) giving about `ticks` intervals over `span`."""
-    if not span > 0:
-        return 1.0
-    raw = span / ticks
-    magnitude = 10 ** math.floor(math.log10(raw))
-    return next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+_RPS, _FAILURES = "#4e79a7", "#e15759"
 
 
 def _fmt_ms(value: float) -> str:
@@ -288,105 +269,53 @@ def _fmt_ms(value: float) -> str:
 
 
 def write_chart(stats_csv: Path, history_csv: Path, out_png: Path, title: str = "") -> Path:
-    """Draw latency percentiles per request name (from *_stats.csv) above throughput over time
-    (from *_stats_history.csv) into one PNG; returns `out_png`."""
+    """Latency percentiles per request name (from *_stats.csv, log scale: fast and deep calls
+    differ by orders of magnitude) above throughput over time (from *_stats_history.csv), one
+    PNG 1200 px wide drawn with matplotlib (the `report` extra); returns `out_png`."""
+    from saliency.quality.plots import new_figure, save
+
     stats = [s for s in read_stats(stats_csv) if s.requests > 0]
     history = read_history(history_csv)
-    font, small, bold = _font(14), _font(12), _font(18)
+    figure = new_figure(12.0, 3.2 + 0.55 * max(1, len(stats)) + 3.2)
+    figure.suptitle(title or "saliency load test", fontsize=13)
+    latency, throughput = figure.subplots(2, 1, height_ratios=[0.55 * max(1, len(stats)) + 1.2, 3.2])
 
-    bar_h, group_gap = 14, 12
-    group_h = bar_h * len(_PERCENTILES) + group_gap
-    top_h = 70 + max(1, len(stats)) * group_h + 30
-    plot_h = 260
-    height = top_h + plot_h + 110
-    image = Image.new("RGB", (_WIDTH, height), "white")
-    draw = ImageDraw.Draw(image)
-
-    draw.text((_MARGIN, 14), title or "saliency load test", fill=_INK, font=bold)
-    draw.text(
-        (_MARGIN, 42), "Latency per request name (locust, milliseconds)", fill=_INK, font=font
-    )
-    x0, x1 = _MARGIN + _LABEL_W, _WIDTH - _MARGIN - 90
-    finite = [v for s in stats for v in (s.p50, s.p95, s.p99) if not math.isnan(v)]
-    top = max(finite, default=1.0) or 1.0
-    step = _nice_step(top)
-    top = math.ceil(top / step) * step
-    y = 70
-    axis_bottom = 70 + max(1, len(stats)) * group_h
-    tick = 0.0
-    while tick <= top + 1e-9:
-        x = x0 + (x1 - x0) * tick / top
-        draw.line([(x, 66), (x, axis_bottom)], fill=_GRID)
-        draw.text((x, axis_bottom + 4), f"{tick:g}", fill=_INK, font=small, anchor="ma")
-        tick += step
-    for s in stats:
-        draw.text((_MARGIN, y + bar_h), s.name, fill=_INK, font=font, anchor="lm")
-        failures = f"{s.failures} failed" if s.failures else ""
-        draw.text((_MARGIN, y + 2 * bar_h + 4), f"{s.requests} req {failures}", fill="#777777", font=small)
-        for i, (label, colour) in enumerate(_PERCENTILES):
-            value = getattr(s, label)
-            by = y + i * bar_h
-            width = 0 if math.isnan(value) else (x1 - x0) * value / top
-            draw.rectangle([x0, by + 1, x0 + max(width, 1), by + bar_h - 2], fill=colour)
-            draw.text((x0 + width + 6, by + bar_h / 2), f"{label} {_fmt_ms(value)}", fill=_INK,
-                      font=small, anchor="lm")
-        y += group_h
-    lx = _WIDTH - _MARGIN - 240
+    rows = np.arange(len(stats))
+    height = 0.8 / len(_PERCENTILES)
     for i, (label, colour) in enumerate(_PERCENTILES):
-        draw.rectangle([lx + i * 80, 46, lx + i * 80 + 12, 58], fill=colour)
-        draw.text((lx + i * 80 + 18, 52), label, fill=_INK, font=small, anchor="lm")
+        values = np.array([getattr(s, label) for s in stats], dtype=float)
+        offsets = rows + (i - (len(_PERCENTILES) - 1) / 2) * height
+        bars = latency.barh(offsets, np.nan_to_num(values, nan=0.0), height, color=colour, label=label)
+        latency.bar_label(bars, [_fmt_ms(v) for v in values], padding=3, fontsize=7)
+    latency.set_yticks(rows, [f"{s.name}\n{s.requests} req" + (f", {s.failures} failed" if s.failures else "")
+                              for s in stats], fontsize=8)
+    latency.invert_yaxis()  # the first request name on top
+    latency.set_title("Latency per request name (locust)", fontsize=10, loc="left")
+    latency.set_xlabel("milliseconds (log scale)")
+    if any(v > 0 for s in stats for v in (s.p50, s.p95, s.p99) if not math.isnan(v)):
+        latency.set_xscale("log")
+        latency.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    else:
+        latency.text(0.5, 0.5, "no requests", transform=latency.transAxes, ha="center", color="#777777")
+    latency.grid(True, axis="x", which="both", alpha=0.3)
 
-    # Throughput over time.
-    py0 = top_h + 40
-    draw.text((_MARGIN, top_h + 8), "Throughput over time (requests per second)", fill=_INK, font=font)
-    px0, px1, py1 = _MARGIN + 60, _WIDTH - _MARGIN - 20, py0 + plot_h
-    draw.rectangle([px0, py0, px1, py1], outline="#999999")
+    throughput.set_title("Throughput over time", fontsize=10, loc="left")
+    throughput.set_xlabel("seconds since start")
+    throughput.set_ylabel("per second")
     if history:
         t0 = history[0].timestamp
-        span = max(1.0, history[-1].timestamp - t0)
-        rates = [v for p in history for v in (p.rps, p.failures_per_s) if not math.isnan(v)]
-        ymax = max(rates, default=1.0) or 1.0
-        ystep = _nice_step(ymax)
-        ymax = math.ceil(ymax / ystep) * ystep
-        value = 0.0
-        while value <= ymax + 1e-9:
-            yy = py1 - plot_h * value / ymax
-            draw.line([(px0, yy), (px1, yy)], fill=_GRID)
-            draw.text((px0 - 6, yy), f"{value:g}", fill=_INK, font=small, anchor="rm")
-            value += ystep
-        tstep = _nice_step(span, 8)
-        t = 0.0
-        while t <= span + 1e-9:
-            xx = px0 + (px1 - px0) * t / span
-            draw.text((xx, py1 + 6), f"{t:g}s", fill=_INK, font=small, anchor="ma")
-            t += tstep
-        for attribute, colour in (("rps", "#4e79a7"), ("failures_per_s", "#e15759")):
-            points = [
-                (px0 + (px1 - px0) * (p.timestamp - t0) / span, py1 - plot_h * getattr(p, attribute) / ymax)
-                for p in history
-                if not math.isnan(getattr(p, attribute))
-            ]
-            if len(points) > 1:
-                draw.line(points, fill=colour, width=2)
-            elif points:
-                draw.ellipse([points[0][0] - 2, points[0][1] - 2, points[0][0] + 2, points[0][1] + 2], fill=colour)
-        legend_y = py1 + 30
-        draw.line([(px0, legend_y), (px0 + 24, legend_y)], fill="#4e79a7", width=2)
-        draw.text((px0 + 30, legend_y), "requests/s", fill=_INK, font=small, anchor="lm")
-        draw.line([(px0 + 130, legend_y), (px0 + 154, legend_y)], fill="#e15759", width=2)
-        draw.text((px0 + 160, legend_y), "failures/s", fill=_INK, font=small, anchor="lm")
+        seconds = [p.timestamp - t0 for p in history]
+        throughput.plot(seconds, [p.rps for p in history], color=_RPS, linewidth=2, label="requests/s")
+        throughput.plot(seconds, [p.failures_per_s for p in history], color=_FAILURES, linewidth=2,
+                        label="failures/s")
         last = history[-1]
-        draw.text(
-            (px0 + 260, legend_y),
-            f"{last.total_requests} requests, {last.total_failures} failures, peak {max(p.users for p in history)} users",
-            fill=_INK, font=small, anchor="lm",
-        )
+        throughput.legend(title=f"{last.total_requests} requests, {last.total_failures} failures, "
+                                f"peak {max(p.users for p in history)} users", fontsize=8, title_fontsize=8)
+        throughput.set_ylim(bottom=0)
     else:
-        draw.text(((px0 + px1) / 2, (py0 + py1) / 2), "no history", fill="#777777", font=font, anchor="mm")
-
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    image.save(out_png, format="PNG")
-    return out_png
+        throughput.text(0.5, 0.5, "no history", transform=throughput.transAxes, ha="center", color="#777777")
+    throughput.grid(True, alpha=0.3)
+    return save(figure, out_png, dpi=100)
 
 
 # ---- the run ---------------------------------------------------------------------------------

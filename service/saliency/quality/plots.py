@@ -1,111 +1,125 @@
-"""Small Pillow charts for the sanity report (matplotlib is not a runtime dependency): a line
-chart of similarity against randomised layer, and a labelled grid of maps."""
+"""The sanity report's figures, drawn with matplotlib (the `report` extra).
+
+matplotlib is imported inside the functions, only when a figure is drawn, through its
+object-oriented API (`Figure` on the Agg canvas): nothing global such as pyplot's current
+figure or backend is touched, so drawing is safe from any thread.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
 
 from saliency import render
 
-# Tableau 10: distinct, colour-blind-friendly enough for six lines.
-PALETTE = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-           (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
+MISSING_MATPLOTLIB = "the report's plots need matplotlib: pip install 'saliency[report]'"
 
 
-def line_chart(
-    series: Mapping[str, Sequence[float]],
+def new_figure(width_in: float, height_in: float) -> Any:
+    """A matplotlib Figure on the Agg canvas (no pyplot, no global backend)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:  # the `report` extra is not installed
+        raise RuntimeError(MISSING_MATPLOTLIB) from exc
+    figure = Figure(figsize=(width_in, height_in), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def save(figure: Any, path: str | Path, dpi: int = 100) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png", dpi=dpi)
+    return path
+
+
+@dataclass(frozen=True)
+class LinePanel:
+    """One chart: a line per series over categorical x positions, an optional dashed
+    threshold line (what the report's pass/fail is judged against)."""
+
+    title: str
+    series: Mapping[str, Sequence[float]]
+    threshold: float | None = None
+    y_label: str = "similarity to the original map"
+    y_range: tuple[float, float] = (-0.5, 1.05)
+
+
+def line_panels(
+    path: str | Path,
+    panels: Sequence[LinePanel],
     x_labels: Sequence[str],
+    x_label: str = "randomised down to layer (top first)",
     title: str = "",
-    y_range: tuple[float, float] = (-0.5, 1.0),
-    threshold: float | None = None,
-    size: tuple[int, int] = (560, 300),
-) -> np.ndarray:
-    """One line per series over categorical x positions -> uint8 RGB [H, W, 3].
-
-    A dashed horizontal line marks `threshold`; the legend sits right of the plot.
-    """
-    width, height = size
-    font = ImageFont.load_default(size=11)
-    image = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(image)
-    legend_w = 150
-    left, right, top, bottom = 40, width - legend_w, 24, height - 30
-    low, high = y_range
-
-    def y_of(value: float) -> float:
-        v = min(max(value, low), high)
-        return bottom - (v - low) / (high - low) * (bottom - top)
-
-    def x_of(i: int) -> float:
-        return left + (i + 0.5) * (right - left) / max(len(x_labels), 1)
-
+    columns: int = 2,
+) -> Path:
+    """Panels in a grid sharing the x positions, one legend per panel -> PNG at `path`."""
+    rows = -(-len(panels) // columns)
+    figure = new_figure(5.2 * columns, 3.4 * rows)
     if title:
-        draw.text((left, 4), title, fill="black", font=font)
-    for tick in np.arange(np.ceil(low * 4) / 4, high + 1e-9, 0.25):
-        y = y_of(float(tick))
-        draw.line([(left, y), (right, y)], fill=(225, 225, 225) if tick else (150, 150, 150))
-        draw.text((4, y - 6), f"{tick:.2f}", fill="black", font=font)
-    if threshold is not None:
-        y = y_of(threshold)
-        for x in range(left, right, 8):
-            draw.line([(x, y), (min(x + 4, right), y)], fill=(200, 0, 0))
-    draw.rectangle([left, top, right, bottom], outline="black")
-    for i, label in enumerate(x_labels):
-        text_w = draw.textlength(label, font=font)
-        draw.text((x_of(i) - text_w / 2, bottom + 6), label, fill="black", font=font)
-    for k, (name, values) in enumerate(series.items()):
-        colour = PALETTE[k % len(PALETTE)]
-        points = [(x_of(i), y_of(v)) for i, v in enumerate(values)]
-        if len(points) > 1:
-            draw.line(points, fill=colour, width=2)
-        for x, y in points:
-            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-        ly = top + 4 + 16 * k
-        draw.line([(right + 10, ly + 6), (right + 30, ly + 6)], fill=colour, width=3)
-        draw.text((right + 36, ly), name, fill="black", font=font)
-    return np.asarray(image, dtype=np.uint8)
+        figure.suptitle(title)
+    axes = figure.subplots(rows, columns, squeeze=False)
+    positions = np.arange(len(x_labels))
+    for ax, panel in zip(axes.flat, panels):
+        for name, values in panel.series.items():
+            ax.plot(positions, values, marker="o", markersize=4, linewidth=1.6, label=name)
+        if panel.threshold is not None:
+            ax.axhline(panel.threshold, color="#c00000", linestyle="--", linewidth=1, label=f"pass below {panel.threshold:g}")
+        ax.axhline(0.0, color="#999999", linewidth=0.8)
+        ax.set_title(panel.title, fontsize=10)
+        ax.set_xticks(positions, list(x_labels), rotation=30, ha="right", fontsize=8)
+        ax.set_xlabel(x_label, fontsize=9)
+        ax.set_ylabel(panel.y_label, fontsize=9)
+        ax.set_ylim(*panel.y_range)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    return save(figure, path)
 
 
-def map_tile(saliency_map: np.ndarray, signed: bool, side: int) -> np.ndarray:
-    """A map [H, W] -> a side x side inferno heatmap (|map| for signed methods)."""
-    norm = render.normalize_map(saliency_map, "auto", signed)
-    return render.colorize(np.clip(render.resize_map(norm, (side, side)), 0.0, 1.0))
+def normalized_map(saliency_map: np.ndarray, signed: bool) -> np.ndarray:
+    """A map [H, W] -> [0, 1] as the overlays show it (|map| for signed methods)."""
+    return np.clip(render.normalize_map(saliency_map, "auto", signed), 0.0, 1.0)
 
 
-def labelled_grid(
+def image_grid(
+    path: str | Path,
     rows: Sequence[tuple[str, Sequence[np.ndarray | None]]],
     column_labels: Sequence[str],
-    side: int = 72,
-    label_w: int = 110,
-) -> np.ndarray:
-    """[(row label, [tile uint8 [side, side, 3] or None (blank), ...]), ...] with column
-    labels on top -> uint8 RGB."""
-    font = ImageFont.load_default(size=11)
-    pad, head = 3, 16
+    title: str = "",
+    cell_in: float = 1.15,
+) -> Path:
+    """[(row label, [picture or None (blank), ...]), ...] under column labels -> PNG.
+
+    A picture is uint8 RGB [H, W, 3] (shown as it is) or a map [H, W] in [0, 1] (inferno,
+    one colour scale for all, with a colour bar)."""
     columns = len(column_labels)
-    sheet = Image.new("RGB", (label_w + columns * (side + pad), head + len(rows) * (side + pad)), "white")
-    draw = ImageDraw.Draw(sheet)
-    for c, label in enumerate(column_labels):
-        draw.text((label_w + c * (side + pad) + 2, 2), label, fill="black", font=font)
+    figure = new_figure(1.4 + cell_in * columns, 0.5 + cell_in * len(rows))
+    if title:
+        figure.suptitle(title, fontsize=10)
+    axes = figure.subplots(len(rows), columns, squeeze=False)
+    shown = None
     for r, (label, tiles) in enumerate(rows):
-        y = head + r * (side + pad)
-        draw.text((4, y + side // 2 - 6), label, fill="black", font=font)
-        for c, tile in enumerate(tiles):
-            if tile is not None:
-                picture = Image.fromarray(tile)
-                if picture.size != (side, side):
-                    picture = picture.resize((side, side), Image.Resampling.BILINEAR)
-                sheet.paste(picture, (label_w + c * (side + pad), y))
-    return np.asarray(sheet, dtype=np.uint8)
-
-
-def save_png(path, rgb: np.ndarray, colors: int | None = None) -> None:
-    """Write uint8 RGB [H, W, 3] as PNG; with `colors`, palette-quantised (much smaller for
-    noisy heatmaps, which compress badly as RGB)."""
-    picture = Image.fromarray(rgb)
-    if colors is not None:
-        picture = picture.quantize(colors=colors)
-    picture.save(path, format="PNG", optimize=True)
+        for c in range(columns):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            tile = tiles[c] if c < len(tiles) else None
+            if tile is None:
+                ax.set_frame_on(False)
+            elif tile.ndim == 3:
+                ax.imshow(tile)
+            else:
+                shown = ax.imshow(tile, cmap="inferno", vmin=0.0, vmax=1.0)
+            if r == 0:
+                ax.set_title(column_labels[c], fontsize=7)
+        axes[r][0].set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center")
+    if shown is not None:
+        figure.colorbar(shown, ax=axes, shrink=0.6, label="normalised attribution")
+    return save(figure, path)

@@ -1,5 +1,5 @@
 """`saliency report sanity`: run the sanity checks on a model and bundled photographs, and write
-a Markdown report with a pass/fail table, the numbers, and Pillow plots.
+a Markdown report with a pass/fail table, the numbers, and matplotlib plots.
 
 Tests and pass criteria (fixed here, stated in the report):
 - model randomisation, cascading and independent (sanity.py): pass when the rank correlation
@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from saliency import render
 from saliency.attribution.registry import get_method, make_params
 from saliency.attribution.tuning import chunk_sizes_for
 from saliency.imaging import to_model_input
@@ -284,23 +283,19 @@ def _write_plots(report: SanityReport, out: Path) -> list[Path]:
                 for method in report.methods
             }
             threshold = PASS_BELOW if field == "spearman_abs" else None
-            chart = plots.line_chart(series, labels, threshold=threshold)
-            panels.append((f"{titles[field]} to the original map, {mode} randomisation", chart))
-        path = out / f"{mode}.png"
-        plots.save_png(path, render.grid(panels, columns=2), colors=64)
-        written.append(path)
+            panels.append(plots.LinePanel(titles[field], series, threshold))
+        title = f"{report.model}: similarity of each map to the original model's, {mode} randomisation"
+        written.append(plots.line_panels(out / f"{mode}.png", panels, labels, title=title))
     photo = sample_images(report.images[:1])[0]
     rows = []
     for i, method in enumerate(report.methods):
         signed = get_method(method).signed
+        maps = [report.sanity.maps[("original", "")][method]]
+        maps += [report.sanity.maps[("cascading", layer)][method] for layer in layers]
         tiles = [photo if i == 0 else None]  # the photograph once, top left
-        tiles.append(plots.map_tile(report.sanity.maps[("original", "")][method].numpy(), signed, 72))
-        tiles += [plots.map_tile(report.sanity.maps[("cascading", layer)][method].numpy(), signed, 72) for layer in layers]
-        rows.append((method, tiles))
-    grid = plots.labelled_grid(rows, ["image", "original", *labels])
-    path = out / "cascade_grid.png"
-    plots.save_png(path, grid, colors=96)
-    written.append(path)
+        rows.append((method, tiles + [plots.normalized_map(m.numpy(), signed) for m in maps]))
+    title = f"{report.model}: maps as the cascade randomises layers, top first"
+    written.append(plots.image_grid(out / "cascade_grid.png", rows, ["image", "original", *labels], title=title))
     return written
 
 
