@@ -133,10 +133,3 @@ def validate_input_tensor(x: torch.Tensor, spec: ModelSpec, field: str = "tensor
     # numpy: torch.isfinite on a prepare-pool thread (an OpenMP team of its own) took 20 x longer.
     require(bool(np.isfinite(x.detach().cpu().numpy()).all()), field, "tensor contains NaN or Inf")
     return x
-
-
-def load_image_file(path: str, spec: ModelSpec, limits: ImageLimits = ImageLimits()) -> tuple[np.ndarray, torch.Tensor]:
-    """Read an image file: (uint8 RGB [H, W, 3] for overlays, model input [3, h, w])."""
-    with open(path, "rb") as f:
-        rgb = decode_image(f.read(), limits)
-    return rgb, to_model_input(rgb, spec)

@@ -19,8 +19,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-VIT_CLASSES = 1000
-
 
 class Attention(nn.Module):
     """Multi-head self-attention. forward(x [B, N, C]) -> [B, N, C].

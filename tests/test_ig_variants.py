@@ -1,4 +1,6 @@
-"""GradientSHAP / Expected Gradients and XRAI: Captum, closed forms, ranking, the wire."""
+"""Integrated Gradients' variants: GradientSHAP (expected gradients over reference images) and
+XRAI (IG from black and white baselines, ranked over regions): Captum, closed forms, ranking,
+the wire."""
 
 from __future__ import annotations
 
