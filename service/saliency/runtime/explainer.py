@@ -307,8 +307,10 @@ class Runtime:
         items = [(name, params, target) for name, params in plan.deep.items() for target in targets]
         keys: list[Any] = [None] * len(items)
         hits: dict[int, Attribution] = {}
+        looked_up = time.perf_counter()
         if digest is not None and items and (known := await _digest_or_none(digest)) is not None:
             keys, hits = await asyncio.to_thread(self._look_up_deep, job, items, known)
+        looked_up = time.perf_counter() - looked_up
         pending: dict[asyncio.Future, DeepTask | Flight | None] = {}
         held: list[Flight] = []  # flights this request waits in, left in `finally`
         led: set[Flight] = set()  # flights whose computation this request submitted
@@ -318,7 +320,7 @@ class Runtime:
                 self.metrics.method_latency.labels(method=attribution.method, **labels).observe(
                     time.perf_counter() - started
                 )
-                yield DeepEvent(attribution, 0.0, 0.0)
+                yield DeepEvent(attribution, 0.0, looked_up)
 
             def join(flight: Flight, method: str) -> None:
                 held.append(flight)
