@@ -1,8 +1,9 @@
 """Shared fixtures: models load once per session; chunk-size measurements go to a temp dir.
 
 Tests that start a server (gRPC, HTTP, TorchServe, Prometheus), run helm or any subprocess are
-marked `integration` here, from their own code and every fixture they use, so `make test-unit`
-(`-m "not integration and not slow"`) runs without them. Under SALIENCY_UNIT_TESTS=1 (set by
+marked `integration` here, from their own code and every fixture they use, and tests of the
+EfficientNet-Lite0 fixtures `slow`, so `make test-unit` (`-m "not integration and not slow"`)
+runs without them. Under SALIENCY_UNIT_TESTS=1 (set by
 `make test-unit`), starting a gRPC server or a subprocess anyway fails the test, naming the
 fix: the marking cannot silently miss one.
 """
@@ -83,11 +84,17 @@ def _is_integration(item: pytest.Item) -> bool:
     )
 
 
+# Session fixtures whose users take seconds each on the CPU (EfficientNet-Lite0 at 224x224).
+_SLOW_FIXTURES = {"effnet", "chelsea"}
+
+
 def pytest_collection_modifyitems(config, items):
     integration = pytest.mark.integration
     for item in items:
         if _is_integration(item):
             item.add_marker(integration)
+        if _SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")

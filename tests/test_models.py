@@ -9,7 +9,7 @@ import torch
 from saliency.attribution.hooks import resolve_layer
 from saliency.errors import NotFound
 from saliency.imaging import to_model_input
-from saliency.models import get_spec, load_model, model_specs
+from saliency.models import ZOO, get_spec, load_model
 
 
 @pytest.mark.parametrize(
@@ -41,7 +41,10 @@ def test_labels_are_imagenet_names(effnet):
     assert effnet.spec.labels[967] == "espresso"
 
 
-@pytest.mark.parametrize("name", sorted(model_specs()))
+# By name: loading every model to collect the tests would cost every run, unit runs included.
+@pytest.mark.parametrize(
+    "name", [n if n in ("tinycnn", "tinyvit") else pytest.param(n, marks=pytest.mark.slow) for n in sorted(ZOO)]
+)
 def test_every_spec_names_a_real_cam_layer(name):
     model = load_model(name)
     resolve_layer(model.module, model.spec.target_layer)
