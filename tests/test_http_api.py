@@ -358,3 +358,24 @@ def test_sigterm_lets_http_calls_in_flight_finish():
             httpx.get(server.http_url + "/v1/models", timeout=5)
     finally:
         server.stop()
+
+
+def test_a_client_that_leaves_a_stream_cancels_its_call(service):
+    import time
+
+    labels = {"rpc": routes.EXPLAIN_STREAM, "model": TINY, "code": "CANCELLED"}
+    before = service.metric("saliency_requests_total", labels)
+    body = as_json(tiny_request(targets=pb.Targets(top_k=5), methods=[
+        method(pb.METHOD_GRADCAM), method(pb.METHOD_SMOOTHGRAD, n_samples=1024),
+        method(pb.METHOD_INTEGRATED_GRADIENTS, n_steps=1024)]))
+    with httpx.stream("POST", service.http_url + f"/v1/models/{TINY}:explainStream", json=body,
+                      timeout=60) as answer:
+        lines = answer.iter_lines()
+        assert next(lines) == "event: prediction"  # then the client goes away
+    deadline = time.monotonic() + 30
+    while service.metric("saliency_requests_total", labels) < before + 1:
+        assert time.monotonic() < deadline, "the stream's call was not cancelled"
+        time.sleep(0.05)
+    while service.metric("saliency_inflight_requests", {"model": TINY}) > 0:
+        assert time.monotonic() < deadline, "the cancelled call still holds its slot"
+        time.sleep(0.05)

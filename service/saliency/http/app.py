@@ -63,6 +63,7 @@ class _Served:
     model: str = ""
     bytes_in: int = 0
     bytes_out: int = 0
+    code: grpc.StatusCode | None = None  # a stream's outcome, once it has one
 
 
 class HttpApi:
@@ -182,6 +183,11 @@ class HttpApi:
         except TimeoutError:  # the x-request-timeout backstop; the core counted DEADLINE_EXCEEDED
             code = grpc.StatusCode.DEADLINE_EXCEEDED
             response = self._error(CallAborted(code, "the deadline (x-request-timeout) passed", None))
+        except Exception as exc:  # a bug here: report it without details, keep serving
+            code = grpc.StatusCode.INTERNAL
+            log.exception("internal error in %s", route)
+            self.metrics.requests.labels(route, "", code.name).inc()
+            response = self._error(CallAborted(code, f"internal error ({type(exc).__name__}); see server logs", None))
         except asyncio.CancelledError:
             write_access_line(route, grpc.StatusCode.CANCELLED, served.started, model=served.model,
                               request=context, caller_trace_id=served.caller_trace_id, peer=peer,
@@ -302,12 +308,13 @@ class HttpApi:
         except BaseException:
             await events.aclose()
             raise
-        return EventStream(self._sse(events, first, served))
+        return EventStream(self._sse(events, first, served), self._sse_cleanup(events, served))
 
     async def _sse(self, events: AsyncIterator[pb.ExplainEvent], first, served: _Served) -> AsyncIterator[bytes]:
         """`event: <prediction|attribution|policy|quality>` with the ExplainEvent as JSON; a
-        failure after the first event is an `event: error` with {code, message, field}."""
-        code = grpc.StatusCode.OK
+        failure after the first event is an `event: error` with {code, message, field}. The
+        access line is written when the stream ends, however it ends (EventStream's cleanup)."""
+        served.code = grpc.StatusCode.OK
         try:
             pending = first
             while pending is not None:
@@ -316,14 +323,18 @@ class HttpApi:
                 yield chunk
                 pending = await anext(events, None)
         except CallAborted as error:
-            code = error.code
+            served.code = error.code
             yield b"event: error\ndata: " + codec.encode_json(error_body(error)) + b"\n\n"
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
+        except (asyncio.CancelledError, GeneratorExit):  # the client went away
+            served.code = grpc.StatusCode.CANCELLED
             raise
-        finally:
-            await events.aclose()
-            self._write(served, code)
+
+    def _sse_cleanup(self, events: AsyncIterator[pb.ExplainEvent], served: _Served):
+        async def cleanup() -> None:
+            await events.aclose()  # never started or cut short: its admission and deep work go now
+            self._write(served, served.code or grpc.StatusCode.CANCELLED)
+
+        return cleanup
 
     # ---- KServe V1 and Vertex ---------------------------------------------------------------------
 
@@ -392,10 +403,10 @@ class EventStream(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, chunks: AsyncIterator[bytes]):
+    def __init__(self, chunks: AsyncIterator[bytes], cleanup: Callable[[], Awaitable[None]]):
         super().__init__(None, headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]  # chunked
-        self.chunks = chunks
+        self.chunks, self.cleanup = chunks, cleanup
 
     async def __call__(self, scope, receive, send) -> None:
         task = asyncio.current_task()
@@ -414,6 +425,7 @@ class EventStream(Response):
         finally:
             watcher.cancel()
             await self.chunks.aclose()
+            await self.cleanup()
 
 
 def _sse_event(event: pb.ExplainEvent) -> bytes:
