@@ -96,6 +96,7 @@ def test_rollout_closed_forms_identity_and_uniform_attention():
 # ------------------------------------------------------------------ the ViT itself
 
 
+@pytest.mark.slow
 def test_vit_shapes_and_deterministic_random_weights(tiny_vit):
     x = torch.randn(2, 3, 32, 32)
     with torch.inference_mode():

@@ -90,6 +90,7 @@ def test_params_are_typed_by_the_dataclass_fields():
     assert set(params) == {"ig", "gradcam"}  # unparameterised methods get their defaults
 
 
+@pytest.mark.slow
 def test_models_lists_models_methods_and_defaults(capsys):
     assert main(["models"]) == 0
     listing = capsys.readouterr().out

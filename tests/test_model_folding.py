@@ -46,6 +46,7 @@ def test_served_model_has_no_batchnorm_and_keeps_every_name(effnet, unfused):
     assert isinstance(served["head_act"], nn.ReLU6) and isinstance(served["_fc"], nn.Linear)
 
 
+@pytest.mark.slow
 def test_folding_is_exact_in_float64(unfused):
     """In float64 the folded model's logits and input gradients equal the unfused model's."""
     reference = load_efficientnet_lite0(fold_bn=False).double()

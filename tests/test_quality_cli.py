@@ -64,6 +64,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_report_sanity_writes_the_table_plots_and_numbers(tmp_path, capsys, one_thread):
     out = tmp_path / "sanity"
     code = main(["report", "sanity", "--model", "tinycnn", "--images", "1", "--epochs", "2", "--out", str(out)])

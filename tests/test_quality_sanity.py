@@ -95,6 +95,7 @@ def test_a_stop_request_ends_the_run_between_states(tiny, tiny_images):
         model_randomisation(tiny, list(tiny_images[:1]), {"vanilla": make_params("vanilla")}, should_stop=lambda: True, chunk_sizes=CHUNKS)
 
 
+@pytest.mark.slow
 def test_data_randomisation_on_digits(one_thread):
     digits = load_digits()
     assert digits.x_train.shape[1:] == (3, 16, 16) and len(digits.y_train) + len(digits.y_test) == 1797

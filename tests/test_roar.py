@@ -22,6 +22,7 @@ def quick_run(tmp_path_factory):
     return out, json.loads((out / "roar.json").read_text())
 
 
+@pytest.mark.slow
 def test_report_files_are_written(quick_run):
     out, numbers = quick_run
     assert {p.name for p in out.iterdir()} >= {"report.md", "roar.json", "roar.png"}
@@ -34,6 +35,7 @@ def test_report_files_are_written(quick_run):
     assert model["fractions"] == [0.0, 0.5, 0.9] and model["seeds"] == [0]
 
 
+@pytest.mark.slow
 def test_random_control_accuracy_falls_with_k(quick_run):
     # Random removal destroys evidence without drawing any shape: measured here 0.97 at k = 0,
     # ~0.85 at 50 % and ~0.5 at 90 %. The bounds leave room for seed noise (a few points)
@@ -46,6 +48,7 @@ def test_random_control_accuracy_falls_with_k(quick_run):
     assert model["explained_accuracy"] > 0.9 and acc[0.0] > 0.9
 
 
+@pytest.mark.slow
 def test_mean_replacement_is_the_training_sets_channel_mean(quick_run):
     _, numbers = quick_run
     (model,) = numbers["models"]
@@ -80,6 +83,7 @@ def test_ties_are_broken_in_a_seeded_random_order():
     assert sorted(a[0].tolist()) == list(range(64))
 
 
+@pytest.mark.slow
 def test_retraining_is_deterministic_for_a_seed():
     split = digits.digit_split("tinycnn")
     x_train, y_train = split.x_train[:256], split.y_train[:256]

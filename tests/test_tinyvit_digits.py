@@ -46,6 +46,7 @@ def test_rollout_differs_from_the_random_weight_vits():
     assert trained_ink > random_ink + 0.2
 
 
+@pytest.mark.slow
 def test_weights_cache_is_keyed_by_content_and_reused(tmp_path, monkeypatch):
     recipe = digits.Recipe("tinyvit", epochs=1, lr=0.003)
     first = digits.trained_model(recipe, tmp_path)

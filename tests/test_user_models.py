@@ -135,6 +135,7 @@ def test_inspect_reports_the_layers_and_which_methods_can_explain_it(configs, lo
     assert "serving: serving the" in out
 
 
+@pytest.mark.slow
 def test_inspect_names_the_call_without_a_rule_and_the_reused_modules(configs, loaded, capsys):
     main(["models", "inspect", str(configs["smooth"]), "--no-chunk-sizes"])
     out = capsys.readouterr().out
@@ -268,7 +269,9 @@ def test_the_upstream_efficientnet_calls_the_cat_a_cat_and_its_maps_match_ours(l
 # ------------------------------------------------------------------------- the command line
 
 
-@pytest.mark.parametrize("name", ["resnet", "smooth", "vit", "exported", "torchscript", "upstream_lite0"])
+@pytest.mark.parametrize(
+    "name", ["resnet", "smooth", "vit", "exported", "torchscript", pytest.param("upstream_lite0", marks=pytest.mark.slow)]
+)
 def test_explain_with_a_model_config_writes_the_maps(configs, photo_file, tmp_path, name, monkeypatch, capsys):
     monkeypatch.setenv("SALIENCY_CACHE_DIR", str(tmp_path / "cache"))
     can = EXPECTED[name][0]
