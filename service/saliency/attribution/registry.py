@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+import torch
+
 from saliency.attribution.limits import DEFAULT_LIMITS, Limits
 from saliency.attribution.requirements import (
     ATTENTION,
@@ -40,8 +42,6 @@ from saliency.attribution.requirements import (
 from saliency.errors import InvalidArgument, require
 
 if TYPE_CHECKING:
-    import torch
-
     from saliency.attribution.executor import DeepTask
     from saliency.attribution.fast_inputs import FastInputs
     from saliency.models import LoadedModel, ModelSpec
@@ -63,7 +63,7 @@ _NEED_SUPPORT: dict[str, Requirement] = {
 }
 
 # (params, inputs) -> (map [n, H, W], raw [n, ...] or None), one row per image of `inputs`.
-Compute = Callable[[Any, "FastInputs"], "tuple[torch.Tensor, torch.Tensor | None]"]
+Compute = Callable[[Any, "FastInputs"], tuple[torch.Tensor, torch.Tensor | None]]
 # (model, x [C, H, W], target, params) -> the task the chunk executor runs.
 Plan = Callable[..., "DeepTask"]
 
@@ -106,8 +106,6 @@ class MethodInfo:
         if self.samples is not None:
             return int(self.samples(params))
         if task is None:
-            import torch
-
             blank = x if x is not None else torch.zeros(3, *model.spec.input_size)
             task = self.plan(model, blank, 0, params)
         return task.n_samples
