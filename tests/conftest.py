@@ -84,8 +84,9 @@ def _is_integration(item: pytest.Item) -> bool:
     )
 
 
-# Session fixtures whose users take seconds each on the CPU (EfficientNet-Lite0 at 224x224).
-_SLOW_FIXTURES = {"effnet", "chelsea"}
+# Fixtures whose users take seconds each on the CPU: EfficientNet-Lite0 at 224x224, and
+# tests/test_roar.py's quick ROAR run (retraining per fraction).
+_SLOW_FIXTURES = {"effnet", "chelsea", "quick_run"}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -147,6 +147,7 @@ def test_missing_image_file_and_conflicting_sources_exit_2(tmp_path, image_file,
     assert "IMAGE" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_efficientnet_sees_the_egyptian_cat(tmp_path, capsys):
     out = tmp_path / "chelsea"
     argv = ["explain", "--sample", "chelsea", "--model", "efficientnet_lite0",

@@ -136,6 +136,7 @@ def test_bad_policy_options_name_the_field(options, field):
     assert info.value.field == field
 
 
+@pytest.mark.slow  # loads every model of the zoo
 def test_every_deep_method_has_a_fast_fallback_for_every_model_it_explains():
     for name, info in all_methods().items():
         if info.kind != "deep":
