@@ -82,6 +82,7 @@ def test_archive_packs_the_handler_the_config_and_copies_of_its_files(configs, t
     assert Path(packed.location).read_text() == Path(original.location).read_text()
 
 
+@pytest.mark.integration  # `saliency archive` runs torch-model-archiver in a subprocess
 def test_archive_of_a_torchscript_module_carries_the_program(configs, tmp_path):
     assert main(["archive", str(configs["ts_script"]), "--out", str(tmp_path)]) == 0
     with zipfile.ZipFile(tmp_path / "ts_script.mar") as archive:
