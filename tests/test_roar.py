@@ -124,3 +124,14 @@ def test_bad_flags_name_the_field(flags, field, tmp_path, capsys):
     assert main(["report", "roar", "--quick", "--out", str(tmp_path / "o"), *flags]) == 2
     err = capsys.readouterr().err
     assert f"saliency: {field}:" in err, err
+
+
+def test_report_is_written_again_from_its_json(quick_run, tmp_path, capsys):
+    out, _ = quick_run
+    again = tmp_path / "again"
+    assert main(["report", "roar", "--from-json", str(out / "roar.json"), "--out", str(again)]) == 0
+    assert (again / "report.md").read_text() == (out / "report.md").read_text()
+    assert json.loads((again / "roar.json").read_text()) == json.loads((out / "roar.json").read_text())
+    (tmp_path / "bad.json").write_text("{}")
+    assert main(["report", "roar", "--from-json", str(tmp_path / "bad.json"), "--out", str(again)]) == 2
+    assert "saliency: from-json:" in capsys.readouterr().err

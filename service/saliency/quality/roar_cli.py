@@ -23,6 +23,8 @@ def add_arguments(parser: Any) -> None:
                         help="skip the trained ViT's sanity checks and attention-vs-gradient agreement")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random control and tie-breaking")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--from-json", metavar="FILE",
+                        help="write report.md and roar.png again from a previous run's roar.json (no training)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (default 1: the models are tiny, and the machine is shared)")
 
@@ -79,6 +81,8 @@ def main(args: Any) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InvalidArgument(f"cannot create {str(out)!r}: {exc.strerror}", "out") from None
+    if args.from_json is not None:
+        return rewrite(Path(args.from_json), out)
     say = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
     def partial(report: Any) -> None:
         write_report(report, out)
@@ -98,4 +102,22 @@ def main(args: Any) -> int:
     written = write_report(report, out)
     print(f"wrote {len(written)} files to {out} in {report.seconds['total']:.0f} s: "
           f"{', '.join(p.name for p in written)}")
+    return 0
+
+
+def rewrite(source: Path, out: Path) -> int:
+    """report.md and roar.png written again from `source` (a roar.json) into `out`."""
+    import json
+
+    from saliency.errors import InvalidArgument
+    from saliency.quality.roar_report import load_report, write_report
+
+    try:
+        report = load_report(source)
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read {str(source)!r}: {exc.strerror}", "from-json") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise InvalidArgument(f"{str(source)!r} is not a roar.json of this version: {exc!r}", "from-json") from None
+    written = write_report(report, out)
+    print(f"wrote {len(written)} files to {out} from {source}: {', '.join(p.name for p in written)}")
     return 0

@@ -171,6 +171,16 @@ def _claims_section(results: Sequence[RoarResult]) -> list[str]:
                          f"i.e. {seen}.")
     if not any_claim:
         lines.append("- None of the claimed methods was run (with the random control) in this report.")
+    for result in results:
+        others = [m for m in result.roar if m != "random"]
+        if "random" in result.roar and others and all(compare_to_random(result, m).worse_than_random for m in others):
+            lines += ["", f"Caveat ({result.model}): every method here, the Sobel control included, leaves accuracy "
+                      "*higher* than random removal does (\"Reading the numbers\" says why). So the \"no better than "
+                      "random\" agreements hold for every method, not for these three in particular, and SmoothGrad² "
+                      "and VarGrad miss the \"large drops\" claim along with all the others. Among the methods, "
+                      "lowest accuracy first: " + ", ".join(
+                          f"{m} {result.curve_mean(m).mean():.3f}" for m in sorted(others, key=lambda m: result.curve_mean(m).mean()))
+                      + "."]
     return lines
 
 
@@ -312,6 +322,28 @@ def numbers(report: RoarReport) -> dict:
     }
 
 
+def load_report(path: Path) -> RoarReport:
+    """A report back from its roar.json (to write report.md and the plot again, no retraining)."""
+    from saliency.quality.roar import MapMethod
+
+    data = json.loads(path.read_text())
+    o = data["options"]
+    options = RoarOptions(tuple(o["models"]), {m: tuple(v) for m, v in o["methods"].items()}, tuple(o["fractions"]),
+                          o["seeds"], tuple(o["kar"]), o["trained_vit"], o["seed"], o["quick"])
+
+    def table(values: dict) -> dict[str, dict[float, list[float]]]:
+        return {m: {float(k): list(v) for k, v in per.items()} for m, per in values.items()}
+
+    results = [
+        RoarResult(r["model"], r["architecture"], r["input_size"], tuple(r["fractions"]), tuple(r["seeds"]),
+                   {label: MapMethod(label, m["engine"], m["params"]) for label, m in r["methods"].items()},
+                   r["explained_accuracy"], tuple(r["fill"]), table(r["roar"]), table(r["kar"]), r["seconds"])
+        for r in data["models"]
+    ]
+    vit = None if data["trained_vit"] is None else TrainedVitReport(**data["trained_vit"])
+    return RoarReport(options, results, vit, data["seconds"], data["environment"], data.get("complete", True))
+
+
 def plot(report: RoarReport, path: Path) -> Path:
     """Test accuracy against k, one line per method; a panel per model and kind."""
     import matplotlib
@@ -326,7 +358,8 @@ def plot(report: RoarReport, path: Path) -> Path:
         for i, method in enumerate(getattr(result, kind)):
             means, stds = zip(*(result.mean_std(method, k, kind) for k in result.fractions))
             control = method in ("random", "sobel")
-            ax.errorbar(ks, means, yerr=stds, label=method, color="black" if method == "random" else f"C{i % 10}",
+            colour = "black" if method == "random" else plt.get_cmap("tab20")(i % 20)  # 13 methods: 10 colours repeat
+            ax.errorbar(ks, means, yerr=stds, label=method, color=colour,
                         linestyle="--" if control else "-", marker="o", markersize=3, capsize=2, linewidth=1.2)
         ax.set_title(f"{kind.upper()}: {result.model}")
         ax.set_xlabel("k: % of pixels removed" + (" (least important)" if kind == "kar" else " (most important)"))
