@@ -9,6 +9,7 @@
     saliency sanity IMAGE|--sample NAME --model M [--methods a,b] [--layers l1,l2]
                     [--randomizations cascading,independent] [--server HOST:PORT ...]
     saliency report sanity --model M --images N --out DIR
+    saliency report roar [--quick] [--models M,..] [--methods a,b] [--fractions 0,10,..] [--seeds N] --out DIR
     saliency archive my.yaml --out model_store/                        (a TorchServe archive of a model config)
     saliency serve [--config FILE] [--host H] [--port P] [--models a,b] [...]
 
@@ -153,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     sanity_report.add_argument("--epochs", type=int, default=100,
                                help="data randomisation: tinycnn training epochs on digits")
     sanity_report.add_argument("--seed", type=int, default=0)
+    roar_report = reports.add_parser(
+        "roar", help="ROAR / KAR on scikit-learn's digits and the trained ViT's checks (docs/roar)"
+    )
+    from saliency.quality.roar_cli import add_arguments as add_roar_arguments
+
+    add_roar_arguments(roar_report)
 
     # Listed for --help only: main() hands everything after the word to saliency/loadtest.py.
     commands.add_parser("loadtest", help="load-test a running service with locust (see --help)")
@@ -210,6 +217,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return list_models()
         if args.command == "sanity":
             return sanity(args)
+        if args.command == "report" and args.report == "roar":
+            from saliency.quality.roar_cli import main as report_roar
+
+            return report_roar(args)
         if args.command == "report":
             return report_sanity(args)
         return explain(args)
