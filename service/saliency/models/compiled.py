@@ -7,8 +7,8 @@ samples (RISE, occlusion, Score-CAM, KernelSHAP, LIME) and input gradients (IG, 
 GradientSHAP, XRAI). Captures of a layer and the rectifier / relevance rules need the eager
 module's hooks, so those calls stay eager.
 
-`compile_for_chunks` compiles, runs every shape the executor will ask for (the chunk sizes and
-a remainder, with and without gradient) so no request pays for compilation, then checks the
+`compile_for_chunks` compiles one graph per kind of call at its chunk size (a smaller batch is
+padded to it), runs both at start so no request pays for compilation, then checks the
 compiled copy's logits and input gradient against the eager module on a probe batch. If
 compiling fails or the check does not pass, it returns None and the eager module serves: a
 faster map that is not the model's own is not served.
@@ -39,18 +39,27 @@ class CompiledModel:
     gradient_error: float
 
 
-class _BatchOfTwoOrMore(nn.Module):
-    """Calls the compiled module with at least two rows: a dynamic-shape graph is specialised
-    away from a batch of one, which would compile again inside a request."""
+class _PaddedToChunk(nn.Module):
+    """Calls the compiled module with a full chunk: a smaller batch (a task's last chunk) is
+    padded with copies of its first row and the answer cut back. Static shapes compile far
+    faster than a dynamic batch dimension, and no request meets a shape not compiled at start."""
 
-    def __init__(self, compiled: nn.Module):
+    def __init__(self, compiled: nn.Module, grad_chunk: int, forward_chunk: int):
         super().__init__()
         self.compiled = compiled
+        self.grad_chunk, self.forward_chunk = grad_chunk, forward_chunk
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] == 1:
-            return self.compiled(torch.cat([x, x]))[:1]
-        return self.compiled(x)
+        full = self.forward_chunk if torch.is_inference_mode_enabled() else self.grad_chunk
+        n = x.shape[0]
+        if n >= full:
+            return self.compiled(x)
+        pad = x[:1].expand(full - n, *x.shape[1:])
+        return self.compiled(torch.cat([x, pad]).contiguous(memory_format=_format(x)))[:n]
+
+
+def _format(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -83,12 +92,10 @@ def compile_for_chunks(model: LoadedModel, chunk_sizes: tuple[int, int], mode: s
     generator = torch.Generator().manual_seed(0)
     started = time.perf_counter()
     try:
-        # Dynamic shapes: one graph per kind of call serves a full chunk and any remainder,
-        # so no request compiles.
-        compiled = _BatchOfTwoOrMore(torch.compile(model.module, mode=mode, dynamic=True))
         grad_chunk, forward_chunk = chunk_sizes
+        compiled = _PaddedToChunk(torch.compile(model.module, mode=mode, dynamic=False), grad_chunk, forward_chunk)
         for needs_grad, chunk in ((True, grad_chunk), (False, forward_chunk)):
-            for n in sorted({1, max(2, chunk), max(2, chunk // 2)}):
+            for n in sorted({chunk, max(1, chunk // 2)}):  # a full chunk, and a padded remainder
                 _call(compiled, _layout(model, torch.randn(n, channels, h, w, generator=generator)), needs_grad)
         seconds = time.perf_counter() - started
         probe = _layout(model, torch.randn(max(2, min(grad_chunk, 4)), channels, h, w, generator=generator))
