@@ -99,10 +99,10 @@ def test_compiled_model_with_cuda_graphs_gives_the_eager_maps():
     from saliency.models.compiled import compile_for_chunks
 
     model = load_model("tinycnn", "cuda")
-    compiled = compile_for_chunks(model, (8, 16), "reduce-overhead")
+    compiled = compile_for_chunks(model, 16, "reduce-overhead")
     assert compiled is not None, "tinycnn did not compile or failed its parity check"
     x = torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(2)).to("cuda")
-    methods = {"ig": make_params("ig", n_steps=19), "rise": make_params("rise", n_masks=40, seed=1)}
+    methods = {"occlusion": make_params("occlusion", window=8, stride=4), "rise": make_params("rise", n_masks=40, seed=1)}
     eager = Engine(model, ChunkSizes(8, 16)).explain(x, Targets(), methods)
     engine = Engine(model, ChunkSizes(8, 16))
     engine._executor = ChunkExecutor(model, ChunkSizes(8, 16), compiled=compiled.module)

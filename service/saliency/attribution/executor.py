@@ -344,8 +344,8 @@ class ChunkExecutor:
         self.model = model
         self.chunk_sizes = chunk_sizes
         self.on_chunk = on_chunk
-        # A compiled copy of model.module (models/compiled.py) for the calls with no layer
-        # capture and no backward rule: those need the eager module's hooks.
+        # A compiled copy of model.module (models/compiled.py) for forward-only calls with no
+        # layer capture (a capture needs the eager module's hooks).
         self.compiled = compiled
         self.stats = ExecutorStats()
         self._pending: deque[tuple[DeepTask, SampleStream]] = deque()
@@ -569,7 +569,7 @@ class ChunkExecutor:
         """One model call on inputs [n, C, H, W]; gradients are of logit[i, targets[i]] (under
         an LRP rule: the relevance of logit[i, targets[i]], seeded with its value)."""
         module, device = self.model.module, self.model.device
-        if self.compiled is not None and backward_rule is None and not capture_layer:
+        if self.compiled is not None and not needs_grad and not capture_layer:
             module = self.compiled
         x = inputs.to(device, torch.float32)
         if device.type == "cpu":

@@ -1,17 +1,17 @@
-"""A compiled copy of a served model for the deep methods' plain model calls (`compile_model`).
+"""A compiled copy of a served model for the deep methods' forward-only calls (`compile_model`).
 
 `torch.compile` (inductor) turns the module into fused kernels; on CUDA, mode
-"reduce-overhead" also replays CUDA graphs, which is what a launch-bound fast chunk needs. Only
-calls with no hooks and no modified backward rule use it (the executor decides): forward-only
-samples (RISE, occlusion, Score-CAM, KernelSHAP, LIME) and input gradients (IG, SmoothGrad,
-GradientSHAP, XRAI). Captures of a layer and the rectifier / relevance rules need the eager
-module's hooks, so those calls stay eager.
+"reduce-overhead" also replays CUDA graphs. The executor uses it for forward-only samples with no
+layer capture (RISE, occlusion, Score-CAM's masked forwards, KernelSHAP, LIME). Calls with a
+gradient stay eager: on the CPU the compiled forward+backward of EfficientNet-Lite0 ran 5-7x
+slower than eager (bench/compiled.py, docs/engine.md), and captures and backward rules need the
+eager module's hooks anyway.
 
-`compile_for_chunks` compiles one graph per kind of call at its chunk size (a smaller batch is
-padded to it), runs both at start so no request pays for compilation, then checks the
-compiled copy's logits and input gradient against the eager module on a probe batch. If
-compiling fails or the check does not pass, it returns None and the eager module serves: a
-faster map that is not the model's own is not served.
+`compile_for_chunks` compiles one static graph at the forward chunk size (a shorter last chunk is
+padded to it), runs it at start so no request pays for compilation, then checks the compiled
+copy's logits against the eager module on a probe batch. If compiling fails or the check does
+not pass, it returns None and the eager module serves: a faster map that is not the model's own
+is not served.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from torch import nn
 from saliency.models import LoadedModel
 
 log = logging.getLogger(__name__)
-# float32 kernels fused in another order: relative L2 of logits and input gradient.
+# float32 kernels fused in another order: relative L2 of the logits.
 PARITY_TOLERANCE = 1e-4
 
 
@@ -34,27 +34,25 @@ PARITY_TOLERANCE = 1e-4
 class CompiledModel:
     module: nn.Module  # call with inputs laid out as the executor lays them out
     mode: str
-    compile_seconds: float  # compiling and the warm-up calls of every shape
+    compile_seconds: float  # compiling and the warm-up calls
     logits_error: float  # relative L2 to the eager module on the probe batch
-    gradient_error: float
 
 
 class _PaddedToChunk(nn.Module):
     """Calls the compiled module with a full chunk: a smaller batch (a task's last chunk) is
-    padded with copies of its first row and the answer cut back. Static shapes compile far
+    padded with copies of its first row and the answer cut back. A static shape compiles far
     faster than a dynamic batch dimension, and no request meets a shape not compiled at start."""
 
-    def __init__(self, compiled: nn.Module, grad_chunk: int, forward_chunk: int):
+    def __init__(self, compiled: nn.Module, chunk: int):
         super().__init__()
         self.compiled = compiled
-        self.grad_chunk, self.forward_chunk = grad_chunk, forward_chunk
+        self.chunk = chunk
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        full = self.forward_chunk if torch.is_inference_mode_enabled() else self.grad_chunk
         n = x.shape[0]
-        if n >= full:
+        if n >= self.chunk:
             return self.compiled(x)
-        pad = x[:1].expand(full - n, *x.shape[1:])
+        pad = x[:1].expand(self.chunk - n, *x.shape[1:])
         return self.compiled(torch.cat([x, pad]).contiguous(memory_format=_format(x)))[:n]
 
 
@@ -66,51 +64,36 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-12))
 
 
-def _call(module: nn.Module, x: torch.Tensor, needs_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The executor's two kinds of call: logits, and the input gradient of the top logit."""
-    if not needs_grad:
-        with torch.inference_mode():
-            return module(x).float(), None
-    x = x.detach().clone().requires_grad_(True)
-    with torch.enable_grad():
-        logits = module(x)
-        picked = logits.gather(1, logits.argmax(1, keepdim=True))
-        (grad,) = torch.autograd.grad(picked, [x], torch.ones_like(picked))
-    return logits.detach().float(), grad
+def _logits(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():  # as the executor's forward-only calls
+        return module(x).float()
 
 
-def _layout(model: LoadedModel, x: torch.Tensor) -> torch.Tensor:
-    x = x.to(model.device, torch.float32)
-    return x.contiguous(memory_format=torch.channels_last) if model.device.type == "cpu" else x
-
-
-def compile_for_chunks(model: LoadedModel, chunk_sizes: tuple[int, int], mode: str = "default") -> CompiledModel | None:
-    """A compiled copy of `model.module` warmed up for chunks of `chunk_sizes` (with gradient,
-    forward-only) and checked against the eager module; None when it cannot be used."""
+def compile_for_chunks(model: LoadedModel, forward_chunk: int, mode: str = "default") -> CompiledModel | None:
+    """A compiled copy of `model.module` for forward-only chunks of `forward_chunk` samples,
+    compiled at start and checked against the eager module; None when it cannot be used."""
     channels = len(model.spec.mean)
     h, w = model.spec.input_size
     generator = torch.Generator().manual_seed(0)
+
+    def batch(n: int) -> torch.Tensor:
+        x = torch.randn(n, channels, h, w, generator=generator).to(model.device)
+        return x.contiguous(memory_format=torch.channels_last) if model.device.type == "cpu" else x
+
     started = time.perf_counter()
     try:
-        grad_chunk, forward_chunk = chunk_sizes
-        compiled = _PaddedToChunk(torch.compile(model.module, mode=mode, dynamic=False), grad_chunk, forward_chunk)
-        for needs_grad, chunk in ((True, grad_chunk), (False, forward_chunk)):
-            for n in sorted({chunk, max(1, chunk // 2)}):  # a full chunk, and a padded remainder
-                _call(compiled, _layout(model, torch.randn(n, channels, h, w, generator=generator)), needs_grad)
+        compiled = _PaddedToChunk(torch.compile(model.module, mode=mode, dynamic=False), forward_chunk)
+        for n in sorted({forward_chunk, max(1, forward_chunk // 2)}):  # a full chunk, a padded one
+            _logits(compiled, batch(n))
         seconds = time.perf_counter() - started
-        probe = _layout(model, torch.randn(max(2, min(grad_chunk, 4)), channels, h, w, generator=generator))
-        logits, grad = _call(compiled, probe, needs_grad=True)
-        eager_logits, eager_grad = _call(model.module, probe, needs_grad=True)
+        probe = batch(max(1, min(forward_chunk, 4)))
+        error = _relative(_logits(compiled, probe), _logits(model.module, probe))
     except Exception:  # noqa: BLE001 - any compiler failure leaves the eager module serving
         log.exception("compile_model: %s could not be compiled (%s); serving it eager", model.spec.name, mode)
         return None
-    logits_error, gradient_error = _relative(logits, eager_logits), _relative(grad, eager_grad)
-    if max(logits_error, gradient_error) > PARITY_TOLERANCE:
-        log.warning(
-            "compile_model: %s compiled (%s) differs from eager (logits %.2e, gradient %.2e > %.0e); serving it eager",
-            model.spec.name, mode, logits_error, gradient_error, PARITY_TOLERANCE,
-        )
+    if error > PARITY_TOLERANCE:
+        log.warning("compile_model: %s compiled (%s) differs from eager (logits %.2e > %.0e); serving it eager",
+                    model.spec.name, mode, error, PARITY_TOLERANCE)
         return None
-    log.info("compile_model: %s compiled (%s) in %.1f s; logits %.1e, gradient %.1e from eager",
-             model.spec.name, mode, seconds, logits_error, gradient_error)
-    return CompiledModel(compiled, mode, seconds, logits_error, gradient_error)
+    log.info("compile_model: %s compiled (%s) in %.1f s; logits %.1e from eager", model.spec.name, mode, seconds, error)
+    return CompiledModel(compiled, mode, seconds, error)

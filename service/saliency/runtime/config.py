@@ -61,8 +61,8 @@ class ServiceConfig:
     max_queue_samples: int = 20_000  # deep samples waiting per model
     max_chunk: int = 0  # samples per model call with gradient; 0 = measured per model
     max_chunk_forward: int = 0  # forward-only; 0 = measured
-    # torch.compile the deep methods' plain model calls (models/compiled.py): off, default,
-    # reduce-overhead (CUDA graphs) or max-autotune. Compiled and checked at start.
+    # torch.compile the deep methods' forward-only model calls (models/compiled.py): off,
+    # default, reduce-overhead (CUDA graphs) or max-autotune. Compiled and checked at start.
     compile_model: str = "off"
     max_batch_delay_ms: float = 5.0  # wait this long for more deep work to fill a chunk
     default_deadline_s: float = 60.0  # applied when the client sets none

@@ -54,7 +54,7 @@ class ModelWorker:
         sizes = configured_chunk_sizes(model, config.max_chunk, config.max_chunk_forward)
         self.compiled = None
         if config.compile_model != "off":
-            self.compiled = compile_for_chunks(model, (sizes.grad, sizes.forward), config.compile_model)
+            self.compiled = compile_for_chunks(model, sizes.forward, config.compile_model)
         compiled_module = self.compiled.module if self.compiled is not None else None
         self.executor = ChunkExecutor(model, sizes, on_chunk=self._record_chunk, compiled=compiled_module)
         # Read once here: every thread sets its own count, so creation order does not matter.
