@@ -368,10 +368,11 @@ def test_deadlines_and_cancels_leave_no_request_in_flight(service):
         with pytest.raises(grpc.RpcError) as caught:
             stub.Explain(slow, timeout=0.4)
         ended[caught.value.code().name] += 1
-    cancellable = explain_request(tiny_input(4), {"ig": {"n_steps": 256}}, Targets(classes=(0, 1)))
+    # Long enough that it is still running when abandoned, even on a quiet machine.
+    cancellable = explain_request(tiny_input(4), {"ig": {"n_steps": 1024}}, Targets(classes=tuple(range(8))))
     for _ in range(3):  # admitted (a long deadline), then abandoned by the caller
         future = stub.Explain.future(cancellable, timeout=60)
-        time.sleep(0.3)
+        time.sleep(0.15)
         assert future.cancel()
     deadline = time.monotonic() + 20
     while service.metric("saliency_inflight_requests", labels) != 0 and time.monotonic() < deadline:
