@@ -118,12 +118,27 @@ def test_sobel_control_is_an_edge_map():
         (["--methods", "vanilla"], "methods"),
         (["--models", "tinycnn", "--kar", "tinyvit_digits"], "kar[0]"),
         (["--seed", "-1"], "seed"),
+        (["--seed", str(2**63)], "seed"),
+        (["--seeds", "1000000"], "seeds"),
+        (["--fractions", "0,10,10"], "fractions"),
+        (["--fractions", "0,,10"], "fractions"),
+        (["--models", "tinycnn,"], "models"),
+        (["--models", "tinycnn,tinycnn"], "models"),
+        (["--models", "tinycnn", "--methods", "vanilla,vanilla"], "methods"),
+        (["--kar", "tinycnn,"], "kar"),
+        (["--threads", "0"], "threads"),
     ],
 )
 def test_bad_flags_name_the_field(flags, field, tmp_path, capsys):
     assert main(["report", "roar", "--quick", "--out", str(tmp_path / "o"), *flags]) == 2
     err = capsys.readouterr().err
     assert f"saliency: {field}:" in err, err
+
+
+def test_an_out_directory_that_cannot_be_made_names_the_field(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    assert main(["report", "roar", "--quick", "--out", str(tmp_path / "file" / "o")]) == 2
+    assert "saliency: out:" in capsys.readouterr().err
 
 
 def test_report_is_written_again_from_its_json(quick_run, tmp_path, capsys):
