@@ -11,6 +11,7 @@ from saliency.attribution.engine import Engine
 from saliency.attribution.executor import ChunkSizes
 from saliency.attribution.registry import make_params
 from saliency.errors import DeadlineExceeded, InvalidArgument
+from saliency.models.weights import weights_hash
 from saliency.quality.data_randomisation import data_randomisation, load_digits
 from saliency.quality.invariance import (
     CHANGE_TOLERANCE,
@@ -26,7 +27,6 @@ from saliency.quality.sanity import (
     model_randomisation,
     randomize_modules,
     resolve_layers,
-    weights_hash,
 )
 from saliency.quality.similarity import Similarity
 

@@ -20,8 +20,8 @@ from saliency.attribution.types import Attribution
 from saliency.errors import Unimplemented
 from saliency.imaging import decode_image, to_model_input
 from saliency.models import get_spec, load_model
+from saliency.models.weights import weights_hash
 from saliency.quality.evaluate import EvaluateOptions, evaluate_in_process
-from saliency.quality.sanity import weights_hash
 from saliency.runtime.config import load_config
 from saliency.runtime.metrics import Metrics
 from saliency.v1 import explainer_pb2 as pb

@@ -20,7 +20,6 @@ model code runs): every mistake is a `ModelConfigError` whose field is the YAML 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -80,21 +79,6 @@ class ModelConfig:
     @property
     def directory(self) -> Path:
         return self.path.parent
-
-
-def config_fingerprint(config: ModelConfig) -> str:
-    """A digest of everything the config names that decides its model: the config's text and
-    the bytes of its model file or program and of its weights. Two configs with one name but
-    different models differ here (what is measured per model must be keyed by it). It reads
-    the files: call it when a model is set up, not per request."""
-    digest = hashlib.sha256()
-    files = [config.path, config.weights] + ([Path(config.location)] if config.source != "factory" else [])
-    for path in files:
-        if path is not None:
-            with open(path, "rb") as f:
-                for block in iter(lambda f=f: f.read(1 << 20), b""):
-                    digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 def read_model_config(path: str | Path) -> ModelConfig:

@@ -30,6 +30,7 @@ from saliency.attribution.registry import get_method, make_params
 from saliency.attribution.tuning import chunk_sizes_for
 from saliency.imaging import to_model_input
 from saliency.models import load_model
+from saliency.models.weights import weights_hash
 from saliency.quality import plots
 from saliency.quality.data_randomisation import DataRandomisationResult, data_randomisation
 from saliency.quality.invariance import (
@@ -39,7 +40,7 @@ from saliency.quality.invariance import (
     ig_variants,
     input_invariance,
 )
-from saliency.quality.sanity import MODES, SanityResult, model_randomisation, weights_hash
+from saliency.quality.sanity import MODES, SanityResult, model_randomisation
 from saliency.quality.similarity import SIMILARITY_FIELDS
 
 PASS_BELOW = 0.5

@@ -19,7 +19,6 @@ always happens on a deep copy: the served model is never touched (`weights_hash`
 from __future__ import annotations
 
 import copy
-import hashlib
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -112,15 +111,6 @@ def randomize_modules(module: nn.Module, names: Sequence[str], seed: int) -> Non
                     continue
                 noise = torch.randn(p.shape, generator=generator, dtype=torch.float64)
                 p.copy_((noise * std + float(values.mean())).to(p.dtype))
-
-
-def weights_hash(module: nn.Module) -> str:
-    """SHA-256 over every parameter and buffer (name, dtype, shape, values)."""
-    digest = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def copy_model(model: LoadedModel) -> LoadedModel:

@@ -38,6 +38,7 @@ from saliency.attribution.registry import get_method, make_params, split_by_kind
 from saliency.attribution.types import Attribution, Targets
 from saliency.errors import DeadlineExceeded, ResourceExhausted, SaliencyError
 from saliency.models import load_model, register_model_config
+from saliency.models.weights import weights_hash
 from saliency.quality.evaluate import (
     EvaluateOptions,
     QualityScore,
@@ -54,7 +55,7 @@ from saliency.quality.policy import (
     next_ig_round,
     plan_within_budget,
 )
-from saliency.quality.sanity import model_randomisation, weights_hash
+from saliency.quality.sanity import model_randomisation
 from saliency.runtime.admission import Admission, DeepCosts, overloaded
 from saliency.runtime.backend import (
     EVALUATE,
