@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from saliency.api.tensors import tensor_from_proto, tensor_to_proto
+from saliency.api.tensors import tensor_from_proto
 from saliency.attribution.limits import Limits
 from saliency.attribution.registry import (
     RegistryView,
@@ -35,37 +35,23 @@ from saliency.attribution.registry import (
 )
 from saliency.errors import InvalidArgument, SaliencyError, require
 from saliency.v1 import explainer_pb2 as pb
-from saliency.wire.tables import ENUM_STRINGS, enum_label
+from saliency.wire.params import method_request_to_proto
+from saliency.wire.tables import ENUM_STRINGS, enum_label, method_enum, method_name  # noqa: F401 (method_name: for callers)
 
 # ------------------------------------------------------------------------------ enum tables
 
 # Views of the registry (each method's `register(enum=..., oneof=...)`), in enum value order;
 # a method registered without an enum value is usable in-process only and is absent here.
+# `method_enum` / `method_name` are the torch-free wire's: its tables are derived from the proto
+# by convention and tests/test_method_registry.py checks they agree with these views.
 METHOD_NAMES: Mapping[int, str] = RegistryView(
     lambda methods: dict(sorted((pb.Method.Value(m.enum), m.name) for m in methods.values() if m.enum))
 )
-_METHOD_VALUES: Mapping[str, int] = RegistryView(lambda methods: {n: v for v, n in METHOD_NAMES.items()})
 
 # Which member of MethodRequest's `params` oneof carries each method's parameters.
 PARAMS_ONEOF: Mapping[str, str] = RegistryView(
     lambda methods: {METHOD_NAMES[v]: methods[METHOD_NAMES[v]].oneof for v in METHOD_NAMES}
 )
-
-
-def method_enum(name: str) -> int:
-    """Registry name ("ig") -> `Method` enum value (METHOD_INTEGRATED_GRADIENTS)."""
-    if name not in _METHOD_VALUES:
-        raise InvalidArgument(
-            f"method {name!r} has no saliency.v1 Method value; known: {', '.join(_METHOD_VALUES)}",
-            "methods",
-        )
-    return _METHOD_VALUES[name]
-
-
-def method_name(value: int) -> str:
-    """`Method` enum value -> registry name; one this stub does not know keeps its enum name,
-    lower-cased, rather than failing a whole response."""
-    return METHOD_NAMES.get(value) or enum_label(pb.Method.DESCRIPTOR, value).lower()
 
 
 # --------------------------------------------------------- MethodRequest -> params (server)
@@ -243,32 +229,10 @@ def method_requests_to_proto(methods: Mapping[str, Any]) -> list[pb.MethodReques
     """{registry name: params | dict | None} -> `MethodRequest`s, every field set explicitly.
 
     Explicit values (rather than "unset = default") keep the request meaning the same even if
-    the server's defaults change. `methods_from_proto` inverts this exactly.
+    the server's defaults change. `methods_from_proto` inverts this exactly. The encoding is the
+    torch-free client's (`saliency.wire.params`), given the whole params object.
     """
-    requests = []
-    for name, value in methods.items():
-        params = _coerce_params(name, value)
-        request = pb.MethodRequest(method=method_enum(name))
-        message = getattr(request, PARAMS_ONEOF[name])
-        message.SetInParent()  # CamParams has no fields: mark the oneof set anyway
-        for f in dataclasses.fields(params):
-            value = getattr(params, f.name)
-            proto_field = message.DESCRIPTOR.fields_by_name[f.name]
-            where = f"{name}.{f.name}"
-            if proto_field.enum_type is not None:
-                table = {s: v for v, s in ENUM_STRINGS[proto_field.enum_type.full_name].items()}
-                require(value in table, where, f"{value!r} is not one of {tuple(table)}")
-                setattr(message, f.name, table[value])
-            elif proto_field.message_type is not None:
-                if value is not None:
-                    getattr(message, f.name).CopyFrom(tensor_to_proto(value))
-            else:
-                try:
-                    setattr(message, f.name, value)
-                except (TypeError, ValueError) as exc:  # wrong type, or over int32/int64
-                    raise InvalidArgument(f"{value!r} cannot be sent: {exc}", where) from None
-        requests.append(request)
-    return requests
+    return [method_request_to_proto(name, _coerce_params(name, value)) for name, value in methods.items()]
 
 
 # ------------------------------------------------------------------------------- ListModels
