@@ -41,10 +41,6 @@ IG_HIT = "gRPC IG n=50, cache hit"
 IG_COMPUTED = "gRPC IG n=50, computed (cache off)"
 
 
-# Two services in one process: each binds its HTTP API (where served) on a free port.
-_FREE_HTTP_PORT = {"http_port": 0} if "http_port" in {f.name for f in dataclasses.fields(ServiceConfig)} else {}
-
-
 def _request(x: torch.Tensor, methods: dict) -> pb.ExplainRequest:
     return pb.ExplainRequest(
         model=MODEL_NAME,
@@ -59,7 +55,8 @@ def run(settings: Settings) -> list[Table]:
     repeats = settings.pick(40, 12)
     base = ServiceConfig(
         port=0, metrics_port=0, models=(MODEL_NAME,), device=settings.device,
-        max_chunk=8, max_chunk_forward=4, reflection=False, **_FREE_HTTP_PORT,
+        max_chunk=8, max_chunk_forward=4, reflection=False,
+        http_port=0,  # two services in one process: each binds its HTTP API on a free port
     )
     fast = dict.fromkeys(c.FAST_METHODS)
     ig = {"ig": {"n_steps": 50}}
