@@ -105,6 +105,20 @@ def archive_path(store: Path, model: str) -> Path:
     return path
 
 
+def store_settings(base: Mapping[str, str], store: Path) -> dict[str, str]:
+    """`base` serving from `store` only (its archives, its metrics declarations), with the
+    hardening settings enforced whatever `base` says."""
+    settings = dict(base)
+    settings["model_store"] = str(store)
+    settings["allowed_urls"] = f"file://{re.escape(str(store))}/.*"
+    if (store / "metrics.yaml").is_file():
+        settings["metrics_config"] = str(store / "metrics.yaml")
+    else:
+        settings.pop("metrics_config", None)
+    settings.update(HARDENED)
+    return settings
+
+
 def render_properties(
     base: Mapping[str, str], store: Path, models: Sequence[str], ports: Mapping[str, int], tmp_dir: Path
 ) -> dict[str, str]:
@@ -118,14 +132,7 @@ def render_properties(
     settings["grpc_management_address"] = "127.0.0.1"
     settings["grpc_management_port"] = str(ports["grpc_management_port"])
     store = Path(store).resolve()
-    settings["model_store"] = str(store)
-    settings["allowed_urls"] = f"file://{re.escape(str(store))}/.*"
-    metrics = store / "metrics.yaml"
-    if metrics.is_file():
-        settings["metrics_config"] = str(metrics)
-    else:
-        settings.pop("metrics_config", None)
-    settings.update(HARDENED)
+    settings.update(store_settings(settings, store))
     vmargs = re.sub(r"\s*-Djava\.io\.tmpdir=\S+", "", settings.get("vmargs", "")).strip()
     settings["vmargs"] = f"{vmargs} -Djava.io.tmpdir={tmp_dir}".strip()
     settings["models"] = json.dumps(models_property(store, models), separators=(",", ":"))

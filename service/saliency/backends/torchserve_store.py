@@ -3,7 +3,8 @@ user models: `python -m saliency.backends.torchserve_store --model-config A.yaml
 
 It copies the built-in archives that `--models` names from the image's store, builds an
 archive of each model config (`torchserve_archive`), and writes `DIR/config.properties`: the
-base config with this store, its `allowed_urls` and metrics declarations, and the user models'
+base config with this store, its `allowed_urls` and metrics declarations, the hardening
+settings enforced (as when the service starts TorchServe itself), and the user models'
 registrations (`<m>`, `<m>-deep`) added to `models=` and `load_models=` with the batching their
 archives carry. The sidecar then starts TorchServe on that store and config. Exit status 2 with
 the message naming the field for a bad model config; nothing is started half-configured.
@@ -13,24 +14,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from saliency.backends.torchserve_archive import ArchiveError, prepare_model_store
 from saliency.backends.torchserve_batch import DEEP_SUFFIX
-from saliency.backends.torchserve_process import models_property, read_properties, write_properties
+from saliency.backends.torchserve_process import (
+    models_property,
+    read_properties,
+    store_settings,
+    write_properties,
+)
 from saliency.errors import SaliencyError
 
 
 def store_properties(base: dict[str, str], store: Path, user_models: Sequence[str]) -> dict[str, str]:
     """`base` (the sidecar's config.properties) serving from `store`, with `user_models` added."""
-    settings = dict(base)
-    settings["model_store"] = str(store)
-    settings["allowed_urls"] = f"file://{re.escape(str(store))}/.*"
-    if (store / "metrics.yaml").is_file():
-        settings["metrics_config"] = str(store / "metrics.yaml")
+    settings = store_settings(base, store)
     models = json.loads(settings.get("models") or "{}")
     models.update(models_property(store, user_models))
     settings["models"] = json.dumps(models, separators=(",", ":"))
