@@ -252,8 +252,6 @@ def load_config(
         raise ValueError(f"config http_port: {config.http_port} is outside 0..65535 (0: a free port)")
     if config.fast_threads < 0:
         raise ValueError(f"config fast_threads: {config.fast_threads} is negative (0 = automatic)")
-    if config.explanation_cache_bytes < 0:
-        raise ValueError(f"config explanation_cache_bytes: {config.explanation_cache_bytes} is negative (0 = off)")
     if not 0.0 <= config.quality_sample_rate <= 1.0:
         raise ValueError(f"config quality_sample_rate: {config.quality_sample_rate} is outside [0, 1]")
     for name in ("max_connection_age_s", "max_connection_age_grace_s", "reload_interval_s"):
