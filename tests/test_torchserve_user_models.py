@@ -99,6 +99,12 @@ def test_archive_refuses_a_bad_config_naming_the_field(configs, tmp_path, capsys
     assert not (tmp_path / "store" / "bad.mar").exists()
 
 
+def test_archive_into_a_path_that_is_not_a_directory_is_a_usage_error(configs, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("")
+    assert main(["archive", str(configs["ts_resnet"]), "--out", str(tmp_path / "a_file")]) == 2
+    assert "a_file" in capsys.readouterr().err
+
+
 def test_archive_refuses_torchserve_settings_that_name_the_model(configs, tmp_path, capsys):
     settings = tmp_path / "ts.yaml"
     settings.write_text(yaml.safe_dump({"saliency": {"model": "efficientnet_lite0"}}))

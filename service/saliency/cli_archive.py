@@ -26,8 +26,8 @@ def archive(args: argparse.Namespace) -> int:
 
     try:
         path = build_archive(args.model_config, args.out, torchserve_config(args.torchserve_config))
-    except (ArchiveError, SaliencyError) as exc:
-        print(f"error: saliency archive: {exc}", file=sys.stderr)
+    except (ArchiveError, SaliencyError, OSError) as exc:
+        print(f"error: saliency archive: {' '.join(str(exc).split())}", file=sys.stderr)
         return USAGE_ERROR
     print(f"{path} (TorchServe registers it as <name> and <name>-deep: docs/torchserve.md)")
     return 0

@@ -3,7 +3,7 @@
 Per-sample cost against chunk size is not monotonic on a CPU: on this machine Captum's IG on
 EfficientNet-Lite0 runs 2.3x faster at 5 samples per chunk than at 50 (caches, threading).
 We time a few candidate sizes once and keep the cheapest per sample; results are cached in
-memory and on disk (keyed by model, device, torch version and thread count).
+memory and on disk (keyed by model and its weights' digest, device, torch version and thread count).
 """
 
 from __future__ import annotations
