@@ -33,7 +33,6 @@ PARITY_TOLERANCE = 1e-4
 @dataclass(frozen=True)
 class CompiledModel:
     module: nn.Module  # call with inputs laid out as the executor lays them out
-    mode: str
     compile_seconds: float  # compiling and the warm-up calls
     logits_error: float  # relative L2 to the eager module on the probe batch
 
@@ -96,4 +95,4 @@ def compile_for_chunks(model: LoadedModel, forward_chunk: int, mode: str = "defa
                     model.spec.name, mode, error, PARITY_TOLERANCE)
         return None
     log.info("compile_model: %s compiled (%s) in %.1f s; logits %.1e from eager", model.spec.name, mode, seconds, error)
-    return CompiledModel(compiled, mode, seconds, error)
+    return CompiledModel(compiled, seconds, error)
