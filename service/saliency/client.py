@@ -95,39 +95,29 @@ def _health_stub(channel: grpc.Channel | grpc.aio.Channel) -> Any:
 
 
 class _Base:
-    """What the sync and async clients share: settings and request building."""
+    """What the sync and async clients share: the channel's stubs and each call's options."""
 
-    def __init__(self, token: str | None, timeout: float | None):
+    def __init__(
+        self, channel: grpc.Channel | grpc.aio.Channel, token: str | None, timeout: float | None
+    ):
+        self._channel = channel
+        self._stub = pb_grpc.ExplainerStub(channel)
+        self._health = _health_stub(channel)
         self._metadata = _call_metadata(token)
         self.timeout = timeout
 
-    def _timeout(self, timeout: float | None) -> float | None:
-        return self.timeout if timeout is None else timeout
+    def _options(self, timeout: float | None) -> dict[str, Any]:
+        """A call's deadline (default: the client's) and metadata (the token)."""
+        return {"timeout": self.timeout if timeout is None else timeout, "metadata": self._metadata}
 
-    @staticmethod
-    def _request(
-        image: Image,
-        model: str,
-        methods: Mapping[str, Any],
-        targets: Targets | None,
-        output: OutputOptions | None,
-        request_id: str | None,
-        quality: Mapping[str, Any],
-    ) -> pb.ExplainRequest:
-        """quality: the optional `evaluate`, `ground_truth` and `policy` keywords of explain."""
-        return requests.explain_request_to_proto(model, image, methods, targets, output, request_id, **quality)
 
-    @staticmethod
-    def _sanity_request(
-        image: Image,
-        model: str,
-        methods: Mapping[str, Any] | None,
-        layers: Sequence[str],
-        randomizations: Sequence[str],
-        target: int | None,
-        seed: int | None,
-    ) -> pb.SanityCheckRequest:
-        return requests.sanity_request_to_proto(model, image, methods or {}, layers, randomizations, target, seed)
+def _open_channel(api: Any, target: str, root_certificates: bytes | None) -> Any:
+    """A channel of `api` (the grpc module or grpc.aio): TLS when root_certificates is given."""
+    if root_certificates is None:
+        return api.insecure_channel(target, options=CHANNEL_OPTIONS)
+    return api.secure_channel(
+        target, grpc.ssl_channel_credentials(root_certificates), options=CHANNEL_OPTIONS
+    )
 
 
 class ExplainerClient(_Base):
@@ -146,14 +136,7 @@ class ExplainerClient(_Base):
         root_certificates: bytes | None = None,
         timeout: float | None = None,
     ):
-        super().__init__(token, timeout)
-        if root_certificates is not None:
-            credentials = grpc.ssl_channel_credentials(root_certificates)
-            self._channel = grpc.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
-        else:
-            self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
-        self._stub = pb_grpc.ExplainerStub(self._channel)
-        self._health = _health_stub(self._channel)
+        super().__init__(_open_channel(grpc, target, root_certificates), token, timeout)
 
     def explain(
         self,
@@ -176,8 +159,10 @@ class ExplainerClient(_Base):
         ground_truth=(x_min, y_min, x_max, y_max) or a mask [H0, W0] in pixels of the image
         sent, policy=PolicyOptions (what it chose: `.policy`).
         """
-        request = self._request(image, model, methods, targets, output, request_id, quality)
-        response = self._stub.Explain(request, timeout=self._timeout(timeout), metadata=self._metadata)
+        request = requests.explain_request_to_proto(
+            model, image, methods, targets, output, request_id, **quality
+        )
+        response = self._stub.Explain(request, **self._options(timeout))
         return results.explain_response_from_proto(response)
 
     def sanity_check(
@@ -193,8 +178,10 @@ class ExplainerClient(_Base):
     ) -> SanityCheckResult:
         """Model-randomisation check of one image on the server (default methods: vanilla,
         gradcam, guided_backprop; default layers: the model's checkpoints; both schedules)."""
-        request = self._sanity_request(image, model, methods, layers, randomizations, target, seed)
-        response = self._stub.SanityCheck(request, timeout=self._timeout(timeout), metadata=self._metadata)
+        request = requests.sanity_request_to_proto(
+            model, image, methods or {}, layers, randomizations, target, seed
+        )
+        response = self._stub.SanityCheck(request, **self._options(timeout))
         return results.sanity_response_from_proto(response)
 
     def explain_stream(
@@ -211,8 +198,10 @@ class ExplainerClient(_Base):
         """First an ExplainResult (prediction and fast maps), then an AttributionEvent per deep
         map as it completes, then a PolicyDecision and a QualityReport when asked for (see
         explain). Leaving the loop early cancels the call, so the server stops."""
-        request = self._request(image, model, methods, targets, output, request_id, quality)
-        call = self._stub.ExplainStream(request, timeout=self._timeout(timeout), metadata=self._metadata)
+        request = requests.explain_request_to_proto(
+            model, image, methods, targets, output, request_id, **quality
+        )
+        call = self._stub.ExplainStream(request, **self._options(timeout))
         try:
             for event in call:
                 yield results.explain_event_from_proto(event)
@@ -221,16 +210,12 @@ class ExplainerClient(_Base):
 
     def list_models(self, timeout: float | None = None) -> list[pb.ModelInfo]:
         """Served models with their input specs and methods (parameters, defaults, limits)."""
-        response = self._stub.ListModels(
-            pb.ListModelsRequest(), timeout=self._timeout(timeout), metadata=self._metadata
-        )
+        response = self._stub.ListModels(pb.ListModelsRequest(), **self._options(timeout))
         return list(response.models)
 
     def health(self, service: str = SERVICE_NAME, timeout: float | None = None) -> str:
         """grpc.health.v1 status of `service`: "SERVING", "NOT_SERVING", ..."""
-        response = self._health(
-            wrappers_pb2.StringValue(value=service), timeout=self._timeout(timeout), metadata=self._metadata
-        )
+        response = self._health(wrappers_pb2.StringValue(value=service), **self._options(timeout))
         return _health_status(response)
 
     def close(self) -> None:
@@ -253,14 +238,7 @@ class AsyncExplainerClient(_Base):
         root_certificates: bytes | None = None,
         timeout: float | None = None,
     ):
-        super().__init__(token, timeout)
-        if root_certificates is not None:
-            credentials = grpc.ssl_channel_credentials(root_certificates)
-            self._channel = grpc.aio.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
-        else:
-            self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
-        self._stub = pb_grpc.ExplainerStub(self._channel)
-        self._health = _health_stub(self._channel)
+        super().__init__(_open_channel(grpc.aio, target, root_certificates), token, timeout)
 
     async def explain(
         self,
@@ -274,8 +252,10 @@ class AsyncExplainerClient(_Base):
         **quality: Any,
     ) -> ExplainResult:
         """See ExplainerClient.explain."""
-        request = self._request(image, model, methods, targets, output, request_id, quality)
-        response = await self._stub.Explain(request, timeout=self._timeout(timeout), metadata=self._metadata)
+        request = requests.explain_request_to_proto(
+            model, image, methods, targets, output, request_id, **quality
+        )
+        response = await self._stub.Explain(request, **self._options(timeout))
         return results.explain_response_from_proto(response)
 
     async def sanity_check(
@@ -290,8 +270,10 @@ class AsyncExplainerClient(_Base):
         timeout: float | None = None,
     ) -> SanityCheckResult:
         """See ExplainerClient.sanity_check."""
-        request = self._sanity_request(image, model, methods, layers, randomizations, target, seed)
-        response = await self._stub.SanityCheck(request, timeout=self._timeout(timeout), metadata=self._metadata)
+        request = requests.sanity_request_to_proto(
+            model, image, methods or {}, layers, randomizations, target, seed
+        )
+        response = await self._stub.SanityCheck(request, **self._options(timeout))
         return results.sanity_response_from_proto(response)
 
     async def explain_stream(
@@ -306,8 +288,10 @@ class AsyncExplainerClient(_Base):
         **quality: Any,
     ) -> AsyncIterator[Event]:
         """See ExplainerClient.explain_stream."""
-        request = self._request(image, model, methods, targets, output, request_id, quality)
-        call = self._stub.ExplainStream(request, timeout=self._timeout(timeout), metadata=self._metadata)
+        request = requests.explain_request_to_proto(
+            model, image, methods, targets, output, request_id, **quality
+        )
+        call = self._stub.ExplainStream(request, **self._options(timeout))
         try:
             async for event in call:
                 yield results.explain_event_from_proto(event)
@@ -315,14 +299,12 @@ class AsyncExplainerClient(_Base):
             call.cancel()
 
     async def list_models(self, timeout: float | None = None) -> list[pb.ModelInfo]:
-        response = await self._stub.ListModels(
-            pb.ListModelsRequest(), timeout=self._timeout(timeout), metadata=self._metadata
-        )
+        response = await self._stub.ListModels(pb.ListModelsRequest(), **self._options(timeout))
         return list(response.models)
 
     async def health(self, service: str = SERVICE_NAME, timeout: float | None = None) -> str:
         response = await self._health(
-            wrappers_pb2.StringValue(value=service), timeout=self._timeout(timeout), metadata=self._metadata
+            wrappers_pb2.StringValue(value=service), **self._options(timeout)
         )
         return _health_status(response)
 
