@@ -16,62 +16,28 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from saliency.attribution.engine import Engine
 from saliency.attribution.executor import ChunkSizes
 from saliency.models import LoadedModel, get_spec
-from saliency.models.tinycnn import build_tinycnn
+from saliency.quality import digits
 from saliency.quality.sanity import explain_maps
 from saliency.quality.similarity import Similarity
 
-DIGIT_SIZE = 16  # the 8x8 digits are upscaled 2x (bilinear) so CAM layers keep 8x8 maps
+DIGIT_SIZE = digits.INPUT_SIZE["tinycnn"]  # the 8x8 digits upscaled 2x, so CAM layers keep 8x8 maps
 
 
-@dataclass(frozen=True)
-class Digits:
-    """Train / test split, inputs [N, 3, 16, 16] in tinycnn's input space, labels [N]."""
-
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-
-
-def load_digits(seed: int = 0, test_fraction: float = 0.2) -> Digits:
-    """scikit-learn's digits, shuffled with `seed` and split; pixels 0..16 -> [0, 1] -> tinycnn."""
-    from sklearn.datasets import load_digits as sklearn_digits
-
-    data = sklearn_digits()
-    images = torch.from_numpy(data.images.astype(np.float32) / 16.0)[:, None]  # [N, 1, 8, 8]
-    images = F.interpolate(images, size=(DIGIT_SIZE, DIGIT_SIZE), mode="bilinear", align_corners=False)
-    x = get_spec("tinycnn").normalize(images.repeat(1, 3, 1, 1).clamp(0, 1))
-    y = torch.from_numpy(data.target.astype(np.int64))
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    n_test = int(round(test_fraction * len(y)))
-    test, train = order[:n_test], order[n_test:]
-    return Digits(x[train], y[train], x[test], y[test])
+def load_digits(seed: int = 0) -> digits.DigitSplit:
+    """scikit-learn's digits in tinycnn's input space [N, 3, 16, 16], shuffled with `seed`, 80 / 20."""
+    return digits.digit_split("tinycnn", seed)
 
 
 def train_tinycnn(
     x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int = 0, lr: float = 0.01, batch_size: int = 64
 ) -> torch.nn.Module:
-    """A fresh tinycnn (weights seeded) trained with Adam on x [N, 3, H, W], y [N]; eval mode."""
-    model = build_tinycnn(seed).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.enable_grad():
-        for _ in range(epochs):
-            order = torch.randperm(len(y), generator=generator)
-            for start in range(0, len(y), batch_size):
-                batch = order[start : start + batch_size]
-                loss = F.cross_entropy(model(x[batch]), y[batch])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-    return model.eval()
+    """A fresh tinycnn (weights seeded) trained with Adam at a constant lr on x [N, 3, H, W], y [N]; eval mode."""
+    return digits.train(digits.Recipe("tinycnn", epochs, lr, batch_size), x, y, seed, one_cycle=False)
 
 
 def accuracy(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

@@ -2,8 +2,8 @@
 
 The digits (1797 8x8 images in 10 classes) ship inside scikit-learn: nothing is downloaded.
 Pixels 0..16 become [0, 1] (ink bright on black), are upsampled bilinearly to the model's input
-and replicated to 3 channels; 20 % is held out with the same seeded split as the data
-randomisation check (`data_randomisation.load_digits`).
+and replicated to 3 channels; 20 % is held out with a seeded split. The data randomisation
+check (`data_randomisation`) loads and trains its tinycnn through this module too.
 
 Two architectures, each with one training recipe (Adam, one-cycle learning rate, batches in a
 seeded order, weights initialised from the same seed):
@@ -113,17 +113,21 @@ def build(architecture: str, seed: int) -> nn.Module:
     raise ValueError(f"unknown architecture {architecture!r}; known: {ARCHITECTURES}")
 
 
-def train(recipe: Recipe, x: torch.Tensor, y: torch.Tensor, seed: int | None = None) -> nn.Module:
+def train(
+    recipe: Recipe, x: torch.Tensor, y: torch.Tensor, seed: int | None = None, one_cycle: bool = True
+) -> nn.Module:
     """Train a fresh model by `recipe` on x [N, 3, S, S], y [N]; returns it in eval mode.
 
-    seed overrides the recipe's (initial weights and batch order). Deterministic for a given
+    seed overrides the recipe's (initial weights and batch order); one_cycle=False keeps the
+    learning rate constant (the data randomisation check's recipe). Deterministic for a given
     seed, data, torch version and thread count.
     """
     seed = recipe.seed if seed is None else seed
     model = build(recipe.architecture, seed).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
     steps_per_epoch = -(-len(y) // recipe.batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, recipe.lr, total_steps=recipe.epochs * steps_per_epoch)
+    schedule = (torch.optim.lr_scheduler.OneCycleLR(optimizer, recipe.lr, total_steps=recipe.epochs * steps_per_epoch)
+                if one_cycle else None)
     generator = torch.Generator().manual_seed(seed)
     with torch.enable_grad():
         for _ in range(recipe.epochs):
@@ -134,7 +138,8 @@ def train(recipe: Recipe, x: torch.Tensor, y: torch.Tensor, seed: int | None = N
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                schedule.step()
+                if schedule is not None:
+                    schedule.step()
     return model.eval()
 
 
