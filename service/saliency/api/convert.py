@@ -32,7 +32,7 @@ from saliency.api.method_params import (
     methods_from_proto,
     parameter_infos,
 )
-from saliency.api.tensors import input_from_request, tensor_from_proto, tensor_to_proto
+from saliency.api.tensors import input_from_request, tensor_from_proto, tensor_to_proto  # noqa: F401
 from saliency.attribution.limits import Limits
 from saliency.attribution.registry import check_supported, get_method
 from saliency.attribution.types import Attribution, Prediction, Targets
@@ -41,15 +41,14 @@ from saliency.imaging import ImageLimits
 from saliency.models import ModelSpec
 from saliency.models.preprocess import input_region
 from saliency.v1 import explainer_pb2 as pb
-from saliency.wire.arrays import MAX_MAP_ELEMENTS
 from saliency.wire.requests import output_options_to_proto, targets_to_proto  # noqa: F401
-from saliency.wire.results import input_region_from_proto, predictions_from_proto  # noqa: F401
+from saliency.wire.results import input_region_from_proto, map_from_proto, predictions_from_proto  # noqa: F401
 from saliency.wire.tables import (
     DTYPE_VALUES,
     DTYPES,
     MAP_SIZE_NAMES,
     NORMALIZATION_NAMES,
-    method_name,
+    method_name,  # noqa: F401 (re-exported, see below)
 )
 from saliency.wire.types import InputRegion, OutputOptions
 
@@ -57,7 +56,8 @@ from saliency.wire.types import InputRegion, OutputOptions
 # `tensor_to_proto` as `convert.X`; both are imported above for this module's own use, so they
 # stay importable from here. Other callers import them from `method_params` / `tensors`.
 # Likewise the TorchServe backend and tests reach the wire codec's `targets_to_proto`,
-# `output_options_to_proto`, `predictions_from_proto` and `input_region_from_proto` here.
+# `output_options_to_proto`, `predictions_from_proto` and `input_region_from_proto` here, and
+# tests `tensor_from_proto` and `method_name`.
 
 
 # ---------------------------------------------------------------------------------- targets
@@ -306,17 +306,7 @@ def attribution_from_proto(message: pb.Attribution) -> Attribution:
     """`Attribution` message -> domain Attribution with a float32 torch map [H, W] (the
     inverse of attribution_to_proto; clients get numpy maps from `saliency.wire.results`).
 
-    queue_ms and compute_ms go into `stats`. A method this client does not know keeps its
-    enum name, lower-cased, rather than failing the whole response.
+    queue_ms and compute_ms go into `stats`; the decoding is the client's (`map_from_proto`).
     """
-    method = method_name(message.method)
-    stats = dict(message.stats)
-    stats["queue_ms"] = message.queue_ms
-    stats["compute_ms"] = message.compute_ms
-    return Attribution(
-        method=method,
-        target=message.target,
-        map=tensor_from_proto(message.map, "attribution.map", MAX_MAP_ELEMENTS),
-        stats=stats,
-        cached=message.cached,
-    )
+    r = map_from_proto(message)
+    return Attribution(r.method, r.target, torch.from_numpy(r.map), stats=r.stats, cached=r.cached)
