@@ -115,6 +115,21 @@ def test_evaluate_options_object_or_none():
         requests.evaluate_to_proto({"regoin": 1})
 
 
+@pytest.mark.parametrize(
+    ("build", "field"),
+    [
+        (lambda: requests.evaluate_to_proto({"metrics": ("deletion", "delation")}), "evaluate.metrics[1]"),
+        (lambda: requests.sanity_request_to_proto("tinycnn", b"png", {}, modes=("cascade",)), "randomizations[0]"),
+    ],
+    ids=["metric", "randomization"],
+)
+def test_an_unknown_enum_name_is_refused_naming_the_field(build, field):
+    """The server's field names (quality_codec), so the client's error reads like the server's."""
+    with pytest.raises(InvalidArgument) as info:
+        build()
+    assert info.value.field == field and "is not one of" in str(info.value), str(info.value)
+
+
 def test_an_image_must_be_bytes_or_an_array():
     with pytest.raises(InvalidArgument, match="input: expected encoded image bytes"):
         requests.explain_request_to_proto("tinycnn", "cat.png", {})

@@ -19,6 +19,7 @@ from saliency.wire.tables import (
     NORMALIZATION_VALUES,
     QUALITY_METRIC_VALUES,
     RANDOMIZATION_VALUES,
+    enum_value,
 )
 from saliency.wire.types import OutputOptions, Targets
 
@@ -57,7 +58,10 @@ def evaluate_to_proto(options: Any = None, ground_truth: Any = None) -> pb.Evalu
     unknown = sorted(set(values) - set(_EVALUATE_FIELDS))
     if unknown:
         raise InvalidArgument(f"unknown option(s) {unknown}; known: {list(_EVALUATE_FIELDS)}", "evaluate")
-    message = pb.EvaluateOptions(metrics=[QUALITY_METRIC_VALUES[m] for m in values.pop("metrics", ())])
+    metrics = values.pop("metrics", ())
+    message = pb.EvaluateOptions(
+        metrics=[enum_value(QUALITY_METRIC_VALUES, m, f"evaluate.metrics[{i}]") for i, m in enumerate(metrics)]
+    )
     for name, value in values.items():
         setattr(message, name, value)
     if ground_truth is None:
@@ -139,7 +143,7 @@ def sanity_request_to_proto(
         model=model,
         methods=method_requests_to_proto(methods),
         layers=list(layers),
-        randomizations=[RANDOMIZATION_VALUES[m] for m in modes],
+        randomizations=[enum_value(RANDOMIZATION_VALUES, m, f"randomizations[{i}]") for i, m in enumerate(modes)],
     )
     if target is not None:
         request.target = target

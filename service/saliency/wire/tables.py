@@ -92,6 +92,14 @@ def enum_label(enum_type: Any, value: int) -> str:
     return known.name if known is not None else str(value)
 
 
+def enum_value(values: dict[str, int], name: Any, field: str) -> int:
+    """A name from the caller ("deletion") -> its enum value via `values` (a *_VALUES table),
+    or InvalidArgument naming `field`."""
+    if name not in values:
+        raise InvalidArgument(f"{name!r} is not one of {', '.join(values)}", field)
+    return values[name]
+
+
 def method_enum(name: str) -> int:
     """Registry name ("ig") -> `Method` enum value (METHOD_INTEGRATED_GRADIENTS)."""
     if name not in METHOD_VALUES:
