@@ -163,23 +163,30 @@ def test_chart_without_history(tmp_path):
     assert Image.open(png).size[0] == 1200
 
 
-@pytest.mark.slow
-def test_real_headless_run(tmp_path, capsys):
-    """2 users for 6 s against a real service on 127.0.0.1 (tinycnn): every request name shows
-    up in the CSV, none failed, and the chart is written."""
+def headless_run(tmp_path, capsys, users: int, duration: str, http: bool = False):
+    """`saliency loadtest` with `users` users for `duration` against a real service on 127.0.0.1
+    (tinycnn), with HTTP users too when `http`; asserts it exits 0. Returns the captured output
+    and the stats CSV's rows by request name."""
     service = ServiceThread(with_config(models=("tinycnn",)))
     try:
         status = loadtest.main([
-            "--server", service.address, "--users", "2", "--spawn-rate", "2", "--duration", "6s",
-            "--model", "tinycnn", "--out", str(tmp_path), "--think-time", "0.02,0.1",
-            "--wait-ready", "30",
+            "--server", service.address, *(["--http", service.http_url] if http else []),
+            "--users", str(users), "--spawn-rate", str(users), "--duration", duration,
+            "--model", "tinycnn", "--out", str(tmp_path), "--think-time", "0.02,0.1", "--wait-ready", "30",
         ])
     finally:
         service.stop()
     output = capsys.readouterr()
     assert status == 0, output.out + output.err + (tmp_path / "locust.log").read_text()[-3000:]
     with open(tmp_path / "loadtest_stats.csv", newline="") as f:
-        rows = {row["Name"]: row for row in csv.DictReader(f)}
+        return output, {row["Name"]: row for row in csv.DictReader(f)}
+
+
+@pytest.mark.slow
+def test_real_headless_run(tmp_path, capsys):
+    """2 users for 6 s against a real service on 127.0.0.1 (tinycnn): every request name shows
+    up in the CSV, none failed, and the chart is written."""
+    output, rows = headless_run(tmp_path, capsys, 2, "6s")
     assert REQUEST_NAMES <= set(rows), f"missing: {sorted(REQUEST_NAMES - set(rows))}"
     for name in REQUEST_NAMES:
         assert int(rows[name]["Request Count"]) > 0, name

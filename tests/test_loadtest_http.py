@@ -3,7 +3,6 @@ short real run of `saliency loadtest --http` in which both gRPC and HTTP users s
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -12,8 +11,7 @@ import sys
 import pytest
 
 from saliency import loadtest
-from service_harness import ServiceThread, with_config
-from test_loadtest import LOCUSTFILE, REQUEST_NAMES, ROOT
+from test_loadtest import LOCUSTFILE, REQUEST_NAMES, ROOT, headless_run
 
 HTTP_NAMES = {"HTTP explain fast", "HTTP explain fast+ig32", "HTTP explainStream first",
               "HTTP explainStream deep map", "HTTP explainStream complete"}
@@ -48,19 +46,7 @@ def test_a_bad_http_url_is_a_usage_error(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_real_headless_run_with_http_users(tmp_path, capsys):
-    service = ServiceThread(with_config(models=("tinycnn",)))
-    try:
-        status = loadtest.main([
-            "--server", service.address, "--http", service.http_url, "--users", "4", "--spawn-rate", "4",
-            "--duration", "8s", "--model", "tinycnn", "--out", str(tmp_path), "--think-time", "0.02,0.1",
-            "--wait-ready", "30",
-        ])
-    finally:
-        service.stop()
-    output = capsys.readouterr()
-    assert status == 0, output.out + output.err + (tmp_path / "locust.log").read_text()[-3000:]
-    with open(tmp_path / "loadtest_stats.csv", newline="") as f:
-        rows = {row["Name"]: row for row in csv.DictReader(f)}
+    _, rows = headless_run(tmp_path, capsys, 4, "8s", http=True)
     for name in HTTP_NAMES | {"Explain fast"}:
         assert name in rows and int(rows[name]["Request Count"]) > 0, name
         assert int(rows[name]["Failure Count"]) == 0, name
