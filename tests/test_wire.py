@@ -113,6 +113,10 @@ def test_evaluate_options_object_or_none():
     assert quality_codec.evaluate_from_proto(requests.evaluate_to_proto(None), (8, 8), (8, 8)) == EvaluateOptions()
     with pytest.raises(InvalidArgument, match="evaluate: unknown option"):
         requests.evaluate_to_proto({"regoin": 1})
+    for bad in ("8", 2**40):  # wrong type, over the proto's int32
+        with pytest.raises(InvalidArgument) as info:
+            requests.evaluate_to_proto({"perturbation_steps": bad})
+        assert info.value.field == "evaluate.perturbation_steps", str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -63,7 +63,10 @@ def evaluate_to_proto(options: Any = None, ground_truth: Any = None) -> pb.Evalu
         metrics=[enum_value(QUALITY_METRIC_VALUES, m, f"evaluate.metrics[{i}]") for i, m in enumerate(metrics)]
     )
     for name, value in values.items():
-        setattr(message, name, value)
+        try:
+            setattr(message, name, value)
+        except (TypeError, ValueError) as exc:  # wrong type, or over int32
+            raise InvalidArgument(f"{value!r} cannot be sent: {exc}", f"evaluate.{name}") from None
     if ground_truth is None:
         return message
     if isinstance(ground_truth, Sequence) and len(ground_truth) == 4 and not hasattr(ground_truth, "shape"):
