@@ -162,3 +162,15 @@ def test_the_value_types_are_the_engines():
 
     assert engine_types.Targets is Targets and policy.PolicyOptions is PolicyOptions
     assert [f.name for f in dataclasses.fields(Targets)] == ["top_k", "classes"]
+
+
+def test_the_plain_choices_are_the_protos_enum_values():
+    """The value types' choices (no protobuf there) and the engine's names are the wire's."""
+    from saliency.quality import evaluate, sanity
+    from saliency.wire import types
+
+    assert set(types.MAP_DTYPES) == set(tables.DTYPE_VALUES)
+    assert set(types.NORMALIZATIONS) == set(tables.NORMALIZATION_VALUES)
+    assert set(types.MAP_SIZES) == set(tables.MAP_SIZE_VALUES)
+    assert set(evaluate.METRIC_GROUPS) == set(tables.QUALITY_METRIC_VALUES)
+    assert set(sanity.MODES) == set(tables.RANDOMIZATION_VALUES)
