@@ -249,6 +249,14 @@ CANVAS_STATS = """(canvas) => {
 }"""
 
 
+@pytest.fixture
+def tab(browser, server):
+    """A fresh tab on the page, closed after the test."""
+    tab = _Page(browser, server.url)
+    yield tab
+    tab.close()
+
+
 @pytest.fixture(scope="module")
 def explained(browser, server, cat_png):
     """The cat explained on the page with Grad-CAM and IG, quality scores asked, left open for
@@ -383,53 +391,45 @@ def test_npy_downloads_are_the_maps_the_api_returns(explained, server, cat_png, 
 
 
 @needs_chromium
-def test_an_api_error_is_shown_with_status_code_and_field(browser, server, cat_png):
-    tab = _Page(browser, server.url)
-    try:
-        tab.choose(cat_png, ("gradcam", "ig"))
-        page = tab.page
-        page.click("[data-method=ig] details summary")
-        page.fill("#param-ig-n_steps", "5000")  # ListModels says at most 1024
-        assert tab.run() == "error"
-        error = page.locator("#error")
-        assert error.is_visible()
-        assert error.get_attribute("data-status") == "400"
-        assert error.get_attribute("data-field") == "methods[1].integrated_gradients.n_steps"
-        text = error.inner_text()
-        assert "HTTP 400" in text and "INVALID_ARGUMENT" in text and "5000" in text, text
-        assert "invalid" in (page.get_attribute("#param-ig-n_steps", "class") or "")
-        assert page.locator("article.card").count() == 0
-        # A class list the page cannot send is refused before anything goes out.
-        page.fill("#param-ig-n_steps", "8")
-        page.check("input[name=targets][value=classes]")
-        page.fill("#classes", "285, cat")
-        page.click("#run")
-        page.wait_for_selector("#error[data-field='targets.classes.indices']")
-        assert "Not sent" in error.inner_text() and '"cat"' in error.inner_text()
-        assert tab.errors == []
-    finally:
-        tab.close()
+def test_an_api_error_is_shown_with_status_code_and_field(tab, cat_png):
+    tab.choose(cat_png, ("gradcam", "ig"))
+    page = tab.page
+    page.click("[data-method=ig] details summary")
+    page.fill("#param-ig-n_steps", "5000")  # ListModels says at most 1024
+    assert tab.run() == "error"
+    error = page.locator("#error")
+    assert error.is_visible()
+    assert error.get_attribute("data-status") == "400"
+    assert error.get_attribute("data-field") == "methods[1].integrated_gradients.n_steps"
+    text = error.inner_text()
+    assert "HTTP 400" in text and "INVALID_ARGUMENT" in text and "5000" in text, text
+    assert "invalid" in (page.get_attribute("#param-ig-n_steps", "class") or "")
+    assert page.locator("article.card").count() == 0
+    # A class list the page cannot send is refused before anything goes out.
+    page.fill("#param-ig-n_steps", "8")
+    page.check("input[name=targets][value=classes]")
+    page.fill("#classes", "285, cat")
+    page.click("#run")
+    page.wait_for_selector("#error[data-field='targets.classes.indices']")
+    assert "Not sent" in error.inner_text() and '"cat"' in error.inner_text()
+    assert tab.errors == []
 
 
 @needs_chromium
-def test_stop_ends_the_stream_and_keeps_the_maps_that_came(browser, server, cat_png):
-    tab = _Page(browser, server.url)
-    try:
-        tab.choose(cat_png, ("gradcam", "ig"))
-        page = tab.page
-        page.click("[data-method=ig] details summary")
-        page.fill("#param-ig-n_steps", "512")
-        page.click("#run")
-        page.wait_for_selector("article.card[data-method=gradcam][data-state=done]", timeout=120_000)
-        assert page.get_attribute("article.card[data-method=ig]", "data-state") == "pending"
-        page.click("#cancel")
-        page.wait_for_selector("#status[data-state=stopped]")
-        assert page.get_attribute("article.card[data-method=ig]", "data-state") == "missing"
-        assert page.get_attribute("article.card[data-method=gradcam]", "data-state") == "done"
-        assert page.is_hidden("#error") and page.is_enabled("#run")
-        assert tab.errors == []
-    finally:
-        tab.close()
+def test_stop_ends_the_stream_and_keeps_the_maps_that_came(tab, cat_png):
+    tab.choose(cat_png, ("gradcam", "ig"))
+    page = tab.page
+    page.click("[data-method=ig] details summary")
+    page.fill("#param-ig-n_steps", "512")
+    page.click("#run")
+    page.wait_for_selector("article.card[data-method=gradcam][data-state=done]", timeout=120_000)
+    assert page.get_attribute("article.card[data-method=ig]", "data-state") == "pending"
+    page.click("#cancel")
+    page.wait_for_selector("#status[data-state=stopped]")
+    assert page.get_attribute("article.card[data-method=ig]", "data-state") == "missing"
+    assert page.get_attribute("article.card[data-method=gradcam]", "data-state") == "done"
+    assert page.is_hidden("#error") and page.is_enabled("#run")
+    assert tab.errors == []
 
 
 # Mean |RGB difference| of the canvas from the photograph drawn alone inside the box [x0, x1) x
@@ -457,44 +457,36 @@ REGION_STATS = """([canvas, [x0, x1, y0, y1], [X0, X1]]) => {
 
 
 @needs_chromium
-def test_a_crop_model_map_covers_only_what_the_model_saw(browser, server, cat_png):
-    tab = _Page(browser, server.url)
-    try:
-        tab.choose(cat_png, ("gradcam",), model=CROP_MODEL)
-        assert tab.run() == "done", tab.page.inner_text("#error")
-        canvas = tab.page.locator("article.card[data-method=gradcam]").locator("canvas").element_handle()
-        (left, right), (top, bottom) = CROP_COLUMNS, CROP_ROWS
-        inner = [round(left) + 2, round(right) - 2, round(top) + 2, round(bottom) - 2]
-        stats = tab.page.evaluate(REGION_STATS, [canvas, inner, [round(left) - 2, round(right) + 2]])
-        assert stats["outside"] < 2.0, stats  # left and right of the crop: dimmed, no colour
-        assert stats["inside"] > 3.0, stats  # the map, drawn over the part the model saw
-        assert "64×64" in tab.page.locator("article.card[data-method=gradcam] .info").inner_text()
-        assert tab.errors == []
-    finally:
-        tab.close()
+def test_a_crop_model_map_covers_only_what_the_model_saw(tab, cat_png):
+    tab.choose(cat_png, ("gradcam",), model=CROP_MODEL)
+    assert tab.run() == "done", tab.page.inner_text("#error")
+    canvas = tab.page.locator("article.card[data-method=gradcam]").locator("canvas").element_handle()
+    (left, right), (top, bottom) = CROP_COLUMNS, CROP_ROWS
+    inner = [round(left) + 2, round(right) - 2, round(top) + 2, round(bottom) - 2]
+    stats = tab.page.evaluate(REGION_STATS, [canvas, inner, [round(left) - 2, round(right) + 2]])
+    assert stats["outside"] < 2.0, stats  # left and right of the crop: dimmed, no colour
+    assert stats["inside"] > 3.0, stats  # the map, drawn over the part the model saw
+    assert "64×64" in tab.page.locator("article.card[data-method=gradcam] .info").inner_text()
+    assert tab.errors == []
 
 
 @needs_chromium
-def test_a_bundled_photograph_can_be_picked_and_a_non_image_is_refused(browser, server, tmp_path):
-    tab = _Page(browser, server.url)
-    try:
-        page = tab.page
-        assert page.is_disabled("#run")  # nothing to explain yet
-        fake = tmp_path / "notes.png"
-        fake.write_text("not a picture")
-        page.set_input_files("#file", str(fake))
-        page.wait_for_selector("#error[data-field=image]")
-        assert "notes.png is not a PNG, JPEG or WebP file" in page.inner_text("#error")
-        assert page.is_disabled("#run")
-        page.click("button.sample[data-sample=coffee]")
-        page.wait_for_selector("#preview:not([hidden])")
-        assert page.inner_text("#drop-text").startswith("coffee.jpg · 512×")
-        assert page.is_enabled("#run")
-        natural = page.evaluate("[document.getElementById('preview').naturalWidth, document.getElementById('preview').naturalHeight]")
-        assert max(natural) == 512
-        assert tab.errors == []
-    finally:
-        tab.close()
+def test_a_bundled_photograph_can_be_picked_and_a_non_image_is_refused(tab, tmp_path):
+    page = tab.page
+    assert page.is_disabled("#run")  # nothing to explain yet
+    fake = tmp_path / "notes.png"
+    fake.write_text("not a picture")
+    page.set_input_files("#file", str(fake))
+    page.wait_for_selector("#error[data-field=image]")
+    assert "notes.png is not a PNG, JPEG or WebP file" in page.inner_text("#error")
+    assert page.is_disabled("#run")
+    page.click("button.sample[data-sample=coffee]")
+    page.wait_for_selector("#preview:not([hidden])")
+    assert page.inner_text("#drop-text").startswith("coffee.jpg · 512×")
+    assert page.is_enabled("#run")
+    natural = page.evaluate("[document.getElementById('preview').naturalWidth, document.getElementById('preview').naturalHeight]")
+    assert max(natural) == 512
+    assert tab.errors == []
 
 
 @needs_chromium
