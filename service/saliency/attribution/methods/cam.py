@@ -18,23 +18,18 @@ is an InvalidArgument naming "cam".
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from saliency.attribution.fast_inputs import FastInputs
 from saliency.attribution.hooks import resolve_layer
+from saliency.attribution.methods.grad_cam import CamParams  # no parameters: the `cam` message
 from saliency.attribution.reduce import upsample
 from saliency.attribution.registry import CAM_ACTS, register
 from saliency.attribution.requirements import CAM_HEAD, CAM_LAYER, needs
 from saliency.errors import InvalidArgument, require
 from saliency.models import LoadedModel
-
-
-@dataclass(frozen=True)
-class ClassActivationMapParams:
-    """No parameters (CAM travels in the API's `cam` message, as the other CAM methods)."""
 
 
 def classifier(model: LoadedModel) -> nn.Linear:
@@ -92,7 +87,7 @@ def class_activation_maps(
     ]
 
 
-def check_head(model: LoadedModel, params: ClassActivationMapParams) -> None:
+def check_head(model: LoadedModel, params: CamParams) -> None:
     """Before the forward: the spec names a Linear classifier."""
     classifier(model)
 
@@ -100,7 +95,7 @@ def check_head(model: LoadedModel, params: ClassActivationMapParams) -> None:
 @register(
     "cam",
     "fast",
-    ClassActivationMapParams,
+    CamParams,
     "CAM (Zhou et al. 2016): classifier weights x activations; GAP + linear heads only",
     signed=True,
     supports=needs(CAM_LAYER, CAM_HEAD),
@@ -109,7 +104,7 @@ def check_head(model: LoadedModel, params: ClassActivationMapParams) -> None:
     needs_from_pass=(CAM_ACTS,),
     check=check_head,
 )
-def cam(params: ClassActivationMapParams, inputs: FastInputs) -> tuple[torch.Tensor, torch.Tensor]:
+def cam(params: CamParams, inputs: FastInputs) -> tuple[torch.Tensor, torch.Tensor]:
     """map [n, H, W] upsampled, raw [n, h, w]: each row's target class's activation map."""
     maps = class_activation_maps(classifier(inputs.model), inputs.acts, inputs.logits, [[t] for t in inputs.targets])
     raw = torch.cat(maps)
