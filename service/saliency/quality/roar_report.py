@@ -1,5 +1,5 @@
 """`saliency report roar`: run ROAR (and KAR) per model, the trained-ViT checks, and write
-report.md, roar.json and the matplotlib plots (matplotlib is imported only to draw)."""
+report.md, roar.json and the matplotlib plots (drawn through `plots.new_figure`: no pyplot)."""
 
 from __future__ import annotations
 
@@ -346,19 +346,20 @@ def load_report(path: Path) -> RoarReport:
 
 def plot(report: RoarReport, path: Path) -> Path:
     """Test accuracy against k, one line per method; a panel per model and kind."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from saliency.quality.plots import new_figure, save
 
     panels = [(r, kind) for r in report.results for kind in ("roar", "kar") if getattr(r, kind)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.4), squeeze=False)
+    fig = new_figure(5.2 * len(panels), 4.4)
+    axes = fig.subplots(1, len(panels), squeeze=False)
+    import matplotlib  # present: new_figure has imported it
+
+    tab20 = matplotlib.colormaps["tab20"]
     for ax, (result, kind) in zip(axes[0], panels):
         ks = [100 * k for k in result.fractions]
         for i, method in enumerate(getattr(result, kind)):
             means, stds = zip(*(result.mean_std(method, k, kind) for k in result.fractions))
             control = method in ("random", "sobel")
-            colour = "black" if method == "random" else plt.get_cmap("tab20")(i % 20)  # 13 methods: 10 colours repeat
+            colour = "black" if method == "random" else tab20(i % 20)  # 13 methods: 10 colours repeat
             ax.errorbar(ks, means, yerr=stds, label=method, color=colour,
                         linestyle="--" if control else "-", marker="o", markersize=3, capsize=2, linewidth=1.2)
         ax.set_title(f"{kind.upper()}: {result.model}")
@@ -368,10 +369,7 @@ def plot(report: RoarReport, path: Path) -> Path:
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=110)
 
 
 def write_report(report: RoarReport, out: Path) -> list[Path]:
