@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,9 @@ import torch
 from saliency.cli import main
 from saliency.quality import digits
 from saliency.quality.roar import importance_order, remove, retrained_accuracy, sobel_maps
+from saliency.quality.roar_report import load_report, markdown
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "roar"
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +154,10 @@ def test_report_is_written_again_from_its_json(quick_run, tmp_path, capsys):
     (tmp_path / "bad.json").write_text("{}")
     assert main(["report", "roar", "--from-json", str(tmp_path / "bad.json"), "--out", str(again)]) == 2
     assert "saliency: from-json:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("folder", [DOCS, DOCS / "kar"], ids=["roar", "kar"])
+def test_committed_report_is_what_its_json_says(folder):
+    """docs/roar/report.md (and kar/) is the markdown of the roar.json beside it: no number
+    in the report was edited by hand or left from an older run."""
+    assert markdown(load_report(folder / "roar.json")) == (folder / "report.md").read_text()
