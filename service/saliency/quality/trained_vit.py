@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,6 +25,9 @@ import torch.nn.functional as F
 
 from saliency.quality import digits
 from saliency.quality.similarity import Similarity, spearman
+
+if TYPE_CHECKING:
+    from saliency.models import LoadedModel
 
 SANITY_METHODS = {
     "attention_rollout": {},
@@ -160,7 +164,7 @@ def run_trained_vit(
     layers = {m: {layer: sanity.get("cascading", layer, m).similarity.spearman_abs for layer in SANITY_LAYERS}
               for m in methods}
     say("tinyvit_digits model randomisation done")
-    data, control, shuffled_acc = _data_randomisation(images, targets, methods, split)
+    data, control, shuffled_acc = _data_randomisation(trained, images, targets, methods, split)
     say("tinyvit_digits data randomisation done")
     agreement_images = split.x_test[:n_agreement_images]
     agreement = {name: attention_agreement(name, agreement_images).summary() for name in ("tinyvit_digits", "tinyvit")}
@@ -172,17 +176,19 @@ def run_trained_vit(
                             n_sanity_images, n_agreement_images)
 
 
-def _data_randomisation(images: Sequence[torch.Tensor], targets: Sequence[int], methods: dict,
+def _data_randomisation(trained: LoadedModel, images: Sequence[torch.Tensor], targets: Sequence[int], methods: dict,
                         split: digits.DigitSplit) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """`trained` (tinyvit_digits) against tinyvit retrained on shuffled labels and, the control,
+    on true labels from another seed: mean Spearman |map| per method, and the shuffled model's accuracy."""
     from saliency.attribution.engine import Engine
-    from saliency.models import LoadedModel, load_model
+    from saliency.models import LoadedModel
     from saliency.quality.sanity import explain_maps
 
     recipe = digits.RECIPES["tinyvit"]
     shuffled = split.y_train[torch.randperm(len(split.y_train), generator=torch.Generator().manual_seed(1))]
-    spec = load_model("tinyvit_digits").spec
+    spec = trained.spec
     models = {
-        "true": load_model("tinyvit_digits").module,
+        "true": trained.module,
         "shuffled": digits.train(recipe, split.x_train, shuffled),
         "control": digits.train(recipe, split.x_train, split.y_train, seed=recipe.seed + 1),
     }
