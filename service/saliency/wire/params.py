@@ -17,7 +17,7 @@ from typing import Any
 from saliency.errors import InvalidArgument, require
 from saliency.v1 import explainer_pb2 as pb
 from saliency.wire.arrays import array_to_proto
-from saliency.wire.tables import ENUM_STRINGS, PARAMS_ONEOF, method_enum
+from saliency.wire.tables import ENUM_STRINGS, PARAMS_ONEOF, enum_value, method_enum
 
 
 def _values(name: str, params: Any, message: Any) -> Iterator[tuple[str, Any]]:
@@ -47,9 +47,8 @@ def method_request_to_proto(name: str, params: Any = None) -> pb.MethodRequest:
         proto_field = message.DESCRIPTOR.fields_by_name[field_name]
         where = f"{name}.{field_name}"
         if proto_field.enum_type is not None:
-            table = {s: v for v, s in ENUM_STRINGS[proto_field.enum_type.full_name].items()}
-            require(value in table, where, f"{value!r} is not one of {tuple(table)}")
-            setattr(message, field_name, table[value])
+            strings = ENUM_STRINGS[proto_field.enum_type.full_name]
+            setattr(message, field_name, enum_value({s: v for v, s in strings.items()}, value, where))
         elif proto_field.message_type is not None:
             if value is not None:
                 getattr(message, field_name).CopyFrom(array_to_proto(value))
