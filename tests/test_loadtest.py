@@ -102,17 +102,22 @@ def test_locust_command_is_headless_with_csv(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "argv",
+    ("argv", "flag"),
     [
-        ["--server", "127.0.0.1:1", "--duration", "forever"],
-        ["--server", "127.0.0.1:1", "--users", "0"],
-        ["--server", "127.0.0.1:1", "--think-time", "2,1"],
-        ["--users", "2"],  # no --server
+        (["--server", "127.0.0.1:1", "--duration", "forever"], "--duration"),
+        (["--server", "127.0.0.1:1", "--duration", "0s"], "--duration"),
+        (["--server", "127.0.0.1:1", "--users", "0"], "--users"),
+        (["--server", "127.0.0.1:1", "--spawn-rate", "0"], "--spawn-rate"),
+        (["--server", "127.0.0.1:1", "--think-time", "2,1"], "--think-time"),
+        (["--server", "127.0.0.1:1", "--think-time", "x"], "--think-time"),
+        (["--users", "2"], "--server"),  # no --server
     ],
 )
-def test_usage_errors_exit_2(argv, tmp_path, capsys):
+def test_usage_errors_exit_2(argv, flag, tmp_path, capsys):
     assert loadtest.main([*argv, "--out", str(tmp_path), "--wait-ready", "0"]) == 2
-    assert capsys.readouterr().err.startswith("saliency loadtest:")
+    err = capsys.readouterr().err
+    assert err.startswith("saliency loadtest:")
+    assert flag in err, err
 
 
 STATS_HEADER = (
