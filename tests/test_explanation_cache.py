@@ -353,3 +353,33 @@ def test_the_latency_policy_adaptive_ig_rounds_are_never_cached(service):
     cached = {convert.method_name(a.method): a.cached for a in response.attributions}
     assert cached == {"vanilla": True, "ig": False}, cached
     assert response.HasField("policy")
+
+
+def test_maps_are_copied_into_the_cache_off_the_event_loop(service):
+    """Storing copies each map: never on the event loop (a deep map's store runs when its
+    computation lands), and still before the request is answered, so asking again hits."""
+    import asyncio
+
+    cache = service.service.backend.cache
+    real = cache.put_map
+    on_loop = []
+
+    def put_map(key, attribution):
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(attribution.method)
+        except RuntimeError:  # no running loop: a thread
+            pass
+        return real(key, attribution)
+
+    cache.put_map = put_map
+    try:
+        stub = service.stub()
+        asked = request(image(90), {"vanilla": None, "ig": {"n_steps": 8}, "rise": {"n_masks": 16}})
+        stub.Explain(asked, timeout=60)
+        again = stub.Explain(asked, timeout=60)
+    finally:
+        del cache.put_map
+    assert on_loop == []
+    assert all(a.cached for a in again.attributions)
+    assert len(service.service.backend._flights) == 0

@@ -281,6 +281,7 @@ class Runtime:
         return keys, hits
 
     def _store_map(self, key: Any, attribution: Attribution) -> None:
+        """Keep a computed deep map (on a thread, before the flight's waiters get it)."""
         self.cache.put_map(key, attribution)
         self.metrics.cache_bytes.set(self.cache.nbytes)
 
@@ -355,7 +356,7 @@ class Runtime:
                 flight = self._flights.start(
                     keys[i], task, future,
                     drop=lambda t=task: worker.cancel([t]),
-                    on_result=lambda a, key=keys[i]: self._store_map(key, a),
+                    store=lambda a, key=keys[i]: self._store_map(key, a),
                 )
                 led.add(flight)
                 held.append(flight)

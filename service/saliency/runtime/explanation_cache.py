@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import logging
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Hashable
@@ -34,6 +35,8 @@ import numpy as np
 import torch
 
 from saliency.attribution.types import Attribution
+
+log = logging.getLogger(__name__)
 
 # What an entry holds beyond its tensor's bytes: the key, the dict slot, the tensor header.
 ENTRY_OVERHEAD = 512
@@ -235,7 +238,7 @@ class Flight:
     def __init__(self, key: Hashable, task: Any, future: asyncio.Future, drop: Callable[[], None]):
         self.key = key
         self.task = task  # the executor's DeepTask: its queue and compute seconds
-        self.future = future  # the computation's: result, error or cancelled
+        self.future = future  # its waiters': the result once stored, the error, or cancelled
         self.waiters = 0
         self._drop = drop  # stops the computation (its remaining samples are never made)
 
@@ -263,21 +266,50 @@ class Flights:
         task: Any,
         future: asyncio.Future,
         drop: Callable[[], None],
-        on_result: Callable[[Any], None],
+        store: Callable[[Any], None],
     ) -> Flight:
-        """Register the computation of `key` (`task`, resolving `future`); `on_result` gets its
-        result if it succeeds."""
-        flight = Flight(key, task, future, drop)
+        """Register the computation of `key` (`task`, resolving `future`). A result is kept with
+        `store(result)` on a thread (it copies the map: not on the event loop) before the
+        waiters get it, so a request arriving after them finds it cached; the flight is gone
+        once its waiters are answered."""
+        loop = asyncio.get_running_loop()
+        answered = loop.create_future()  # what the waiters wait for
+        flight = Flight(key, task, answered, drop)
         self._by_key[key] = flight
 
         def landed(f: asyncio.Future) -> None:
-            if self._by_key.get(key) is flight:
-                del self._by_key[key]
-            if not f.cancelled() and f.exception() is None:  # retrieves the error either way
-                on_result(f.result())
+            if answered.done():
+                return
+            if f.cancelled():
+                answered.cancel()
+            elif (exc := f.exception()) is not None:  # a failed computation is never stored
+                answered.set_exception(exc)
+            else:
+                try:
+                    stored = loop.run_in_executor(None, store, f.result())
+                except RuntimeError:  # the executor is shut down: answer without keeping it
+                    answered.set_result(f.result())
+                    return
+                stored.add_done_callback(lambda s: answer(s, f.result()))
 
+        def answer(stored: asyncio.Future, result: Any) -> None:
+            if not stored.cancelled() and (exc := stored.exception()) is not None:
+                log.error("explanation cache: storing a map failed: %r", exc)  # still answered
+            if not answered.done():
+                answered.set_result(result)
+
+        def gone(f: asyncio.Future) -> None:
+            self._forget(flight)
+            if not f.cancelled():
+                f.exception()  # retrieved even when every waiter has left
+
+        answered.add_done_callback(gone)
         future.add_done_callback(landed)
         return flight
+
+    def _forget(self, flight: Flight) -> None:
+        if self._by_key.get(flight.key) is flight:
+            del self._by_key[flight.key]
 
     def leave(self, flight: Flight) -> None:
         """One waiter is gone (done, error, deadline, cancelled); the last one drops the
@@ -285,6 +317,5 @@ class Flights:
         flight.waiters -= 1
         if flight.waiters > 0 or flight.future.done():
             return
-        if self._by_key.get(flight.key) is flight:
-            del self._by_key[flight.key]  # nobody joins a computation being dropped
+        self._forget(flight)  # nobody joins a computation being dropped
         flight._drop()
