@@ -40,11 +40,6 @@ def train_tinycnn(
     return digits.train(digits.Recipe("tinycnn", epochs, lr, batch_size), x, y, seed, one_cycle=False)
 
 
-def accuracy(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    with torch.inference_mode():
-        return float((module(x).argmax(1) == y).float().mean())
-
-
 @dataclass(frozen=True)
 class DataRandomisationResult:
     """Accuracies of the models and, per method, how alike their maps are (mean over images).
@@ -82,8 +77,8 @@ def data_randomisation(
     accuracies, maps = {}, {}
     for name, (labels, init_seed) in runs.items():
         module = train_tinycnn(data.x_train, labels, epochs, init_seed)
-        accuracies[f"{name}_train"] = accuracy(module, data.x_train, labels)
-        accuracies[f"{name}_test"] = accuracy(module, data.x_test, data.y_test)
+        accuracies[f"{name}_train"] = digits.accuracy(module, data.x_train, labels)
+        accuracies[f"{name}_test"] = digits.accuracy(module, data.x_test, data.y_test)
         engine = Engine(LoadedModel(spec, module, torch.device("cpu")), ChunkSizes(16, 32))
         maps[name] = explain_maps(engine, images, targets, methods)
         if progress is not None:
