@@ -287,6 +287,18 @@ def test_a_budget_that_is_not_a_size_is_refused_naming_the_field(value):
         load_config(env={"SALIENCY_EXPLANATION_CACHE_BYTES": str(value)})
 
 
+def test_a_budget_set_on_the_config_directly_is_refused_before_any_model_loads():
+    """A ServiceConfig built in code skips load_config: the runtime parses the size itself."""
+    from opentelemetry import trace
+
+    from saliency.runtime.explainer import Runtime
+    from saliency.runtime.metrics import Metrics
+
+    config = with_config(models=("no_such_model",), explanation_cache_bytes="lots")
+    with pytest.raises(ValueError, match="config explanation_cache_bytes"):
+        Runtime(config, Metrics(), trace.get_tracer("test"))
+
+
 def test_sizes():
     assert parse_size("64MiB") == 64 * 2**20
     assert parse_size("1.5 GB") == 1_500_000_000

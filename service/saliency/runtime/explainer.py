@@ -111,6 +111,10 @@ class Runtime:
         self.config = config
         self.metrics = metrics
         self.tracer = tracer
+        try:  # a config built in code skipped load_config's parsing: refuse before loading models
+            budget = parse_size(config.explanation_cache_bytes)
+        except ValueError as exc:
+            raise ValueError(f"config explanation_cache_bytes: {exc}") from None
         for path in config.model_configs:  # user models, served under their configs' names
             register_model_config(path)
         self.workers = {
@@ -125,10 +129,6 @@ class Runtime:
         self._deep_costs = DeepCosts()
         self._sanity_pool = ThreadPoolExecutor(1, thread_name_prefix="sanity")
         self._sanity_running = threading.Lock()  # one sanity check at a time
-        try:
-            budget = parse_size(config.explanation_cache_bytes)
-        except ValueError as exc:
-            raise ValueError(f"config explanation_cache_bytes: {exc}") from None
         self.cache = ExplanationCache(budget)
         self._flights = Flights()
         # Cache keys name the weights too; hashed once here (the served copy is never changed).
