@@ -15,9 +15,10 @@ from pathlib import Path
 import skimage.data
 from PIL import Image
 
+from saliency.cli import SAMPLES  # the photographs `--sample` knows
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "service" / "saliency" / "http" / "static" / "samples"
-SAMPLES = ("chelsea", "coffee", "rocket", "astronaut")
 MAX_SIDE = 512  # the model sees 224x224; 512 keeps the overlays sharp on the page
 QUALITY = 85
 
