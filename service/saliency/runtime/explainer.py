@@ -589,6 +589,7 @@ class Runtime:
         for worker in self.workers.values():
             worker.close()
         self._sanity_pool.shutdown(wait=False, cancel_futures=True)
+        self._flights.close()
 
 
 def _plan_items(worker: ModelWorker, x, items: list[tuple[str, Any, int]]) -> list[DeepTask]:

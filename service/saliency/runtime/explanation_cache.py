@@ -28,6 +28,7 @@ import logging
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -253,6 +254,12 @@ class Flights:
 
     def __init__(self) -> None:
         self._by_key: dict[Hashable, Flight] = {}
+        # Stores run here, one at a time: a waiter's answer never queues behind the planning,
+        # hashing and look-ups on the loop's default executor.
+        self._store_pool = ThreadPoolExecutor(1, thread_name_prefix="cache-store")
+
+    def close(self) -> None:
+        self._store_pool.shutdown(wait=False, cancel_futures=True)
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -286,7 +293,7 @@ class Flights:
                 answered.set_exception(exc)
             else:
                 try:
-                    stored = loop.run_in_executor(None, store, f.result())
+                    stored = loop.run_in_executor(self._store_pool, store, f.result())
                 except RuntimeError:  # the executor is shut down: answer without keeping it
                     answered.set_result(f.result())
                     return
