@@ -15,8 +15,8 @@ adaptive IG rounds and fallbacks) is never cached; explainer.py does not look th
 
 Flights: a deep map being computed is awaited by every identical request that arrives
 meanwhile instead of being computed again; it is dropped only when all of them have gone, and
-a failed or dropped computation is never cached. Waiting holds no worker slot: it is a future
-on the event loop.
+a failed or dropped computation is never cached, and a computed one is stored (on a thread)
+before its waiters are answered. Waiting holds no worker slot: it is a future on the event loop.
 """
 
 from __future__ import annotations
