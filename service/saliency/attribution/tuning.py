@@ -19,7 +19,6 @@ import torch
 
 from saliency.attribution.executor import ChunkSizes
 from saliency.models import LoadedModel
-from saliency.models.weights import weights_hash
 
 GRAD_CANDIDATES = (1, 2, 4, 6, 8, 12, 16, 24, 32)
 FORWARD_CANDIDATES = (4, 8, 16, 32, 64)
@@ -40,7 +39,7 @@ def _key(model: LoadedModel) -> str:
     h, w = model.spec.input_size
     # A user's config may name a different model under the same name tomorrow.
     return "|".join(
-        [model.spec.name, weights_hash(model.module)[:16], str(model.device), f"{h}x{w}", torch.__version__,
+        [model.spec.name, model.weights_digest[:16], str(model.device), f"{h}x{w}", torch.__version__,
          str(torch.get_num_threads()), platform.processor() or platform.machine()]
     )
 

@@ -9,6 +9,7 @@ Loaded models are cached per process and device and never mutated afterwards.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -92,6 +93,14 @@ class LoadedModel:
     spec: ModelSpec
     module: nn.Module
     device: torch.device
+
+    @functools.cached_property
+    def weights_digest(self) -> str:
+        """SHA-256 of the served module's weights, taken once (the served copy never changes):
+        what keys the measured chunk sizes and the cached explanations."""
+        from saliency.models.weights import weights_hash
+
+        return weights_hash(self.module)
 
 
 _lock = threading.RLock()

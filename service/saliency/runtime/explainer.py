@@ -133,7 +133,7 @@ class Runtime:
         self._flights = Flights()
         # Cache keys name the weights too; hashed once here (the served copy is never changed).
         self._weights = (
-            {name: weights_hash(w.model.module) for name, w in self.workers.items()} if self.cache.enabled else {}
+            {name: w.model.weights_digest for name, w in self.workers.items()} if self.cache.enabled else {}
         )
 
     def worker(self, name: str) -> ModelWorker:
