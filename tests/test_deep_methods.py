@@ -10,9 +10,10 @@ import torch.nn.functional as F
 from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
 
 from helpers import LinearModel, QuadrantModel, wrap
+from saliency.attribution.baselines import gaussian_blur
 from saliency.attribution.executor import ChunkExecutor, ChunkSizes, TaskCancelled
 from saliency.attribution.methods import rise
-from saliency.attribution.methods.integrated_gradients import RULES, gaussian_blur, quadrature
+from saliency.attribution.methods.integrated_gradients import RULES, quadrature
 from saliency.attribution.methods.rise import MaskSampler, plan_rise
 from saliency.attribution.registry import all_methods, get_method, make_params
 

@@ -30,7 +30,6 @@ from typing import Any
 from saliency import render
 from saliency.cli_common import (
     fail,
-    field_types,
     make_out_dir,
     parse_list,
     parse_methods,
@@ -366,7 +365,7 @@ def report_sanity(args: argparse.Namespace) -> int:
 
 def list_models() -> int:
     from saliency.api.method_params import METHOD_NAMES
-    from saliency.attribution.registry import all_methods
+    from saliency.attribution.registry import all_methods, field_types
     from saliency.models import model_specs
 
     print("models:")

@@ -6,7 +6,6 @@ neither half, so neither imports the other for these.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import typing
 from collections.abc import Callable, Sequence
@@ -57,14 +56,6 @@ def parse_targets(top_k: int | None, classes: str | None) -> Any:
     return Targets(classes=indices)
 
 
-def field_types(params_type: type) -> dict[str, Any]:
-    """{field name: annotated type}; the params modules use string annotations."""
-    try:
-        return typing.get_type_hints(params_type)
-    except Exception:  # an unresolvable annotation: fall back to the default's type
-        return {f.name: type(f.default) for f in dataclasses.fields(params_type)}
-
-
 def _convert(value: str, kind: Any, field: str) -> Any:
     """A command-line string -> int, float, bool or str, as the params field declares."""
     if kind is bool:
@@ -89,7 +80,7 @@ def parse_params(
     remote run passes unbounded ones, as the server applies its own).
     """
     from saliency.attribution.limits import DEFAULT_LIMITS
-    from saliency.attribution.registry import get_method, make_params
+    from saliency.attribution.registry import field_types, get_method, make_params
 
     values: dict[str, dict[str, Any]] = {name: {} for name in methods}
     for assignment in assignments:

@@ -19,9 +19,6 @@ import numpy as np
 import torch
 
 from saliency.attribution.baselines import BASELINES, make_reference, validate_baseline
-from saliency.attribution.baselines import (
-    gaussian_blur as gaussian_blur,  # its old home, still imported
-)
 from saliency.attribution.completeness import completeness_stats
 from saliency.attribution.executor import (
     ChunkOutput,
