@@ -120,6 +120,15 @@ def test_usage_errors_exit_2(argv, flag, tmp_path, capsys):
     assert flag in err, err
 
 
+def test_a_negative_wait_or_an_out_that_cannot_be_made_is_a_usage_error(tmp_path, capsys):
+    base = ["--server", "127.0.0.1:1", "--duration", "1s"]
+    assert loadtest.main([*base, "--out", str(tmp_path), "--wait-ready", "-1"]) == 2
+    assert "--wait-ready" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("")
+    assert loadtest.main([*base, "--out", str(tmp_path / "a_file" / "x"), "--wait-ready", "0"]) == 2
+    assert "--out" in capsys.readouterr().err
+
+
 STATS_HEADER = (
     "Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,"
     "Min Response Time,Max Response Time,Average Content Size,Requests/s,Failures/s,"

@@ -351,9 +351,14 @@ def run(args: argparse.Namespace) -> int:
     spawn_rate = args.spawn_rate if args.spawn_rate is not None else float(args.users)
     if spawn_rate <= 0:
         raise UsageError("--spawn-rate: must be positive")
+    if args.wait_ready < 0:
+        raise UsageError("--wait-ready: must be 0 (don't wait) or more seconds")
     locustfile = find_locustfile(args.locustfile)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out: cannot make {out}: {exc.strerror}") from None
     prefix = out / PREFIX
     for old in out.glob(f"{PREFIX}_*.csv"):
         old.unlink()
