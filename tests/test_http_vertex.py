@@ -1,20 +1,31 @@
 """Vertex AI-shaped explain over real uvicorn: the request body of Vertex's documentation for an
 image model, unchanged but for the URL, answered in Vertex's response shape (the cat, class 285,
-on efficientnet_lite0); the field mapping, what is refused and why; the visualizations."""
+on efficientnet_lite0); the field mapping, what is refused and why; the visualizations; the order of
+a unary answer's maps and of predictions against top-k targets."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 
 import httpx
 import numpy as np
 import pytest
+import torch
+from opentelemetry import trace
 from PIL import Image
 
+from saliency.api.servicer import ExplainerServicer
+from saliency.attribution.fast import FastResult, _top_predictions
+from saliency.attribution.types import Attribution, Targets
 from saliency.http import visualize
+from saliency.models import get_spec
+from saliency.runtime.backend import DeepEvent, FastEvent
+from saliency.runtime.config import load_config
+from saliency.runtime.metrics import Metrics
 from saliency.v1 import explainer_pb2 as pb
-from service_harness import ServiceThread, chelsea_png, png_bytes, with_config
+from service_harness import ServiceThread, chelsea_png, method, png_bytes, with_config
 
 EFFNET, TINY = "efficientnet_lite0", "tinycnn"
 CAT = 285
@@ -93,22 +104,89 @@ def test_the_short_alias_top_k_output_indices_xrai_and_predict(service):
     assert top.status_code == 200, top.text
     ids = top.json()["predictions"][0]["ids"]
     attributions = top.json()["explanations"][0]["attributions"]
-    # The two best classes (their order flipped once in CI on this random image: to investigate).
-    assert sorted(a["outputIndex"] for a in attributions) == sorted([[ids[0]], [ids[1]]])
+    # The two best classes, best first: deep maps finishing in one chunk arrived in no set order
+    # until the unary answer sorted them (api/servicer.py in_listed_order).
+    assert [a["outputIndex"] for a in attributions] == [[ids[0]], [ids[1]]]
     assert set(attributions[0]["featureAttributions"]) == {"image"}  # {"b64": ...} has no input name
 
-    chosen = httpx.post(short, json={"instances": [image, image], "explanationSpecOverride": {
+    chosen = httpx.post(short, json={"instances": [image, image], "parameters": {"maxPredictions": 1},
+                                     "explanationSpecOverride": {
         "parameters": {"xraiAttribution": {"stepCount": 2}, "outputIndices": [[7], [3]]}}}, timeout=120)
     assert chosen.status_code == 200, chosen.text
     for explanation in chosen.json()["explanations"]:
         assert [a["outputIndex"] for a in explanation["attributions"]] == [[7], [3]]
         assert all("approximationError" in a for a in explanation["attributions"])
+        # Named by the model's labels, also when the class is not among the predictions.
+        assert [a["outputDisplayName"] for a in explanation["attributions"]] == ["class_7", "class_3"]
 
     predicted = httpx.post(vertex_url(service, TINY, "predict"), json={
         "instances": [{"image_bytes": {"b64": image}}], "parameters": {"maxPredictions": 3,
                                                                          "confidenceThreshold": 0.0}}, timeout=60)
     assert predicted.status_code == 200 and "explanations" not in predicted.json()
     assert len(predicted.json()["predictions"][0]["ids"]) == 3
+
+
+class _Call:
+    """A CallContext without a transport: no deadline, never cancelled."""
+
+    span_prefix = "test/"
+
+    def metadata(self):
+        return {}
+
+    def time_remaining(self):
+        return None
+
+    def cancelled(self):
+        return False
+
+    async def abort(self, code, message, field):
+        raise AssertionError(f"{code}: {message} ({field})")
+
+
+def test_a_unary_answer_lists_deep_maps_in_request_and_target_order():
+    """Deep maps reach the core as they complete (several finishing in one chunk come in no set
+    order, and cached ones first): the unary answer lists them method by method in request
+    order, each method's targets in target order, after the fast maps; a policy's fallback map
+    stays right after the fast maps."""
+    spec = get_spec(TINY)
+    targets = (4, 1, 0)
+    blank = torch.zeros(spec.input_size)
+
+    class Scrambled:  # a backend whose deep maps complete in an order of their own
+        name = "embedded"
+        models = {TINY: spec}
+
+        async def explain(self, job, timeout):
+            logits = torch.zeros(spec.num_classes)
+            fast = [Attribution("vanilla", t, blank) for t in targets]
+            yield FastEvent(FastResult(logits, [], targets, fast), 0.0)
+            yield DeepEvent(Attribution("gradcam", 4, blank), 0.0, 0.0)  # a fallback, not requested
+            for name, target in [("rise", 0), ("ig", 1), ("rise", 4), ("ig", 0), ("rise", 1), ("ig", 4)]:
+                yield DeepEvent(Attribution(name, target, blank), 0.0, 0.0)
+
+    servicer = ExplainerServicer(Scrambled(), load_config(env={}), Metrics(), trace.get_tracer("test"))
+    request = pb.ExplainRequest(
+        model=TINY, image=png_bytes(np.zeros((32, 32, 3), dtype=np.uint8)), targets=pb.Targets(top_k=3),
+        methods=[method(pb.METHOD_INTEGRATED_GRADIENTS), method(pb.METHOD_VANILLA), method(pb.METHOD_RISE)])
+    try:
+        response = asyncio.run(servicer.explain(request, _Call()))
+    finally:
+        servicer.close()
+    VANILLA, IG, RISE, GRADCAM = pb.METHOD_VANILLA, pb.METHOD_INTEGRATED_GRADIENTS, pb.METHOD_RISE, pb.METHOD_GRADCAM
+    assert [(a.method, a.target) for a in response.attributions] == [
+        (VANILLA, 4), (VANILLA, 1), (VANILLA, 0), (GRADCAM, 4),
+        (IG, 4), (IG, 1), (IG, 0), (RISE, 4), (RISE, 1), (RISE, 0),
+    ]
+
+
+def test_predictions_and_top_k_targets_are_ranked_alike():
+    """By logit, a tie to the lower index: softmax probabilities that underflow to 0 (or
+    round alike) no longer reorder the predictions against the targets."""
+    logits = torch.tensor([0.0, -200.0, -150.0, -300.0, -120.0, 1.0, 1.0])
+    ranked = [p.class_index for p in _top_predictions(logits, [str(i) for i in range(7)], 5)]
+    assert ranked == [5, 6, 0, 4, 2]
+    assert Targets(top_k=5).resolve(logits) == tuple(ranked)
 
 
 @pytest.mark.parametrize(

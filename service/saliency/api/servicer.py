@@ -135,6 +135,30 @@ class CallAborted(Exception):
         self.code, self.message, self.field = code, message, field
 
 
+def in_listed_order(response: pb.ExplainResponse, n_fast: int, request: pb.ExplainRequest) -> None:
+    """A unary answer's maps in one order, whatever order they were computed in: the fast maps
+    as the fast pass lists them (its first `n_fast`), then the deep maps method by method in
+    request order, each method's targets in `response.targets` order. Deep maps arrive as they
+    complete, and several finishing in one chunk arrive in no set order, so a unary answer
+    sorts them. A policy's fallback map (a method not requested) keeps its place right after
+    the fast maps, in the order its pass made it."""
+    method_rank = {m.method: i for i, m in enumerate(request.methods)}
+    target_rank = {t: i for i, t in enumerate(response.targets)}
+
+    def rank(indexed: tuple[int, pb.Attribution]) -> tuple[int, ...]:
+        i, a = indexed
+        if i < n_fast:
+            return (0, i)
+        if a.method not in method_rank:
+            return (1, -1, 0, i)
+        return (1, method_rank[a.method], target_rank.get(a.target, len(target_rank)), i)
+
+    if len(response.attributions) - n_fast > 1:
+        # (method, target) names one map of an answer; sort is stable should two share it.
+        ranks = {(a.method, a.target): rank((i, a)) for i, a in enumerate(response.attributions)}
+        response.attributions.sort(key=lambda a: ranks[(a.method, a.target)])
+
+
 class ExplainerServicer(pb_grpc.ExplainerServicer):
     def __init__(self, backend: Backend, config: ServiceConfig, metrics: Metrics, tracer: trace.Tracer):
         self.backend = backend
@@ -178,10 +202,14 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
         async with self._rpc(rpc, request, call) as prepared:
             job, options, rgb = prepared
             response = pb.ExplainResponse(model=job.model, request_id=job.request_id)
+            n_fast = 0
             # aclosing: a cancelled call closes the flow at once, dropping its queued deep work.
             async with aclosing(self.backend.explain(job, self._timeout(call))) as events:
                 async for event in events:
                     await self._off_loop(self._add_event, response, event, options, rgb)
+                    if isinstance(event, FastEvent):
+                        n_fast = len(response.attributions)
+            in_listed_order(response, n_fast, request)
             return response
 
     async def explain_stream(

@@ -37,6 +37,7 @@ from saliency.attribution.registry import (
 from saliency.attribution.types import Attribution, Prediction, Targets
 from saliency.errors import require
 from saliency.models import LoadedModel
+from saliency.wire.types import top_classes
 
 
 @dataclass
@@ -175,9 +176,6 @@ def _on_host(results: list[FastResult]) -> list[FastResult]:
 
 
 def _top_predictions(logits: torch.Tensor, labels: Sequence[str], n: int) -> list[Prediction]:
+    """The n best classes, ranked as top_k targets are (by logit: top_classes)."""
     probs = logits.float().softmax(-1)
-    top = probs.topk(min(n, logits.shape[-1]))
-    return [
-        Prediction(int(c), labels[int(c)], float(logits[c]), float(p))
-        for p, c in zip(top.values, top.indices)
-    ]
+    return [Prediction(c, labels[c], float(logits[c]), float(probs[c])) for c in top_classes(logits, n)]

@@ -355,11 +355,11 @@ class HttpApi:
         value = await self.servicer.off_loop(codec.json_object, body)
         model = vertex.model_for_endpoint(endpoint, self.servicer.backend.models)
         served.model = model
-        num_classes = self.servicer.backend.models[model].num_classes
-        plan = await self.servicer.off_loop(vertex.plan, value, model, explain, num_classes)
+        spec = self.servicer.backend.models[model]
+        plan = await self.servicer.off_loop(vertex.plan, value, model, explain, spec.num_classes)
         answers = await self._instances(request, served, plan, served.route)
         out = await self.servicer.off_loop(
-            vertex.answer, plan, answers, model, self.servicer.image_limits, self.config.max_overlay_side
+            vertex.answer, plan, answers, model, self.servicer.image_limits, self.config.max_overlay_side, spec.labels
         )
         return await self._json(out)
 

@@ -12,7 +12,7 @@ servicer's core; the answer is Vertex's `explanations[].attributions[]` plus `pr
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -180,14 +180,16 @@ def _box(region: pb.Box, scale: float, size: tuple[int, int]) -> render.Box:
 
 
 def _attribution(a: pb.Attribution, response: pb.ExplainResponse, key: str, picture: np.ndarray, scale: float,
-                 v: visualize.Visualization) -> dict:
+                 v: visualize.Visualization, labels: Sequence[str]) -> dict:
     values = np.frombuffer(a.map.data, dtype=np.float16 if a.map.dtype == pb.DTYPE_FLOAT16 else np.float32)
     values = values.reshape(tuple(a.map.shape)).astype(np.float32)
     size = picture.shape[:2]
     placed = render.place_map(values, size, _box(a.region, scale, size) if a.HasField("region") else None)
     jpeg = visualize.encode_jpeg(visualize.visualize(picture, placed, v))
     stats = dict(a.stats)
-    label = next((p.label for p in response.predictions if p.class_index == a.target), "")
+    # The model's own label: a target may be outside the predictions (topK over maxPredictions,
+    # outputIndices of unlikely classes).
+    label = labels[a.target] if 0 <= a.target < len(labels) else ""
     logit = next((p.logit for p in response.predictions if p.class_index == a.target), None)
     out = {
         "featureAttributions": {key: {
@@ -212,8 +214,10 @@ def _attribution(a: pb.Attribution, response: pb.ExplainResponse, key: str, pict
     return out
 
 
-def answer(plan: Plan, responses: list[pb.ExplainResponse], model: str, limits: ImageLimits, max_side: int) -> dict:
-    """Vertex's ExplainResponse (or PredictResponse) for the core's answers, one per instance."""
+def answer(plan: Plan, responses: list[pb.ExplainResponse], model: str, limits: ImageLimits, max_side: int,
+           labels: Sequence[str]) -> dict:
+    """Vertex's ExplainResponse (or PredictResponse) for the core's answers, one per instance;
+    `labels` are the model's class names."""
     predictions = []
     for response in responses:
         kept = pb.ExplainResponse()
@@ -231,7 +235,7 @@ def answer(plan: Plan, responses: list[pb.ExplainResponse], model: str, limits: 
         scale = picture.shape[0] / rgb.shape[0]
         key = instance.key or DEFAULT_KEY
         explanations.append({"attributions": [
-            _attribution(a, response, key, picture, scale, plan.visualization) for a in response.attributions
+            _attribution(a, response, key, picture, scale, plan.visualization, labels) for a in response.attributions
         ]})
     out["explanations"] = explanations
     return out

@@ -44,7 +44,15 @@ class Targets:
         """logits [num_classes] (a torch tensor) -> the target classes, best first for top_k."""
         if self.classes:
             return self.classes
-        return tuple(int(c) for c in logits.topk(self.top_k).indices)
+        return top_classes(logits, self.top_k)
+
+
+def top_classes(logits: Any, k: int) -> tuple[int, ...]:
+    """The k best classes of logits [num_classes] (a torch tensor), best first, a tie to the
+    lower index. Targets and predictions are both ranked by it, from the same logits, so top_k
+    targets are the first k predictions in their order (topk leaves ties in no set order, and
+    a ranking by softmax probabilities can tie two logits that differ)."""
+    return tuple(logits.sort(descending=True, stable=True).indices[:k].tolist())
 
 
 @dataclass(frozen=True)
