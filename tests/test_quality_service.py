@@ -14,7 +14,7 @@ import torch
 from opentelemetry import trace
 
 from saliency.api import convert, method_params
-from saliency.api.servicer import ExplainerServicer, _status_for
+from saliency.api.servicer import ExplainerServicer, status_for
 from saliency.attribution.executor import ChunkExecutor, ChunkSizes
 from saliency.attribution.types import Attribution
 from saliency.errors import Unimplemented
@@ -329,7 +329,7 @@ def test_a_backend_without_the_features_answers_unimplemented():
     ]:
         with pytest.raises(Unimplemented) as info:
             servicer._parse(request(**fields))
-        assert info.value.field == field and _status_for(info.value) == grpc.StatusCode.UNIMPLEMENTED
+        assert info.value.field == field and status_for(info.value) == grpc.StatusCode.UNIMPLEMENTED
     with pytest.raises(Unimplemented):
         servicer._prepare_sanity(pb.SanityCheckRequest(**SANITY))
     servicer._parse(request())  # a plain request is fine

@@ -1,7 +1,7 @@
 """The saliency.v1.Explainer servicer: protobuf in, domain calls, protobuf out.
 
 Validation happens here, before any work is queued; errors map to status codes in one place
-(`_status_for`). A bad request never reaches a worker and never affects another request.
+(`status_for`). A bad request never reaches a worker and never affects another request.
 
 The transport-neutral core (`explain`, `explain_stream`, `list_models`) takes a `CallContext`:
 gRPC's ServicerContext through `GrpcCall`, or the HTTP API's (saliency/http/app.py), so both
@@ -28,11 +28,9 @@ from saliency.attribution.registry import get_method
 from saliency.errors import (
     DeadlineExceeded,
     InvalidArgument,
-    NotFound,
     ResourceExhausted,
     SaliencyError,
-    Unavailable,
-    Unimplemented,
+    status_of,
 )
 from saliency.imaging import ImageLimits
 from saliency.runtime.admission import Admission, MemoryBudget, maps_in_response, request_bytes
@@ -58,16 +56,6 @@ from saliency.v1 import explainer_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 DEADLINE_MARGIN_S = 0.05
 
-_STATUS = {
-    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
-    Unavailable: grpc.StatusCode.UNAVAILABLE,
-    Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
-}
-
-
 # Status messages travel in a trailer: one that quotes a megabyte of the request back would
 # exceed the client's metadata limit, and the caller would see "Stream removed" instead.
 MAX_STATUS_MESSAGE = 1024
@@ -78,14 +66,8 @@ def status_message(text: str) -> str:
 
 
 def status_for(exc: BaseException) -> grpc.StatusCode:
-    """The status code of a SaliencyError (INTERNAL for anything else)."""
-    for kind, code in _STATUS.items():
-        if isinstance(exc, kind):
-            return code
-    return grpc.StatusCode.INTERNAL
-
-
-_status_for = status_for
+    """The status code of an error: a SaliencyError's own, INTERNAL for anything else."""
+    return grpc.StatusCode[status_of(exc)]
 
 
 class CallContext(Protocol):
@@ -269,7 +251,7 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
                 reached_backend = True
                 yield prepared
             except SaliencyError as exc:
-                code = _status_for(exc)
+                code = status_for(exc)
                 if code == grpc.StatusCode.INVALID_ARGUMENT:
                     self.metrics.rejected.labels(model_label, "invalid_argument").inc()
                 span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))

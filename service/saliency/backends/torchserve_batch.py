@@ -41,9 +41,9 @@ from saliency.errors import (
     DeadlineExceeded,
     InvalidArgument,
     NotFound,
-    ResourceExhausted,
     SaliencyError,
-    Unavailable,
+    from_status,
+    status_of,
 )
 from saliency.imaging import ImageLimits
 from saliency.models import LoadedModel
@@ -62,32 +62,19 @@ TRACEPARENT_KEY = "traceparent"  # W3C trace context of the service's client spa
 
 OK = grpc.StatusCode.OK.value[0]
 INTERNAL = grpc.StatusCode.INTERNAL.value[0]
-# Error type <-> gRPC status code, as the servicer maps them; the backend maps back.
-ERROR_CODES: dict[type[SaliencyError], int] = {
-    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT.value[0],
-    NotFound: grpc.StatusCode.NOT_FOUND.value[0],
-    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
-    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED.value[0],
-    Unavailable: grpc.StatusCode.UNAVAILABLE.value[0],
-}
 # What the handler sends back: float32 maps as computed; predictions up to the row's count.
 RAW_OUTPUT = convert.OutputOptions(map_dtype="float32", normalization="none", include_overlay=False)
 
 
 def code_for(exc: BaseException) -> int:
-    """The gRPC status code for an error (INTERNAL for anything that is not a SaliencyError)."""
-    for kind, code in ERROR_CODES.items():
-        if isinstance(exc, kind):
-            return code
-    return INTERNAL
+    """The gRPC status code (number) of an error: a SaliencyError's own, INTERNAL for anything else."""
+    return grpc.StatusCode[status_of(exc)].value[0]
 
 
 def error_for(code: int, message: str) -> SaliencyError:
-    """The SaliencyError a HandlerReply's status stands for (the inverse of `code_for`)."""
-    for kind, known in ERROR_CODES.items():
-        if known == code:
-            return kind(message)
-    return SaliencyError(message)
+    """The SaliencyError a HandlerReply's status code stands for (the inverse of `code_for`)."""
+    name = next((c.name for c in grpc.StatusCode if c.value[0] == code), "UNKNOWN")
+    return from_status(name, message)
 
 
 def registration(model_name: str) -> tuple[str, str]:
