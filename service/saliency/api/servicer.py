@@ -40,6 +40,7 @@ from saliency.runtime.backend import (
     SANITY_CHECK,
     Backend,
     DeepEvent,
+    Event,
     ExplainJob,
     FastEvent,
     PolicyEvent,
@@ -50,6 +51,7 @@ from saliency.runtime.backend import (
 )
 from saliency.runtime.config import ServiceConfig
 from saliency.runtime.metrics import Metrics
+from saliency.runtime.telemetry import observed_explain
 from saliency.v1 import explainer_pb2 as pb
 from saliency.v1 import explainer_pb2_grpc as pb_grpc
 
@@ -186,7 +188,7 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
             response = pb.ExplainResponse(model=job.model, request_id=job.request_id)
             n_fast = 0
             # aclosing: a cancelled call closes the flow at once, dropping its queued deep work.
-            async with aclosing(self.backend.explain(job, self._timeout(call))) as events:
+            async with aclosing(self._backend_events(job, call)) as events:
                 async for event in events:
                     await self._off_loop(self._add_event, response, event, options, rgb)
                     if isinstance(event, FastEvent):
@@ -200,7 +202,7 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
         """The prediction and fast maps first, then each deep map, policy and quality."""
         async with self._rpc(rpc, request, call, self._prepare_stream) as prepared:
             job, options, rgb = prepared
-            async with aclosing(self.backend.explain(job, self._timeout(call))) as events:
+            async with aclosing(self._backend_events(job, call)) as events:
                 async for event in events:
                     if isinstance(event, FastEvent):
                         first = pb.ExplainResponse(model=job.model, request_id=job.request_id)
@@ -214,6 +216,10 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
                     else:
                         attribution = await self._off_loop(self._deep_proto, event, options, rgb)
                         yield pb.ExplainEvent(attribution=attribution)
+
+    def _backend_events(self, job: ExplainJob, call: CallContext) -> AsyncIterator[Event]:
+        """The backend's events for `job`, with the request's telemetry recorded once here."""
+        return observed_explain(self.backend, job, self._timeout(call), self.metrics, self.tracer)
 
     def list_models(self, rpc: str = "ListModels") -> pb.ListModelsResponse:
         self.metrics.requests.labels(rpc, "", "OK").inc()

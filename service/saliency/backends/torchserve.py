@@ -62,7 +62,6 @@ from saliency.runtime.admission import ESTIMATE_MARGIN, Admission, DeepCosts, ov
 from saliency.runtime.backend import DeepEvent, ExplainJob, FastEvent, check_model
 from saliency.runtime.config import ServiceConfig
 from saliency.runtime.metrics import Metrics
-from saliency.runtime.telemetry import method_span, request_in_flight
 from saliency.torchserve_api import inference_pb2 as ts_pb
 from saliency.torchserve_api import inference_pb2_grpc as ts_grpc
 from saliency.v1 import explainer_pb2 as pb
@@ -166,41 +165,31 @@ class TorchServeBackend:
         started = time.perf_counter()
         deadline = time.monotonic() + timeout
         fast, deep = split_by_kind(job.methods)
-        labels = {"model": job.model, "backend": BACKEND}
         deep_call: asyncio.Task | None = None
-        with request_in_flight(self.metrics, job.model, deadline):
-            try:
-                if deep and job.targets.classes:  # the classes are known: no need to wait for the fast pass
-                    deep_call = asyncio.ensure_future(self._deep(job, deep, job.targets.classes, deadline))
-                with self.tracer.start_as_current_span("fast_pass", attributes={"methods": list(fast)}):
-                    reply = await self._predict(job.model, self._request(job, fast, job.targets), deadline, "the fast pass")
-                result = _fast_result(reply)
-                fast_seconds = time.perf_counter() - started
-                # The handler's own time: the wall time of a first call includes TorchServe's warm-up.
-                self._costs[job.model].observe_fast(reply.handler_ms / 1000)
-                for a in result.attributions:
-                    self.metrics.method_latency.labels(method=a.method, **labels).observe(fast_seconds)
-                yield FastEvent(result, fast_seconds)
-                if not deep:
-                    return
-                if deep_call is None:
-                    deep_call = asyncio.ensure_future(self._deep(job, deep, result.targets, deadline))
-                events = await deep_call
-                self._costs[job.model].observe_samples(
-                    sum(e.compute_seconds for e in events), int(sum(e.attribution.stats.get("samples", 0) for e in events))
-                )
-                for event in events:
-                    a = event.attribution
-                    self.metrics.method_latency.labels(method=a.method, **labels).observe(time.perf_counter() - started)
-                    self.metrics.queue_wait.labels(job.model, "deep").observe(event.queue_seconds)
-                    method_span(self.tracer, a.method, a.target, started, event.queue_seconds, event.compute_seconds)
-                    yield event
-            finally:
-                if deep_call is not None:
-                    if not deep_call.done():
-                        deep_call.cancel()
-                    elif not deep_call.cancelled():
-                        deep_call.exception()  # retrieved: its error (if any) was superseded
+        try:
+            if deep and job.targets.classes:  # the classes are known: no need to wait for the fast pass
+                deep_call = asyncio.ensure_future(self._deep(job, deep, job.targets.classes, deadline))
+            reply = await self._predict(job.model, self._request(job, fast, job.targets), deadline, "the fast pass")
+            result = _fast_result(reply)
+            # The handler's own time: the wall time of a first call includes TorchServe's warm-up.
+            self._costs[job.model].observe_fast(reply.handler_ms / 1000)
+            yield FastEvent(result, time.perf_counter() - started)
+            if not deep:
+                return
+            if deep_call is None:
+                deep_call = asyncio.ensure_future(self._deep(job, deep, result.targets, deadline))
+            events = await deep_call
+            self._costs[job.model].observe_samples(
+                sum(e.compute_seconds for e in events), int(sum(e.attribution.stats.get("samples", 0) for e in events))
+            )
+            for event in events:
+                yield event
+        finally:
+            if deep_call is not None:
+                if not deep_call.done():
+                    deep_call.cancel()
+                elif not deep_call.cancelled():
+                    deep_call.exception()  # retrieved: its error (if any) was superseded
 
     async def healthy(self) -> bool:
         """Whether TorchServe can serve: it runs, answers Ping with "Healthy", and every

@@ -74,6 +74,9 @@ class DeepEvent:
     attribution: Attribution
     queue_seconds: float
     compute_seconds: float
+    # The pool whose queue the map waited in ("deep"), for saliency_queue_wait_seconds; None: none
+    # (a cache hit, a policy fallback made by the fast pass).
+    pool: str | None = "deep"
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,6 @@ from saliency.runtime.explanation_cache import (
 )
 from saliency.runtime.fast_pool import BEFORE_DEEP, URGENT
 from saliency.runtime.metrics import Metrics
-from saliency.runtime.telemetry import method_span, request_in_flight
 from saliency.runtime.worker import ModelWorker
 
 BACKEND = "embedded"
@@ -99,6 +98,7 @@ class _Plan:
     fast_extra: dict[str, Any]
     ig: tuple[Any, tuple[int, ...]] | None = None
     decision: PolicyDecision | None = None
+    budget_end: float = 0.0  # perf_counter() when the latency budget runs out (adaptive IG)
 
 
 class Runtime:
@@ -151,55 +151,47 @@ class Runtime:
         started = time.perf_counter()
         deadline = time.monotonic() + timeout
         fast, deep = split_by_kind(job.methods)
-        labels = {"model": job.model, "backend": BACKEND}
         submitted: list[DeepTask] = []  # every task queued for this request, dropped on exit
         admission = job.admission or await self.admit(job, timeout)
-        with request_in_flight(self.metrics, job.model, deadline):
-            try:
-                with self.tracer.start_as_current_span("fast_pass", attributes={"methods": list(fast)}):
-                    result, digest = await self._fast(worker, job, fast, admission.priority, deadline)
-                fast_seconds = time.perf_counter() - started
-                for attribution in result.attributions:
-                    self.metrics.method_latency.labels(method=attribution.method, **labels).observe(fast_seconds)
-                delivered = list(result.attributions)
-                yield FastEvent(result, fast_seconds)
+        try:
+            result, digest = await self._fast(worker, job, fast, admission.priority, deadline)
+            fast_seconds = time.perf_counter() - started
+            delivered = list(result.attributions)
+            yield FastEvent(result, fast_seconds)
 
-                if _has_policy(job):
-                    plan = await asyncio.to_thread(self._plan, worker, job, result, deep, fast_seconds)
-                else:  # everything requested: no thread hop for nothing
-                    plan = _Plan(deep, {})
-                if plan.fast_extra:  # the policy's fallbacks: one more cheap pass
-                    extra_started = time.perf_counter()
-                    extra = await _within(
-                        deadline,
-                        worker.run_fast(job.x, Targets(classes=result.targets), plan.fast_extra, job.n_predictions),
-                    )
-                    for attribution in extra.attributions:
-                        self.metrics.method_latency.labels(method=attribution.method, **labels).observe(
-                            time.perf_counter() - started
-                        )
-                        delivered.append(attribution)
-                        yield DeepEvent(attribution, 0.0, time.perf_counter() - extra_started)
-                deep_maps = self._deep_maps(
-                    worker, job, result.targets, plan, started, deadline, submitted, admission.queued, digest
+            if _has_policy(job):
+                plan = await asyncio.to_thread(self._plan, worker, job, result, deep, fast_seconds)
+                if job.policy.latency_budget_ms is not None:
+                    plan.budget_end = started + job.policy.latency_budget_ms / 1000
+            else:  # everything requested: no thread hop for nothing
+                plan = _Plan(deep, {})
+            if plan.fast_extra:  # the policy's fallbacks: one more cheap pass
+                extra_started = time.perf_counter()
+                extra = await _within(
+                    deadline,
+                    worker.run_fast(job.x, Targets(classes=result.targets), plan.fast_extra, job.n_predictions),
                 )
-                async with aclosing(deep_maps) as events:  # closed at once if the caller goes away
-                    async for event in events:
-                        delivered.append(event.attribution)
-                        yield event
-                if plan.decision is not None:
-                    yield PolicyEvent(plan.decision)
-                if job.evaluate is not None:
-                    scores = await self._evaluate(worker, job, result, delivered, job.evaluate, deadline, submitted)
-                    yield QualityEvent(scores)
-                elif self.config.quality_sample_rate > random.random():
-                    self._evaluate_in_background(worker, job, result, delivered)
-            except TaskCancelled as exc:
-                raise DeadlineExceeded(str(exc)) from None
-            finally:
-                worker.cancel(submitted)
-                if job.admission is None:  # admitted here: released here
-                    admission.close()
+                for attribution in extra.attributions:
+                    delivered.append(attribution)
+                    yield DeepEvent(attribution, 0.0, time.perf_counter() - extra_started, pool=None)
+            deep_maps = self._deep_maps(worker, job, result.targets, plan, deadline, submitted, admission.queued, digest)
+            async with aclosing(deep_maps) as events:  # closed at once if the caller goes away
+                async for event in events:
+                    delivered.append(event.attribution)
+                    yield event
+            if plan.decision is not None:
+                yield PolicyEvent(plan.decision)
+            if job.evaluate is not None:
+                scores = await self._evaluate(worker, job, result, delivered, job.evaluate, deadline, submitted)
+                yield QualityEvent(scores)
+            elif self.config.quality_sample_rate > random.random():
+                self._evaluate_in_background(worker, job, result, delivered)
+        except TaskCancelled as exc:
+            raise DeadlineExceeded(str(exc)) from None
+        finally:
+            worker.cancel(submitted)
+            if job.admission is None:  # admitted here: released here
+                admission.close()
 
     # ---- the cache ---------------------------------------------------------------------------
 
@@ -293,7 +285,6 @@ class Runtime:
         job: ExplainJob,
         targets: tuple[int, ...],
         plan: _Plan,
-        started: float,
         deadline: float,
         submitted: list[DeepTask],
         queued: Callable[[], None],
@@ -305,7 +296,6 @@ class Runtime:
 
         A map that identical requests computing now will deliver is awaited in their Flight;
         every Flight joined is left on exit, and its last waiter drops the computation."""
-        labels = {"model": job.model, "backend": BACKEND}
         items = [(name, params, target) for name, params in plan.deep.items() for target in targets]
         keys: list[Any] = [None] * len(items)
         hits: dict[int, Attribution] = {}
@@ -319,10 +309,7 @@ class Runtime:
         try:
             for attribution in hits.values():
                 self.metrics.cache_hits.labels(job.model, attribution.method).inc()
-                self.metrics.method_latency.labels(method=attribution.method, **labels).observe(
-                    time.perf_counter() - started
-                )
-                yield DeepEvent(attribution, 0.0, looked_up)
+                yield DeepEvent(attribution, 0.0, looked_up, pool=None)
 
             def join(flight: Flight, method: str) -> None:
                 held.append(flight)
@@ -365,7 +352,7 @@ class Runtime:
             queued()
             if plan.ig is not None:
                 for target in targets:
-                    rounds = self._adaptive_ig(worker, job, target, plan, started, submitted)
+                    rounds = self._adaptive_ig(worker, job, target, plan, submitted)
                     pending[asyncio.ensure_future(rounds)] = None
             while pending:
                 done, _ = await _wait_first(deadline, set(pending))
@@ -380,11 +367,7 @@ class Runtime:
                         if isinstance(entry, Flight) and entry not in led:  # another request's work
                             attribution = dataclasses.replace(attribution, stats=dict(attribution.stats), cached=True)
                         else:
-                            self._task_done(job.model, task, started)
-                    self.metrics.method_latency.labels(method=attribution.method, **labels).observe(
-                        time.perf_counter() - started
-                    )
-                    self.metrics.queue_wait.labels(job.model, "deep").observe(queue_seconds)
+                            worker.costs.observe_samples(task.compute_seconds, task.n_samples)
                     yield DeepEvent(attribution, queue_seconds, compute_seconds)
         finally:
             for future in pending:
@@ -398,14 +381,12 @@ class Runtime:
         job: ExplainJob,
         target: int,
         plan: _Plan,
-        started: float,
         submitted: list[DeepTask],
     ) -> tuple[Attribution, float, float]:
         """IG for `target` in Gauss-Legendre rounds of growing step counts (quality/policy.py):
         returns the last round's map and the queue / compute seconds of all rounds."""
         params, steps = plan.ig
         completeness_target = job.policy.target
-        budget_end = started + job.policy.latency_budget_ms / 1000
         n, rounds, queue_seconds, compute_seconds = steps[0], 0, 0.0, 0.0
         while True:
             ig = dataclasses.replace(params, n_steps=n, rule="gausslegendre")
@@ -415,11 +396,11 @@ class Runtime:
             rounds += 1
             queue_seconds += task.queue_seconds
             compute_seconds += task.compute_seconds
-            self._task_done(job.model, task, started)
+            worker.costs.observe_samples(task.compute_seconds, task.n_samples)
             error = attribution.stats["completeness_error"]
             costs = Costs(worker.costs.sample_seconds, worker.executor.pending_samples, 0.0)
             nxt, why = next_ig_round(
-                steps, n, error, completeness_target, budget_end - time.perf_counter(), costs
+                steps, n, error, completeness_target, plan.budget_end - time.perf_counter(), costs
             )
             if nxt is None:
                 attribution.stats["policy_rounds"] = float(rounds)
@@ -428,13 +409,6 @@ class Runtime:
                 )
                 return attribution, queue_seconds, compute_seconds
             n = nxt
-
-    def _task_done(self, model: str, task: DeepTask, request_started: float) -> None:
-        self.workers[model].costs.observe_samples(task.compute_seconds, task.n_samples)
-        method_span(
-            self.tracer, task.method, task.target, request_started,
-            task.queue_seconds, task.compute_seconds, task.n_samples,
-        )
 
     # ---- admission -------------------------------------------------------------------------
 
