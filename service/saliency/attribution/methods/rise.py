@@ -13,6 +13,13 @@ same seed (tests keep the bank's code as the reference). Measured (224x224, s=7,
 to multiply a mask into the input and ~17 ms for an EfficientNet-Lite0 forward; building the
 whole N=2000 bank cost 390 ms and 191 MiB, paid by every first request of a (size, N, s, p,
 seed). A cache of banks no longer pays for itself, so there is none.
+
+The map is a mean of N sample maps P_i M_i / p: `map_error` is its standard error (a running
+sum of squares per pixel), relative to the map less its spatial mean: the map's level is the
+mean score, which no ranking or display uses and which would hide the noise (docs/engine.md).
+With `max_map_error` > 0, n_masks is the cap and the stream stops at the first checkpoint (a
+multiple of BLOCK, so every mask is what an untargeted request for that many gets) where the
+estimate is under the target.
 """
 
 from __future__ import annotations
@@ -24,6 +31,13 @@ import torch
 import torch.nn.functional as F
 
 from saliency.attribution.executor import ChunkOutput, DeepTask, SameTensor, Samples, SampleStream
+from saliency.attribution.limits import Limits
+from saliency.attribution.map_error import (
+    Checkpoints,
+    max_map_error_field,
+    mean_error,
+    require_pilot,
+)
 from saliency.attribution.registry import register
 from saliency.attribution.types import Attribution
 
@@ -36,9 +50,18 @@ class RiseParams:
     # probability that a cell is kept, in the open interval (0, 1)
     p: float = field(default=0.5, metadata={"min": 0, "max": 1, "exclusive_min": True, "exclusive_max": True})
     seed: int = field(default=0, metadata={"min": 0, "max": 2**63 - 1})
+    # estimated relative L2 error of the map (less its mean) to stop at; 0: exactly n_masks
+    max_map_error: float = max_map_error_field()
+
+    def validate(self, limits: Limits) -> None:
+        """Rules across fields; each field's own bounds are in its metadata."""
+        require_pilot("rise", "n_masks", self.n_masks, self.max_map_error, PILOT_MASKS)
 
 
 BLOCK = 128  # masks per generator call: part of the draw order, so never to be changed
+# The first stage of error-targeted RISE. Stages end on whole blocks: the last block's draws
+# depend on N when it is partial, so only there is a mask the same for every N.
+PILOT_MASKS = 2 * BLOCK
 
 
 class MaskSampler:
@@ -113,32 +136,59 @@ def plan_rise(model, x: torch.Tensor, target: int, params: RiseParams) -> DeepTa
     x = x.detach().float().cpu()
     height, width = x.shape[-2:]
     sampler = MaskSampler(height, width, params.n_masks, params.grid_size, params.p, params.seed)
+    stages = Checkpoints(params.n_masks, params.max_map_error, PILOT_MASKS, BLOCK)
     # Reduced where the model runs: on a GPU the per-target sums then cost next to nothing
     # beside the shared call (H200, N=2000: top-3 1.04x top-1).
     saliency = torch.zeros(height, width, dtype=torch.float32, device=model.device)
+    # For map_error: sum of (P_i M_i)^2 per pixel, and of the sample maps' spatial means and
+    # their squares (float64: squares of sums over thousands of masks).
+    saliency_sq = torch.zeros(height, width, dtype=torch.float64, device=model.device)
+    levels = torch.zeros(2, dtype=torch.float64, device=model.device)
     # Masks travel to the model's device in float16 and meet the input there: a sixth of the
     # bytes of a masked float32 input, and the same products (one multiply, rounded alike).
     # They are made float32 there once per slice, for every target's reducer.
     x_on_device = x.to(model.device)
+    used = [params.n_masks]
+    errors: list[float] = []
 
     def masked_inputs(start: int, stop: int) -> Samples:
         masks = sampler.masks(start, stop).to(model.device).float()  # [n, H, W], to every target's reducer
         return Samples(x_on_device * masks[:, None], masks)
 
+    def map_error(n: int) -> float:
+        p = params.p
+        level, level_sq = (float(v) for v in levels.cpu())
+        return mean_error(saliency / p, saliency_sq / p**2, n, (level / p, level_sq / p**2))
+
     def accumulate(start: int, out: ChunkOutput) -> None:
         probs = out.logits.float().softmax(-1)[:, target]
         saliency.add_(torch.einsum("n,nhw->hw", probs, out.side))
+        saliency_sq.add_(torch.einsum("n,nhw->hw", probs.square(), out.side.square()))
+        means = probs * out.side.mean((1, 2))
+        levels.add_(torch.stack([means.sum(), means.square().sum()]))
+        stop = start + len(probs)
+        if params.max_map_error > 0 and stop in stages:
+            errors.append(map_error(stop))
+            if errors[-1] <= params.max_map_error or stop == params.n_masks:
+                used[0] = stream.n_samples = stop  # no further mask
 
     def finish() -> Attribution:
-        result = saliency.cpu() / (params.n_masks * params.p)
-        return Attribution("rise", target, result, None, {"n_masks": float(params.n_masks)})
+        n = used[0]
+        result = saliency.cpu() / (n * params.p)
+        stats = {"n_masks": float(n), "map_error": errors[-1] if errors else map_error(n)}
+        if params.max_map_error > 0:
+            stats.update(n_masks_cap=float(params.n_masks), max_map_error=params.max_map_error)
+        return Attribution("rise", target, result, None, stats)
 
     # The masks depend on the input's size and the parameters, never on the target: the other
-    # targets' streams of this request share every masked forward.
-    share = ("rise", image, params.n_masks, params.grid_size, params.p, params.seed)
+    # targets' streams of this request share every masked forward (cut at the same checkpoints).
+    share = ("rise", image, params.n_masks, params.grid_size, params.p, params.seed, stages.points)
     stream = SampleStream(
-        params.n_masks, False, masked_inputs, accumulate, sample_shape=tuple(x.shape), share_key=share
+        params.n_masks, False, masked_inputs, accumulate, sample_shape=tuple(x.shape), share_key=share,
+        checkpoint=stages.next if params.max_map_error > 0 else None,
     )
-    # the map, the generator's states, and the input's copy on an accelerator
-    held = saliency.nbytes + sampler.state_bytes + (0 if x_on_device is x else x_on_device.nbytes)
+    # the map and its sums of squares, the generator's states, and the input's copy on an accelerator
+    held = (
+        saliency.nbytes + saliency_sq.nbytes + sampler.state_bytes + (0 if x_on_device is x else x_on_device.nbytes)
+    )
     return DeepTask("rise", target, [stream], finish, held_bytes=held)

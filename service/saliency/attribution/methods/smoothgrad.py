@@ -5,6 +5,12 @@ NoiseTunnel over Saliency; the reducer keeps running sums of a and a² so memory
 mean -> SmoothGrad, square -> SmoothGrad² (mean of a²), variance -> VarGrad (E[a²] - E[a]²).
 Noise comes from a generator seeded per request and drawn in sample order, so the result does
 not depend on how the executor chunks the samples.
+
+`map_error` is a delete-a-group jackknife (attribution/map_error.py): the sums are kept per
+group of samples (sample i in group i % GROUPS), and the map is recomputed without each group
+in turn, which covers the nonlinear aggregates and channel reductions alike. With
+`max_map_error` > 0, n_samples is the cap and the stream stops at the first checkpoint where
+the estimate is under the target.
 """
 
 from __future__ import annotations
@@ -14,12 +20,22 @@ from dataclasses import dataclass, field
 import torch
 
 from saliency.attribution.executor import ChunkOutput, DeepTask, SampleStream, tensor_bytes
+from saliency.attribution.limits import Limits
+from saliency.attribution.map_error import (
+    GROUPS,
+    Checkpoints,
+    group_rows,
+    jackknife_error,
+    max_map_error_field,
+    require_pilot,
+)
 from saliency.attribution.reduce import CHANNEL_REDUCTIONS, reduce_channels
 from saliency.attribution.registry import register
 from saliency.attribution.requirements import INPUT_GRADIENT
 from saliency.attribution.types import Attribution
 
 AGGREGATES = ("mean", "square", "variance")
+PILOT_SAMPLES = 16  # the first stage of error-targeted SmoothGrad: two samples per jackknife group
 
 
 @dataclass(frozen=True)
@@ -30,6 +46,12 @@ class SmoothGradParams:
     aggregate: str = field(default="mean", metadata={"choices": AGGREGATES})
     seed: int = field(default=0, metadata={"min": 0, "max": 2**63 - 1})
     reduction: str = field(default="max", metadata={"choices": CHANNEL_REDUCTIONS})
+    # estimated relative L2 error of the map to stop at; 0: exactly n_samples
+    max_map_error: float = max_map_error_field()
+
+    def validate(self, limits: Limits) -> None:
+        """Rules across fields; each field's own bounds are in its metadata."""
+        require_pilot("smoothgrad", "n_samples", self.n_samples, self.max_map_error, PILOT_SAMPLES)
 
 
 @register(
@@ -41,9 +63,14 @@ def plan_smoothgrad(model, x: torch.Tensor, target: int, params: SmoothGradParam
     x = x.detach().float().cpu()
     stdev = params.sigma * float(x.max() - x.min())
     generator = torch.Generator().manual_seed(params.seed)
-    total = torch.zeros_like(x)
-    total_sq = torch.zeros_like(x)
+    stages = Checkpoints(params.n_samples, params.max_map_error, PILOT_SAMPLES)
+    # Per jackknife group: sums of a and of a^2 (only those the aggregate uses) and counts.
+    moments = {"mean": (1,), "square": (2,), "variance": (1, 2)}[params.aggregate]
+    sums = {k: torch.zeros(GROUPS, *x.shape) for k in moments}
+    counts = torch.zeros(GROUPS, dtype=torch.int64)
     expected = [0]
+    used = [params.n_samples]
+    errors: list[float] = []
 
     def noisy_copies(start: int, stop: int) -> torch.Tensor:
         assert start == expected[0], "samples must be drawn in order"
@@ -51,23 +78,55 @@ def plan_smoothgrad(model, x: torch.Tensor, target: int, params: SmoothGradParam
         noise = torch.randn((stop - start, *x.shape), generator=generator)
         return x + stdev * noise
 
+    def attribution(totals: dict[int, torch.Tensor], n: int) -> torch.Tensor:
+        """The aggregate [C, H, W] of n samples whose sums of a^k are totals[k]."""
+        if params.aggregate == "mean":
+            return totals[1] / n
+        if params.aggregate == "square":
+            return totals[2] / n
+        return totals[2] / n - (totals[1] / n).pow(2)
+
+    def maps() -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """(attr [C, H, W], its map [H, W], the map without each group in turn)."""
+        totals = {k: v.sum(0) for k, v in sums.items()}
+        n = int(counts.sum())
+        attr = attribution(totals, n)
+        leave_outs = [
+            reduce_channels(attribution({k: totals[k] - sums[k][g] for k in totals}, n - int(counts[g])), params.reduction)
+            for g in range(GROUPS)
+            if 0 < counts[g] < n
+        ]
+        return attr, reduce_channels(attr, params.reduction), leave_outs
+
     def accumulate(start: int, out: ChunkOutput) -> None:
-        a = out.grads.abs()  # reduced on the model's device: one [C, H, W] comes back, not a chunk
-        total.add_(a.sum(0).cpu())
-        total_sq.add_(a.pow(2).sum(0).cpu())
+        a = out.grads.abs()  # reduced on the model's device: [C, H, W] per group comes back, not a chunk
+        for group, rows in group_rows(start, start + len(a)):
+            part = a[rows.to(a.device)]
+            for k in moments:
+                sums[k][group].add_(part.pow(k).sum(0).cpu())
+            counts[group] += len(rows)
+        stop = start + len(a)
+        if params.max_map_error > 0 and stop in stages:
+            _, saliency, leave_outs = maps()
+            errors.append(jackknife_error(saliency, leave_outs))
+            if errors[-1] <= params.max_map_error or stop == params.n_samples:
+                used[0] = stream.n_samples = stop  # no further sample
 
     def finish() -> Attribution:
-        n = params.n_samples
-        mean, mean_sq = total / n, total_sq / n
-        attr = {"mean": mean, "square": mean_sq, "variance": mean_sq - mean.pow(2)}[params.aggregate]
-        return Attribution(
-            "smoothgrad",
-            target,
-            reduce_channels(attr, params.reduction),
-            attr,
-            {"noise_stdev": stdev},
-        )
+        attr, saliency, leave_outs = maps()
+        stats = {
+            "noise_stdev": stdev,
+            "n_samples": float(used[0]),
+            "map_error": errors[-1] if errors else jackknife_error(saliency, leave_outs),
+        }
+        if params.max_map_error > 0:
+            stats.update(n_samples_cap=float(params.n_samples), max_map_error=params.max_map_error)
+        return Attribution("smoothgrad", target, saliency, attr, stats)
 
-    stream = SampleStream(params.n_samples, True, noisy_copies, accumulate, sample_shape=tuple(x.shape))
-    # the two running sums, and finish's mean, mean square and variance
-    return DeepTask("smoothgrad", target, [stream], finish, held_bytes=tensor_bytes(total, total_sq) + 3 * x.nbytes)
+    stream = SampleStream(
+        params.n_samples, True, noisy_copies, accumulate, sample_shape=tuple(x.shape),
+        checkpoint=stages.next if params.max_map_error > 0 else None,
+    )
+    # the group sums, and finish's totals, attr, map and the leave-one-group-out maps
+    held = tensor_bytes(*sums.values()) + (len(moments) + 2) * x.nbytes + (GROUPS + 1) * x[0].nbytes
+    return DeepTask("smoothgrad", target, [stream], finish, held_bytes=held)
