@@ -479,6 +479,7 @@ class ChunkExecutor:
         that are complete."""
         total = sum(piece.n for piece in batch)
         offset = 0
+        ended: list[DeepTask] = []  # finished or failed here: handed back after the report
         for piece in batch:
             rows = output.rows(offset, offset + piece.n)
             rows.side = piece.side
@@ -491,17 +492,24 @@ class ChunkExecutor:
                     stream.consume(piece.start, rows)
                     stream.consumed += piece.n
                     if all(s.consumed == s.n_samples for s in task.streams):
-                        self._finish(task)
+                        self._finish(task, notify=False)
+                        ended.append(task)
                 except Exception as exc:
-                    self._fail(task, exc)
+                    if not task.done:
+                        self._fail(task, exc, notify=False)
+                        ended.append(task)
             self.stats.shared_samples += piece.n * max(0, len(served) - 1)
             offset += piece.n
         self.stats.chunks += 1
         self.stats.samples += total
-        if self.on_chunk:
+        if self.on_chunk:  # before the tasks it finished are handed back: a caller that got its
+            # result finds the chunk that made it already reported (metrics, batch spans)
             needs_grad, rule, _ = batch[0].streams[0][1].kind
             tasks = {id(t): t for piece in batch for t, _ in piece.streams}.values()
             self.on_chunk(ChunkReport(total, len(tasks), tuple(t.tag for t in tasks), needs_grad, elapsed, rule))
+        for task in ended:
+            if task.on_done:
+                task.on_done(task)
 
     def _take_chunk(self) -> list[_Slice]:
         """Slices [start, stop) of ready pending streams, all of one kind (gradient or not,
@@ -599,23 +607,23 @@ class ChunkExecutor:
             None if layer is None else grads[1].float(),
         )
 
-    def _finish(self, task: DeepTask) -> None:
+    def _finish(self, task: DeepTask, notify: bool = True) -> None:
         result = task.finish()
         result.stats.setdefault("samples", float(task.n_samples))
         result.stats.setdefault("compute_ms", task.compute_seconds * 1000)
         result.stats.setdefault("queue_ms", task.queue_seconds * 1000)
         task.result = result
         self.stats.tasks_finished += 1
-        if task.on_done:
+        if notify and task.on_done:
             task.on_done(task)
 
-    def _fail(self, task: DeepTask, exc: BaseException) -> None:
+    def _fail(self, task: DeepTask, exc: BaseException, notify: bool = True) -> None:
         if task.done:
             return
         task.error = exc
         with self._lock:
             self._pending = deque(p for p in self._pending if p[0] is not task)
-        if task.on_done:
+        if notify and task.on_done:
             task.on_done(task)
 
     def _drop(self, task: DeepTask) -> None:
