@@ -163,7 +163,7 @@ def test_evaluate_in_process_scores_the_truth_above_a_random_map(quadrant):
     predictions = [Prediction(0, "c0", 6.0, 0.9975), Prediction(1, "c1", 0.0, 0.0025)]
     options = EvaluateOptions(region=truth)
     groups = options.groups(["gradcam", "rise"], Targets())
-    assert groups == ("deletion", "insertion", "pointing_game", "agreement")
+    assert groups == ("deletion", "insertion", "pointing_game", "agreement", "map_error")  # rise samples
     scores = evaluate_in_process(ChunkExecutor(model, ChunkSizes(16, 16)), x, predictions, attributions, groups, options)
     by = {(s.metric, s.method): s.value for s in scores}
     assert by["deletion_auc", "gradcam"] < by["deletion_auc", "rise"]
@@ -178,12 +178,12 @@ def test_agreement_contrast_and_completeness_from_maps():
         Attribution("vanilla", 3, a),
         Attribution("ig", 3, a**2, stats={"completeness_error": 0.02}),
         Attribution("vanilla", 5, -a),
-        Attribution("ig", 5, a, stats={"completeness_error": 0.5}),
+        Attribution("ig", 5, a, stats={"completeness_error": 0.5, "map_error": 0.03}),
     ]
     predictions = [Prediction(3, "a", 2.0, 0.6), Prediction(5, "b", 1.0, 0.3)]
     options = EvaluateOptions()
     groups = options.groups(["vanilla", "ig"], Targets(top_k=2))
-    assert set(groups) == {"deletion", "insertion", "agreement", "contrast", "completeness"}
+    assert set(groups) == {"deletion", "insertion", "agreement", "contrast", "completeness", "map_error"}
     scores = map_scores(attributions, predictions, groups, options)
     by = {(s.metric, s.method, s.target): s for s in scores}
     assert by["agreement_spearman", "vanilla", 3].value == pytest.approx(1.0)  # a vs a^2 (a >= 0)
@@ -193,6 +193,8 @@ def test_agreement_contrast_and_completeness_from_maps():
     assert by["contrast_spearman", "vanilla", 3].other_target == 5
     assert by["contrast_top_iou", "ig", 3].value == pytest.approx(1.0)  # a^2 and a share the top
     assert by["completeness_error", "ig", 5].value == 0.5
+    assert by["map_error", "ig", 5].value == 0.03  # only the maps whose stats carry an estimate
+    assert [k for k in by if k[0] == "map_error"] == [("map_error", "ig", 5)]
     assert by["agreement_spearman", "vanilla", 3].label == "vanilla_vs_ig"
 
 
@@ -204,6 +206,7 @@ def test_agreement_contrast_and_completeness_from_maps():
         (EvaluateOptions(metrics=("contrast",)), ["vanilla"], Targets(top_k=1), "evaluate.metrics[0]"),
         (EvaluateOptions(metrics=("contrast",)), ["vanilla"], Targets(classes=(1, 2)), "evaluate.metrics[0]"),
         (EvaluateOptions(metrics=("completeness",)), ["vanilla"], Targets(), "evaluate.metrics[0]"),
+        (EvaluateOptions(metrics=("map_error",)), ["vanilla", "occlusion"], Targets(), "evaluate.metrics[0]"),
     ],
 )
 def test_a_listed_metric_that_cannot_apply_names_the_field(options, methods, targets, field):

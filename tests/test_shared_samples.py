@@ -294,7 +294,8 @@ VARIANTS = {
     "gradient_shap": (
         [{"n_samples": 5}, {"reference": "black_white"}, {"seed": 3},
          {"reference": "custom", "custom_reference": torch.stack(CUSTOM)},
-         {"reference": "custom", "custom_reference": torch.stack(CUSTOM[::-1])}],
+         {"reference": "custom", "custom_reference": torch.stack(CUSTOM[::-1])},
+         {"n_samples": 16, "max_map_error": 0.9}],
         [{"stdev": 0.3}],  # the endpoints' forwards (F(x), F(reference)) are shared
     ),
 }

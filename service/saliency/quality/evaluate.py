@@ -8,12 +8,15 @@ Metrics (names as in `QualityScore.metric` and the Prometheus label `metric`):
 - contrast_spearman / contrast_top_iou: each method's map for the predicted class against its
   map for the runner-up; low means the method tells the two classes apart.
 - completeness_error: IG's |sum(attr) - (F(x) - F(x'))| / |F(x) - F(x')|, from its stats.
+- map_error: a sampled map's estimated relative L2 error against its converged map, from its
+  stats (RISE, SmoothGrad, GradientSHAP, KernelSHAP, LIME always; IG with max_map_error).
 Requested groups (`EvaluateOptions.metrics`) are the names without suffix; empty = every
 group that applies to the request. Everything except the curves is numpy on the maps alone.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -22,6 +25,7 @@ import numpy as np
 import torch
 
 from saliency.attribution.executor import ChunkExecutor, DeepTask
+from saliency.attribution.registry import all_methods
 from saliency.attribution.types import Attribution, Prediction, Targets
 from saliency.errors import require
 from saliency.quality.curves import plan_perturbation_curves
@@ -31,7 +35,7 @@ from saliency.wire.types import (
     QualityScore,  # the API's type: ExplainResponse.quality
 )
 
-METRIC_GROUPS = ("deletion", "insertion", "pointing_game", "agreement", "contrast", "completeness")
+METRIC_GROUPS = ("deletion", "insertion", "pointing_game", "agreement", "contrast", "completeness", "map_error")
 MAX_PERTURBATION_STEPS = 256
 MAX_POINTING_TOLERANCE = 64
 
@@ -84,6 +88,11 @@ class EvaluateOptions:
                 "needs targets.top_k >= 2, so the runner-up class has maps too",
             ),
             "completeness": ("ig" in methods, "needs METHOD_INTEGRATED_GRADIENTS in the request"),
+            "map_error": (
+                any(_estimates_map_error(m) for m in methods),
+                "needs a sampled method in the request (one with max_map_error: rise, smoothgrad, "
+                "gradient_shap, kernel_shap, lime, ig)",
+            ),
         }
         if not self.metrics:
             return tuple(g for g in METRIC_GROUPS if applicable[g][0])
@@ -91,6 +100,12 @@ class EvaluateOptions:
             ok, why = applicable[name]
             require(ok, f"evaluate.metrics[{i}]", f"{name} {why}")
         return self.metrics
+
+
+def _estimates_map_error(method: str) -> bool:
+    """Whether the method's maps can carry a map_error (its params have max_map_error)."""
+    info = all_methods().get(method)
+    return info is not None and any(f.name == "max_map_error" for f in dataclasses.fields(info.params_type))
 
 
 def pointing_game(saliency_map: torch.Tensor, region: torch.Tensor, tolerance: int = 0) -> bool:
@@ -118,6 +133,10 @@ def map_scores(
         for a in attributions:
             if "completeness_error" in a.stats:
                 scores.append(QualityScore("completeness_error", a.method, a.target, a.stats["completeness_error"]))
+    if "map_error" in groups:
+        for a in attributions:
+            if "map_error" in a.stats:
+                scores.append(QualityScore("map_error", a.method, a.target, a.stats["map_error"]))
     if "pointing_game" in groups and options.region is not None:
         for a in attributions:
             hit = pointing_game(a.map, options.region, options.pointing_tolerance)

@@ -143,6 +143,7 @@ class QualityMetric(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     QUALITY_METRIC_AGREEMENT: _ClassVar[QualityMetric]
     QUALITY_METRIC_CONTRAST: _ClassVar[QualityMetric]
     QUALITY_METRIC_COMPLETENESS: _ClassVar[QualityMetric]
+    QUALITY_METRIC_MAP_ERROR: _ClassVar[QualityMetric]
 
 class Randomization(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -238,6 +239,7 @@ QUALITY_METRIC_POINTING_GAME: QualityMetric
 QUALITY_METRIC_AGREEMENT: QualityMetric
 QUALITY_METRIC_CONTRAST: QualityMetric
 QUALITY_METRIC_COMPLETENESS: QualityMetric
+QUALITY_METRIC_MAP_ERROR: QualityMetric
 RANDOMIZATION_UNSPECIFIED: Randomization
 RANDOMIZATION_CASCADING: Randomization
 RANDOMIZATION_INDEPENDENT: Randomization
@@ -303,30 +305,34 @@ class LrpParams(_message.Message):
     def __init__(self, rule: _Optional[_Union[LrpRule, str]] = ..., epsilon: _Optional[float] = ..., gamma: _Optional[float] = ...) -> None: ...
 
 class SmoothGradParams(_message.Message):
-    __slots__ = ("n_samples", "sigma", "aggregate", "seed", "reduction")
+    __slots__ = ("n_samples", "sigma", "aggregate", "seed", "reduction", "max_map_error")
     N_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     SIGMA_FIELD_NUMBER: _ClassVar[int]
     AGGREGATE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     REDUCTION_FIELD_NUMBER: _ClassVar[int]
+    MAX_MAP_ERROR_FIELD_NUMBER: _ClassVar[int]
     n_samples: int
     sigma: float
     aggregate: SmoothGradAggregate
     seed: int
     reduction: ChannelReduction
-    def __init__(self, n_samples: _Optional[int] = ..., sigma: _Optional[float] = ..., aggregate: _Optional[_Union[SmoothGradAggregate, str]] = ..., seed: _Optional[int] = ..., reduction: _Optional[_Union[ChannelReduction, str]] = ...) -> None: ...
+    max_map_error: float
+    def __init__(self, n_samples: _Optional[int] = ..., sigma: _Optional[float] = ..., aggregate: _Optional[_Union[SmoothGradAggregate, str]] = ..., seed: _Optional[int] = ..., reduction: _Optional[_Union[ChannelReduction, str]] = ..., max_map_error: _Optional[float] = ...) -> None: ...
 
 class RiseParams(_message.Message):
-    __slots__ = ("n_masks", "grid_size", "p", "seed")
+    __slots__ = ("n_masks", "grid_size", "p", "seed", "max_map_error")
     N_MASKS_FIELD_NUMBER: _ClassVar[int]
     GRID_SIZE_FIELD_NUMBER: _ClassVar[int]
     P_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    MAX_MAP_ERROR_FIELD_NUMBER: _ClassVar[int]
     n_masks: int
     grid_size: int
     p: float
     seed: int
-    def __init__(self, n_masks: _Optional[int] = ..., grid_size: _Optional[int] = ..., p: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
+    max_map_error: float
+    def __init__(self, n_masks: _Optional[int] = ..., grid_size: _Optional[int] = ..., p: _Optional[float] = ..., seed: _Optional[int] = ..., max_map_error: _Optional[float] = ...) -> None: ...
 
 class OcclusionParams(_message.Message):
     __slots__ = ("window", "stride", "baseline")
@@ -371,23 +377,25 @@ class AttentionParams(_message.Message):
     def __init__(self, head_fusion: _Optional[_Union[AttentionHeadFusion, str]] = ..., discard_ratio: _Optional[float] = ..., layer: _Optional[int] = ...) -> None: ...
 
 class KernelShapParams(_message.Message):
-    __slots__ = ("n_samples", "n_segments", "compactness", "baseline", "blur_sigma", "seed")
+    __slots__ = ("n_samples", "n_segments", "compactness", "baseline", "blur_sigma", "seed", "max_map_error")
     N_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     N_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     COMPACTNESS_FIELD_NUMBER: _ClassVar[int]
     BASELINE_FIELD_NUMBER: _ClassVar[int]
     BLUR_SIGMA_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    MAX_MAP_ERROR_FIELD_NUMBER: _ClassVar[int]
     n_samples: int
     n_segments: int
     compactness: float
     baseline: SuperpixelBaseline
     blur_sigma: float
     seed: int
-    def __init__(self, n_samples: _Optional[int] = ..., n_segments: _Optional[int] = ..., compactness: _Optional[float] = ..., baseline: _Optional[_Union[SuperpixelBaseline, str]] = ..., blur_sigma: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
+    max_map_error: float
+    def __init__(self, n_samples: _Optional[int] = ..., n_segments: _Optional[int] = ..., compactness: _Optional[float] = ..., baseline: _Optional[_Union[SuperpixelBaseline, str]] = ..., blur_sigma: _Optional[float] = ..., seed: _Optional[int] = ..., max_map_error: _Optional[float] = ...) -> None: ...
 
 class LimeParams(_message.Message):
-    __slots__ = ("n_samples", "n_segments", "compactness", "baseline", "blur_sigma", "seed", "kernel_width", "alpha")
+    __slots__ = ("n_samples", "n_segments", "compactness", "baseline", "blur_sigma", "seed", "kernel_width", "alpha", "max_map_error")
     N_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     N_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     COMPACTNESS_FIELD_NUMBER: _ClassVar[int]
@@ -396,6 +404,7 @@ class LimeParams(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     KERNEL_WIDTH_FIELD_NUMBER: _ClassVar[int]
     ALPHA_FIELD_NUMBER: _ClassVar[int]
+    MAX_MAP_ERROR_FIELD_NUMBER: _ClassVar[int]
     n_samples: int
     n_segments: int
     compactness: float
@@ -404,21 +413,24 @@ class LimeParams(_message.Message):
     seed: int
     kernel_width: float
     alpha: float
-    def __init__(self, n_samples: _Optional[int] = ..., n_segments: _Optional[int] = ..., compactness: _Optional[float] = ..., baseline: _Optional[_Union[SuperpixelBaseline, str]] = ..., blur_sigma: _Optional[float] = ..., seed: _Optional[int] = ..., kernel_width: _Optional[float] = ..., alpha: _Optional[float] = ...) -> None: ...
+    max_map_error: float
+    def __init__(self, n_samples: _Optional[int] = ..., n_segments: _Optional[int] = ..., compactness: _Optional[float] = ..., baseline: _Optional[_Union[SuperpixelBaseline, str]] = ..., blur_sigma: _Optional[float] = ..., seed: _Optional[int] = ..., kernel_width: _Optional[float] = ..., alpha: _Optional[float] = ..., max_map_error: _Optional[float] = ...) -> None: ...
 
 class GradientShapParams(_message.Message):
-    __slots__ = ("n_samples", "stdev", "reference", "seed", "custom_reference")
+    __slots__ = ("n_samples", "stdev", "reference", "seed", "custom_reference", "max_map_error")
     N_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     STDEV_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     CUSTOM_REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    MAX_MAP_ERROR_FIELD_NUMBER: _ClassVar[int]
     n_samples: int
     stdev: float
     reference: ReferenceSet
     seed: int
     custom_reference: Tensor
-    def __init__(self, n_samples: _Optional[int] = ..., stdev: _Optional[float] = ..., reference: _Optional[_Union[ReferenceSet, str]] = ..., seed: _Optional[int] = ..., custom_reference: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    max_map_error: float
+    def __init__(self, n_samples: _Optional[int] = ..., stdev: _Optional[float] = ..., reference: _Optional[_Union[ReferenceSet, str]] = ..., seed: _Optional[int] = ..., custom_reference: _Optional[_Union[Tensor, _Mapping]] = ..., max_map_error: _Optional[float] = ...) -> None: ...
 
 class XraiParams(_message.Message):
     __slots__ = ("n_steps", "baseline", "area_threshold", "min_region_area")

@@ -15,6 +15,14 @@ Draws match Captum's by construction: indices then alphas from numpy's legacy Ra
 (Captum calls np.random.choice, then np.random.uniform), noise from a torch CPU generator
 seeded alike, in sample order (Captum: torch.normal on the global generator), so seeding both
 global generators with `seed` makes Captum reproduce this map; chunking changes nothing.
+
+`map_error` is the standard error of the mean map (a running sum of squares per pixel of each
+sample's channel-summed attribution). With `max_map_error` > 0, n_samples is the cap: the draws
+are the cap's (Captum's order draws every index before the first alpha, so the first N draws
+of n = cap are not those of n = N) and the stream stops at the first checkpoint where the
+estimate is under the target; the map is then the mean of the cap run's first N samples, and
+the completeness gap is against the references those N drew (their forwards wait until N is
+known, so none is computed for nothing).
 """
 
 from __future__ import annotations
@@ -33,6 +41,12 @@ from saliency.attribution.executor import (
     tensor_bytes,
 )
 from saliency.attribution.limits import Limits
+from saliency.attribution.map_error import (
+    Checkpoints,
+    max_map_error_field,
+    mean_error,
+    require_pilot,
+)
 from saliency.attribution.methods.reference_sets import ReferenceSet
 from saliency.attribution.registry import register
 from saliency.attribution.requirements import INPUT_GRADIENT
@@ -41,6 +55,7 @@ from saliency.errors import require
 
 REFERENCES = ("photos", "uniform", "black_white", "custom")
 MAX_SEED = 2**32 - 1  # numpy's RandomState (and Captum's np.random.seed) take 32-bit seeds
+PILOT_SAMPLES = 16  # the first stage of error-targeted GradientSHAP
 
 
 @dataclass(frozen=True)
@@ -54,9 +69,12 @@ class GradientShapParams:
     custom_reference: torch.Tensor | None = field(
         default=None, compare=False, repr=False, metadata={"stack_limit": "max_reference_images"}
     )
+    # estimated relative L2 error of the map to stop at; 0: exactly n_samples
+    max_map_error: float = max_map_error_field()
 
     def validate(self, limits: Limits) -> None:
         """Rules across fields; each field's own bounds are in its metadata."""
+        require_pilot("gradient_shap", "n_samples", self.n_samples, self.max_map_error, PILOT_SAMPLES)
         ref = self.custom_reference
         if self.reference != "custom":
             require(ref is None, "gradient_shap.custom_reference", "set only with reference='custom'")
@@ -123,12 +141,19 @@ def plan_gradient_shap(model, x: torch.Tensor, target: int, params: GradientShap
     draws = draw(params.n_samples, references.count, params.seed)
     noise_stdev = params.stdev * float(x.max() - x.min())
     generator = torch.Generator().manual_seed(params.seed)
+    targeted = params.max_map_error > 0
+    stages = Checkpoints(params.n_samples, params.max_map_error, PILOT_SAMPLES)
     total = torch.zeros_like(x)
+    total_sq = torch.zeros(x.shape[1:], dtype=torch.float64)  # of each sample's channel sum, for map_error
     deltas: dict[int, torch.Tensor] = {}  # start -> (x~ - b) of a generated, unconsumed slice
-    # Completeness: F(x) and F of each distinct reference drawn, weighted by its draw count.
+    # Completeness: F(x) and F of each distinct reference drawn, weighted by its draw count
+    # (with a target, of the first `used` draws, once the path stream has stopped).
     drawn, counts = np.unique(draws.indices, return_counts=True)
+    refs = {"drawn": drawn, "counts": counts}
     scores = torch.zeros(1 + len(drawn))
     expected = [0]
+    used = [params.n_samples]
+    errors: list[float] = []
 
     def interpolated(start: int, stop: int) -> torch.Tensor:
         assert start == expected[0], "samples must be drawn in order"  # the noise stream's order
@@ -142,55 +167,68 @@ def plan_gradient_shap(model, x: torch.Tensor, target: int, params: GradientShap
         return alpha * noisy + (1 - alpha) * baselines  # Captum's expression, for equal rounding
 
     def accumulate(start: int, out: ChunkOutput) -> None:
-        total.add_((deltas.pop(start).to(out.grads.device) * out.grads).sum(0).cpu())  # reduced on the device
+        terms = deltas.pop(start).to(out.grads.device) * out.grads  # reduced on the device
+        total.add_(terms.sum(0).cpu())
+        total_sq.add_(terms.sum(1).square().sum(0).cpu())
+        stop = start + len(terms)
+        if targeted and stop in stages:
+            errors.append(mean_error(total.sum(0), total_sq, stop))
+            if errors[-1] <= params.max_map_error or stop == params.n_samples:
+                used[0] = path.n_samples = stop  # no further sample
+                refs["drawn"], refs["counts"] = np.unique(draws.indices[:stop], return_counts=True)
+                ends.n_samples = 1 + len(refs["drawn"])
+                ends.share_key = (*ends.share_key, stop)  # the references of the first `stop` draws
 
     def endpoints(start: int, stop: int) -> torch.Tensor:
         rows = [x[None]] if start == 0 else []
         first, last = max(start, 1) - 1, stop - 1
         if last > first:
-            rows.append(references.get(drawn[first:last]))
+            rows.append(references.get(refs["drawn"][first:last]))
         return torch.cat(rows)
 
     def record(start: int, out: ChunkOutput) -> None:
         scores[start : start + len(out.logits)] = out.logits[:, target].cpu()
 
     def finish() -> Attribution:
-        attr = total / params.n_samples
+        n = used[0]
+        attr = total / n
         f_input = float(scores[0])
-        f_reference = float((scores[1:].double() * torch.from_numpy(counts)).sum() / params.n_samples)
+        weights = torch.from_numpy(refs["counts"])
+        f_reference = float((scores[1 : 1 + len(weights)].double() * weights).sum() / n)
         gap = f_input - f_reference
-        return Attribution(
-            "gradient_shap",
-            target,
-            attr.sum(0),
-            attr,
-            {
-                **completeness_stats(float(attr.sum()), gap),
-                "score_input": f_input,
-                "score_reference_mean": f_reference,
-                "n_samples": float(params.n_samples),
-                "references": float(references.count),
-                "noise_stdev": noise_stdev,
-            },
-        )
+        stats = {
+            **completeness_stats(float(attr.sum()), gap),
+            "score_input": f_input,
+            "score_reference_mean": f_reference,
+            "n_samples": float(n),
+            "references": float(references.count),
+            "noise_stdev": noise_stdev,
+            "map_error": errors[-1] if errors else mean_error(total.sum(0), total_sq, n),
+        }
+        if targeted:
+            stats.update(n_samples_cap=float(params.n_samples), max_map_error=params.max_map_error)
+        return Attribution("gradient_shap", target, attr.sum(0), attr, stats)
 
+    path = SampleStream(
+        params.n_samples, True, interpolated, accumulate, sample_shape=tuple(x.shape),
+        checkpoint=stages.next if targeted else None,
+    )
+    # F(x) and the references drawn do not depend on the target: shared across targets. With a
+    # target they wait for the path stream, whose stop says which references were drawn.
+    ends = SampleStream(
+        1 + len(drawn), False, endpoints, record, sample_shape=tuple(x.shape), after=path if targeted else None,
+        share_key=(
+            "gradient_shap.endpoints", image, params.reference, params.n_samples, params.seed,
+            None if params.custom_reference is None else SameTensor(params.custom_reference),
+        ),
+    )
     return DeepTask(
         "gradient_shap",
         target,
-        [
-            SampleStream(params.n_samples, True, interpolated, accumulate, sample_shape=tuple(x.shape)),
-            # F(x) and the references drawn do not depend on the target: shared across targets.
-            SampleStream(
-                1 + len(drawn), False, endpoints, record, sample_shape=tuple(x.shape),
-                share_key=(
-                    "gradient_shap.endpoints", image, params.reference, params.n_samples, params.seed,
-                    None if params.custom_reference is None else SameTensor(params.custom_reference),
-                ),
-            ),
-        ],
+        [path, ends],
         finish,
         # A custom reference stack is the request's, held for its tasks' lifetime; built-in
         # sets live in their cache, under its own budget.
-        held_bytes=tensor_bytes(total, scores, draws.alphas, references.custom)
+        held_bytes=tensor_bytes(total, total_sq, scores, draws.alphas, references.custom)
         + draws.indices.nbytes + drawn.nbytes + counts.nbytes + x.nbytes,  # + attr in finish
     )

@@ -492,7 +492,7 @@ function onPolicy(policy) {
 
 // Quality scores as two tables: one row per map (deletion, insertion, completeness, contrast
 // with the runner-up, pointing game), one row per pair of methods (agreement).
-const MAP_METRICS = ["deletion_auc", "insertion_auc", "completeness_error", "pointing_game", "contrast_spearman", "contrast_top_iou"];
+const MAP_METRICS = ["deletion_auc", "insertion_auc", "completeness_error", "map_error", "pointing_game", "contrast_spearman", "contrast_top_iou"];
 const PAIR_METRICS = ["agreement_spearman", "agreement_top_iou"];
 
 function onQuality(scores) {
