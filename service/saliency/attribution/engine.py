@@ -1,5 +1,6 @@
 """Explain one image in-process: the fast pass for the prediction and cheap maps, then the deep
-methods on the chunk executor. The serving runtime uses the same pieces with its own queues."""
+methods on the chunk executor. The serving backends use the same pieces (`fast_pass`,
+`plan_deep`, the executor) with their own queues."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 from saliency.attribution.executor import ChunkExecutor, ChunkSizes
 from saliency.attribution.fast import fast_pass
 from saliency.attribution.limits import DEFAULT_LIMITS, Limits
-from saliency.attribution.registry import check_supported, get_method
+from saliency.attribution.registry import check_supported, get_method, plan_deep
 from saliency.attribution.tuning import chunk_sizes_for
 from saliency.attribution.types import Attribution, Prediction, Targets
 from saliency.models import LoadedModel
@@ -55,11 +56,7 @@ class Engine:
         infos = {name: get_method(name) for name in methods}
         fast = {n: p for n, p in methods.items() if infos[n].kind == "fast"}
         (result,) = fast_pass(self.model, x[None], [targets], fast, n_predictions)
-        tasks = [
-            infos[name].plan(self.model, x, target, params)
-            for name, params in methods.items()
-            if infos[name].kind == "deep"
-            for target in result.targets
-        ]
+        deep = [(name, params, t) for name, params in methods.items() if infos[name].kind == "deep" for t in result.targets]
+        tasks = plan_deep(self.model, x, deep)
         deep = self.executor.run(tasks, progress) if tasks else []
         return Explanation(result.predictions, result.targets, result.attributions + deep)

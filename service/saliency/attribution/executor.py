@@ -57,6 +57,7 @@ import torch
 from saliency.attribution.hooks import backward_rule, capture_output, is_backward_rule, is_paired
 from saliency.attribution.relevance import RelevanceRules
 from saliency.attribution.types import Attribution
+from saliency.errors import DeadlineExceeded
 from saliency.models import LoadedModel
 
 
@@ -207,6 +208,10 @@ class DeepTask:
     compute_seconds: float = 0.0  # its share of the model calls; a shared sample counts in full for each task
     submitted_at: float | None = None  # perf_counter() at submit
     started_at: float | None = None  # perf_counter() when its first chunk started
+    # time.monotonic() after which no chunk takes its samples: it fails with DeadlineExceeded
+    # ("<deadline_reason> before its map was done"). Only for a task one caller alone waits for.
+    deadline: float | None = None
+    deadline_reason: str = "the deadline passed"
     held_bytes: int | None = None  # the plan's estimate of what the task holds: see memory_bytes
 
     @property
@@ -272,6 +277,7 @@ class ExecutorStats:
     samples: int = 0  # rows of model calls
     tasks_finished: int = 0
     tasks_dropped: int = 0
+    tasks_expired: int = 0  # failed at their deadline before their last chunk
     chunks_rerun: int = 0  # chunks that failed with several tasks in them and were re-run per task
     shared_samples: int = 0  # rows that also served other streams: one per extra stream served
 
@@ -381,6 +387,14 @@ class ChunkExecutor:
             if task.error is not None:
                 raise task.error
         return [task.result for task in tasks]
+
+    def drain(self) -> int:
+        """Run chunks until nothing is pending (cancelled and expired tasks leave on the way);
+        returns the samples served."""
+        total = 0
+        while ran := self.step():
+            total += ran
+        return total
 
     def step(self) -> int:
         """Run one chunk; return the samples it served (a shared row once per stream it served,
@@ -515,11 +529,19 @@ class ChunkExecutor:
         """Slices [start, stop) of ready pending streams, all of one kind (gradient or not,
         backward rule, input shape), FIFO, within the budget; a stream that shares the inputs
         of a slice already taken (same share_key, cursor and length) joins it at no cost."""
+        now = time.monotonic()
         with self._lock:
             live = deque()
             for task, stream in self._pending:
                 if task.cancelled:
                     self._drop(task)
+                elif task.done:
+                    continue  # failed by a slice of another of its streams
+                elif task.deadline is not None and now >= task.deadline:
+                    self.stats.tasks_expired += 1
+                    self._fail(task, DeadlineExceeded(
+                        f"{task.deadline_reason} before the {task.method} map of class {task.target} was done"
+                    ))
                 elif stream.remaining or not stream.ready:
                     live.append((task, stream))
                 elif not task.done and all(s.consumed == s.n_samples for s in task.streams):

@@ -25,7 +25,7 @@ import numbers
 import pkgutil
 import threading
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -210,6 +210,13 @@ def check_supported(names: list[str], spec: ModelSpec, fields: list[str] | None 
                 f"{name} cannot explain model {spec.name}: {reason}; methods for {spec.name}: {others}",
                 fields[i] if fields else "methods",
             )
+
+
+def plan_deep(model: LoadedModel, x: torch.Tensor, items: Iterable[tuple[str, Any, int]]) -> list[DeepTask]:
+    """One DeepTask per (deep method, validated params, target), in order: what every driver of
+    the chunk executor (the in-process engine, the embedded deep worker, the TorchServe deep
+    handler) submits. x [C, H, W] normalised."""
+    return [get_method(name).plan(model, x, target, params) for name, params, target in items]
 
 
 def split_by_kind(methods: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -34,7 +34,7 @@ from saliency.api import convert, tensors
 from saliency.attribution.executor import ChunkExecutor, ChunkReport, DeepTask
 from saliency.attribution.fast import FastResult, fast_pass
 from saliency.attribution.limits import Limits
-from saliency.attribution.registry import get_method
+from saliency.attribution.registry import get_method, plan_deep
 from saliency.attribution.tuning import configured_chunk_sizes
 from saliency.attribution.types import Attribution, Targets
 from saliency.errors import (
@@ -340,9 +340,11 @@ class BatchRunner:
     # ---- deep ------------------------------------------------------------------------------
 
     def _run_deep(self, rows: list[_Row], inputs: Sequence[RowInput], replies: list, method_ms: list, clock) -> None:
-        """Every (row, method, target) on the chunk executor at once; deadlines between chunks."""
+        """Every (row, method, target) on the chunk executor at once. A row's tasks carry its
+        deadline (or the batch's responseTimeout budget, whichever comes first): the executor
+        drops their samples from the first chunk past it."""
         assert self.executor is not None
-        started = clock()
+        batch_end = time.monotonic() + self.batch_budget_s if self.batch_budget_s is not None else None
         for row, exc in self._resolve_targets([r for r in rows if not r.targets.classes]):
             replies[row.index] = self._error_reply(exc, inputs[row.index])
         planned: list[_Row] = []
@@ -351,38 +353,27 @@ class BatchRunner:
                 continue
             targets = row.fast.targets if row.fast is not None else row.targets.classes
             try:
-                row.tasks = [
-                    get_method(name).plan(self.model, row.x, target, params)
-                    for name, params in row.methods.items()
-                    for target in targets
-                ]
+                row.tasks = plan_deep(
+                    self.model, row.x, [(name, params, t) for name, params in row.methods.items() for t in targets]
+                )
             except Exception as exc:  # noqa: BLE001 - this row's plan failed, not the batch
                 replies[row.index] = self._error_reply(exc, inputs[row.index])
                 continue
+            # The row's wall-clock deadline on the executor's monotonic clock.
+            deadline = time.monotonic() + (row.deadline - clock()) if row.deadline is not None else None
+            reason = "the deadline passed"
+            if batch_end is not None and (deadline is None or batch_end < deadline):
+                deadline, reason = batch_end, "the batch ran into TorchServe's responseTimeout"
             for task in row.tasks:
                 task.tag = row.request_id or str(row.index)
+                task.deadline, task.deadline_reason = deadline, reason
             planned.append(row)
         for row in planned:
             for task in row.tasks:
                 self.executor.submit(task)
-        expired: dict[int, str] = {}
-        while True:
-            now = clock()
-            for row in planned:
-                if row.index in expired or all(t.done for t in row.tasks):
-                    continue
-                if row.deadline is not None and now >= row.deadline:
-                    expired[row.index] = "the deadline passed"
-                elif self.batch_budget_s is not None and now - started >= self.batch_budget_s:
-                    expired[row.index] = "the batch ran into TorchServe's responseTimeout"
-                else:
-                    continue
-                for task in row.tasks:
-                    task.cancelled = True
-            if self.executor.step() == 0:
-                break
+        self.executor.drain()
         for row in planned:
-            replies[row.index] = self._deep_reply(row, expired.get(row.index), inputs[row.index], method_ms)
+            replies[row.index] = self._deep_reply(row, inputs[row.index], method_ms)
 
     def _drop_pending(self, rows: list[_Row]) -> None:
         """After a failed batch, leave nothing of it queued for the next one."""
@@ -416,15 +407,15 @@ class BatchRunner:
                 row.fast = result
         return failed
 
-    def _deep_reply(self, row: _Row, expired: str | None, row_input: RowInput, method_ms: list) -> ts_pb.HandlerReply:
+    def _deep_reply(self, row: _Row, row_input: RowInput, method_ms: list) -> ts_pb.HandlerReply:
         failed = next((t for t in row.tasks if t.error is not None and not t.cancelled), None)
-        if failed is not None:
-            return self._error_reply(failed.error, row_input)
-        if expired is not None:
+        if failed is not None and isinstance(failed.error, DeadlineExceeded):  # expired in the executor
             left = sum(1 for t in row.tasks if t.result is None)
             return self._error_reply(
-                DeadlineExceeded(f"{expired} with {left} map(s) still being computed"), row_input
+                DeadlineExceeded(f"{failed.deadline_reason} with {left} map(s) still being computed"), row_input
             )
+        if failed is not None:
+            return self._error_reply(failed.error, row_input)
         reply = self._reply(row, row.fast)
         for task in row.tasks:
             reply.response.attributions.append(

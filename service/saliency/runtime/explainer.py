@@ -34,7 +34,7 @@ from opentelemetry import trace
 from saliency.attribution.executor import DeepTask, TaskCancelled
 from saliency.attribution.fast import FastResult
 from saliency.attribution.fast import _top_predictions as top_predictions  # the pass's own ranking
-from saliency.attribution.registry import get_method, make_params, split_by_kind
+from saliency.attribution.registry import get_method, make_params, plan_deep, split_by_kind
 from saliency.attribution.types import Attribution, Targets
 from saliency.errors import DeadlineExceeded, ResourceExhausted, SaliencyError
 from saliency.models import load_model, register_model_config
@@ -325,7 +325,7 @@ class Runtime:
                     join(flight, name)
                 else:
                     to_plan.append(i)
-            planned = await asyncio.to_thread(_plan_items, worker, job.x, [items[i] for i in to_plan]) if to_plan else []
+            planned = await asyncio.to_thread(plan_deep, worker.model, job.x, [items[i] for i in to_plan]) if to_plan else []
             to_submit = []
             for i, task in zip(to_plan, planned):
                 # An identical request may have started this map while ours was planned.
@@ -334,6 +334,9 @@ class Runtime:
                     join(flight, items[i][0])
                 else:
                     to_submit.append((i, task))
+            for i, task in to_submit:
+                if keys[i] is None:  # this request's alone (a Flight's outlives its leader's deadline)
+                    task.deadline = deadline
             pairs = worker.submit_tasks([task for _, task in to_submit], job.request_id) if to_submit else []
             for (i, _), (task, future) in zip(to_submit, pairs):
                 if keys[i] is None:
@@ -352,7 +355,7 @@ class Runtime:
             queued()
             if plan.ig is not None:
                 for target in targets:
-                    rounds = self._adaptive_ig(worker, job, target, plan, submitted)
+                    rounds = self._adaptive_ig(worker, job, target, plan, deadline, submitted)
                     pending[asyncio.ensure_future(rounds)] = None
             while pending:
                 done, _ = await _wait_first(deadline, set(pending))
@@ -381,6 +384,7 @@ class Runtime:
         job: ExplainJob,
         target: int,
         plan: _Plan,
+        deadline: float,
         submitted: list[DeepTask],
     ) -> tuple[Attribution, float, float]:
         """IG for `target` in Gauss-Legendre rounds of growing step counts (quality/policy.py):
@@ -390,7 +394,7 @@ class Runtime:
         n, rounds, queue_seconds, compute_seconds = steps[0], 0, 0.0, 0.0
         while True:
             ig = dataclasses.replace(params, n_steps=n, rule="gausslegendre")
-            ((task, future),) = await worker.submit_deep(job.x, (target,), {"ig": ig}, job.request_id)
+            ((task, future),) = await worker.submit_deep(job.x, (target,), {"ig": ig}, job.request_id, deadline)
             submitted.append(task)
             attribution = await future
             rounds += 1
@@ -486,7 +490,7 @@ class Runtime:
         """Score the delivered maps: curves on the deep executor, the rest on a thread."""
         groups = options.groups(list(job.methods), job.targets)
         tasks = plan_curve_tasks(job.x, delivered, groups, options.perturbation_steps)
-        pairs = worker.submit_tasks(tasks, job.request_id) if tasks else []
+        pairs = worker.submit_tasks(tasks, job.request_id, deadline) if tasks else []
         submitted.extend(task for task, _ in pairs)
         loop = asyncio.get_running_loop()
         on_maps = loop.run_in_executor(None, map_scores, delivered, result.predictions, groups, options)
@@ -564,11 +568,6 @@ class Runtime:
             worker.close()
         self._sanity_pool.shutdown(wait=False, cancel_futures=True)
         self._flights.close()
-
-
-def _plan_items(worker: ModelWorker, x, items: list[tuple[str, Any, int]]) -> list[DeepTask]:
-    """One DeepTask per (deep method, params, target), in order (on a thread)."""
-    return [get_method(name).plan(worker.model, x, target, params) for name, params, target in items]
 
 
 def _has_policy(job: ExplainJob) -> bool:

@@ -29,7 +29,7 @@ from opentelemetry import trace
 
 from saliency.attribution.executor import ChunkExecutor, ChunkReport, DeepTask
 from saliency.attribution.fast import FastResult, fast_pass
-from saliency.attribution.registry import get_method, make_params
+from saliency.attribution.registry import make_params, plan_deep
 from saliency.attribution.tuning import configured_chunk_sizes
 from saliency.attribution.types import Targets
 from saliency.errors import ResourceExhausted
@@ -160,23 +160,23 @@ class ModelWorker:
     # ---- deep worker -----------------------------------------------------------------------
 
     async def submit_deep(
-        self, x: torch.Tensor, targets: tuple[int, ...], methods: Mapping[str, Any], request_id: str
+        self, x: torch.Tensor, targets: tuple[int, ...], methods: Mapping[str, Any], request_id: str,
+        deadline: float | None = None,
     ) -> list[tuple[DeepTask, asyncio.Future]]:
         """Plan every (deep method, target) on a thread and queue it; futures resolve on the
         event loop."""
         tasks = await asyncio.to_thread(self.plan_deep, x, targets, methods)
-        return self.submit_tasks(tasks, request_id)
+        return self.submit_tasks(tasks, request_id, deadline)
 
     def plan_deep(self, x: torch.Tensor, targets: tuple[int, ...], methods: Mapping[str, Any]) -> list[DeepTask]:
-        return [
-            get_method(name).plan(self.model, x, target, params)
-            for name, params in methods.items()
-            for target in targets
-        ]
+        return plan_deep(self.model, x, [(name, params, t) for name, params in methods.items() for t in targets])
 
-    def submit_tasks(self, tasks: list[DeepTask], request_id: str) -> list[tuple[DeepTask, asyncio.Future]]:
+    def submit_tasks(
+        self, tasks: list[DeepTask], request_id: str, deadline: float | None = None
+    ) -> list[tuple[DeepTask, asyncio.Future]]:
         """Queue planned tasks (deep maps, quality curves) under the queue limit; futures
-        resolve on the event loop."""
+        resolve on the event loop. `deadline` (time.monotonic()): the executor takes none of
+        their samples after it (only for tasks this request alone waits for)."""
         loop = asyncio.get_running_loop()
         needed = sum(t.n_samples for t in tasks)
         pending = self.executor.pending_samples
@@ -194,6 +194,8 @@ class ModelWorker:
             future = loop.create_future()
             task.tag = (request_id, span_context)
             task.on_done = _resolver(loop, future)
+            if deadline is not None:
+                task.deadline = deadline
             pairs.append((task, future))
         for task, _ in pairs:
             self.executor.submit(task)
