@@ -291,12 +291,12 @@ def test_a_budget_set_on_the_config_directly_is_refused_before_any_model_loads()
     """A ServiceConfig built in code skips load_config: the runtime parses the size itself."""
     from opentelemetry import trace
 
-    from saliency.runtime.explainer import Runtime
+    from saliency.runtime.embedded import EmbeddedBackend
     from saliency.runtime.metrics import Metrics
 
     config = with_config(models=("no_such_model",), explanation_cache_bytes="lots")
     with pytest.raises(ValueError, match="config explanation_cache_bytes"):
-        Runtime(config, Metrics(), trace.get_tracer("test"))
+        EmbeddedBackend(config, Metrics(), trace.get_tracer("test"))
 
 
 def test_sizes():

@@ -318,7 +318,7 @@ def test_bad_parameters_over_the_wire_name_their_field(service, params, field):
 
 
 def test_a_latency_budget_has_a_cheap_counterpart_for_both():
-    from saliency.quality.policy import FALLBACKS
+    from saliency.runtime.policy import FALLBACKS
 
     for name in ("gradient_shap", "xrai"):
         assert get_method(FALLBACKS[name]).kind == "fast"

@@ -31,7 +31,7 @@ from saliency.attribution.registry import (
 from saliency.attribution.types import Attribution, Targets
 from saliency.errors import InvalidArgument
 from saliency.models import get_spec
-from saliency.quality.policy import FALLBACKS, Costs, plan_within_budget
+from saliency.runtime.policy import FALLBACKS, Costs, plan_within_budget
 from saliency.v1 import explainer_pb2 as pb
 
 METHODS = sorted(all_methods())

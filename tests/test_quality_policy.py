@@ -9,7 +9,7 @@ from saliency.attribution.registry import all_methods, make_params
 from saliency.attribution.types import Prediction
 from saliency.errors import InvalidArgument
 from saliency.models import model_specs
-from saliency.quality.policy import (
+from saliency.runtime.policy import (
     FALLBACKS,
     Costs,
     CostTracker,

@@ -8,9 +8,9 @@ import grpc
 import numpy as np
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from tests.service_harness import ServiceThread, method, png_bytes, with_config
 
 from saliency.v1 import explainer_pb2 as pb
-from tests.service_harness import ServiceThread, method, png_bytes, with_config
 
 EXPORTER = InMemorySpanExporter()
 

@@ -158,7 +158,7 @@ def test_an_unknown_method_value_keeps_its_number():
 
 def test_the_value_types_are_the_engines():
     from saliency.attribution import types as engine_types
-    from saliency.quality import policy
+    from saliency.runtime import policy
 
     assert engine_types.Targets is Targets and policy.PolicyOptions is PolicyOptions
     assert [f.name for f in dataclasses.fields(Targets)] == ["top_k", "classes"]

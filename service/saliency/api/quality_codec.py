@@ -123,7 +123,7 @@ def evaluate_from_proto(
 def policy_from_request(request: pb.ExplainRequest) -> Any:
     """latency_budget_ms / completeness_target / explain_if -> validated PolicyOptions, or
     None when none is set."""
-    from saliency.quality.policy import ExplainCondition, PolicyOptions
+    from saliency.runtime.policy import ExplainCondition, PolicyOptions
 
     budget = request.latency_budget_ms if request.HasField("latency_budget_ms") else None
     target = request.completeness_target if request.HasField("completeness_target") else None

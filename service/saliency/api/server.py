@@ -150,9 +150,9 @@ def make_backend(config: ServiceConfig, metrics: Metrics, tracer: trace.Tracer) 
     """The configured backend, with its models loaded (blocking). The composition root: the
     runtime and the backends know nothing of each other; only the service chooses."""
     if config.backend == "embedded":
-        from saliency.runtime.explainer import Runtime
+        from saliency.runtime.embedded import EmbeddedBackend
 
-        return Runtime(config, metrics, tracer)
+        return EmbeddedBackend(config, metrics, tracer)
     if config.backend == "torchserve":  # imported only when chosen: TorchServe is optional
         from saliency.backends.torchserve import TorchServeBackend
 

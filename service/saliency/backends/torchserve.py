@@ -57,11 +57,11 @@ from saliency.backends.torchserve_process import (
 )
 from saliency.errors import DeadlineExceeded, ResourceExhausted, SaliencyError, Unavailable
 from saliency.models import LoadedModel, get_spec, load_model, register_model_config
-from saliency.quality.policy import CostTracker
 from saliency.runtime.admission import ESTIMATE_MARGIN, Admission, DeepCosts, overloaded
 from saliency.runtime.backend import DeepEvent, ExplainJob, FastEvent, check_model
 from saliency.runtime.config import ServiceConfig
 from saliency.runtime.metrics import Metrics
+from saliency.runtime.policy import CostTracker
 from saliency.torchserve_api import inference_pb2 as ts_pb
 from saliency.torchserve_api import inference_pb2_grpc as ts_grpc
 from saliency.v1 import explainer_pb2 as pb

@@ -1,6 +1,6 @@
 """The backend interface the servicer talks to, and the domain events it yields.
 
-`embedded` (runtime/explainer.py) runs the engine in-process; `torchserve` forwards to the
+`embedded` (runtime/embedded.py) runs the engine in-process; `torchserve` forwards to the
 TorchServe handlers. The servicer converts protobuf to an ExplainJob and events back, and
 does not know which backend answers.
 """
@@ -18,9 +18,9 @@ from saliency.attribution.types import Attribution, Targets
 from saliency.errors import NotFound, Unimplemented
 from saliency.models import ModelSpec
 from saliency.quality.evaluate import EvaluateOptions, QualityScore
-from saliency.quality.policy import PolicyDecision, PolicyOptions
 from saliency.quality.sanity import SanityResult
 from saliency.runtime.admission import Admission
+from saliency.runtime.policy import PolicyDecision, PolicyOptions
 
 
 @dataclass(frozen=True)

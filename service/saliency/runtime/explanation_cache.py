@@ -11,7 +11,7 @@ Two kinds of entry share one budget:
 Every method is a function of that key: sampling methods draw only from their params' seed,
 which has a value (0 unless the request sets one) whether or not it was sent, so a request
 without a seed is the request with seed 0. What depends on timing (the latency policy's
-adaptive IG rounds and fallbacks) is never cached; explainer.py does not look those up.
+adaptive IG rounds and fallbacks) is never cached; embedded.py does not look those up.
 
 Flights: a deep map being computed is awaited by every identical request that arrives
 meanwhile instead of being computed again; it is dropped only when all of them have gone, and

@@ -35,11 +35,11 @@ from saliency.attribution.types import Targets
 from saliency.errors import ResourceExhausted
 from saliency.models import LoadedModel
 from saliency.models.compiled import compile_for_chunks
-from saliency.quality.policy import CostTracker
 from saliency.runtime.admission import ESTIMATE_MARGIN
 from saliency.runtime.config import ServiceConfig
 from saliency.runtime.fast_pool import BEFORE_DEEP, FastPool
 from saliency.runtime.metrics import Metrics
+from saliency.runtime.policy import CostTracker
 
 log = logging.getLogger(__name__)
 

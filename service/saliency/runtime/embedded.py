@@ -2,7 +2,7 @@
 fast pass first, then deep maps as they complete (see runtime/backend.py for the interface).
 
 Optional stages, each after the one before:
-- policy (quality/policy.py): after the prediction, `explain_if` may skip the deep maps; a
+- policy (runtime/policy.py): after the prediction, `explain_if` may skip the deep maps; a
   latency budget keeps the deep methods that fit, runs fallbacks in a second fast pass, and
   runs IG in adaptive rounds. A PolicyEvent reports the outcome after the maps.
 - evaluate (quality/evaluate.py): the delivered maps are scored (perturbation curves on the
@@ -46,15 +46,6 @@ from saliency.quality.evaluate import (
     map_scores,
     plan_curve_tasks,
 )
-from saliency.quality.policy import (
-    FALLBACKS,
-    Costs,
-    MethodChoice,
-    PolicyDecision,
-    budget_samples,
-    next_ig_round,
-    plan_within_budget,
-)
 from saliency.quality.sanity import model_randomisation
 from saliency.runtime.admission import Admission, DeepCosts, overloaded
 from saliency.runtime.backend import (
@@ -83,6 +74,15 @@ from saliency.runtime.explanation_cache import (
 )
 from saliency.runtime.fast_pool import BEFORE_DEEP, URGENT
 from saliency.runtime.metrics import Metrics
+from saliency.runtime.policy import (
+    FALLBACKS,
+    Costs,
+    MethodChoice,
+    PolicyDecision,
+    budget_samples,
+    next_ig_round,
+    plan_within_budget,
+)
 from saliency.runtime.worker import ModelWorker
 
 BACKEND = "embedded"
@@ -101,7 +101,7 @@ class _Plan:
     budget_end: float = 0.0  # perf_counter() when the latency budget runs out (adaptive IG)
 
 
-class Runtime:
+class EmbeddedBackend:
     """The embedded backend: models loaded in this process, each with its workers."""
 
     name = BACKEND
@@ -387,7 +387,7 @@ class Runtime:
         deadline: float,
         submitted: list[DeepTask],
     ) -> tuple[Attribution, float, float]:
-        """IG for `target` in Gauss-Legendre rounds of growing step counts (quality/policy.py):
+        """IG for `target` in Gauss-Legendre rounds of growing step counts (runtime/policy.py):
         returns the last round's map and the queue / compute seconds of all rounds."""
         params, steps = plan.ig
         completeness_target = job.policy.target
@@ -571,7 +571,7 @@ class Runtime:
 
 
 def _has_policy(job: ExplainJob) -> bool:
-    """Whether the policy decides what runs after the prediction (see Runtime._plan)."""
+    """Whether the policy decides what runs after the prediction (see EmbeddedBackend._plan)."""
     return job.policy is not None and bool(job.policy.explain_if or job.policy.latency_budget_ms)
 
 
