@@ -276,12 +276,13 @@ VARIANTS = {
     "scorecam": ([{"max_channels": 2}], [{"weighting": "class_probability"}]),
     "kernel_shap": (
         [{"n_segments": 12}, {"compactness": 10.0}, {"baseline": "zeros"}, {"seed": 3}, {"n_samples": 24},
-         {"baseline": "blur", "blur_sigma": 2.0}, {"baseline": "blur", "blur_sigma": 3.0}],
+         {"baseline": "blur", "blur_sigma": 2.0}, {"baseline": "blur", "blur_sigma": 3.0},
+         {"n_samples": 64, "max_map_error": 0.9}],
         [],
     ),
     "lime": (
         [{"n_segments": 12}, {"compactness": 10.0}, {"baseline": "mean"}, {"blur_sigma": 3.0}, {"seed": 3},
-         {"n_samples": 24}],
+         {"n_samples": 24}, {"n_samples": 64, "max_map_error": 0.9}],
         [{"kernel_width": 0.5}, {"alpha": 0.0}],
     ),
     "ig": (

@@ -8,8 +8,8 @@ a little more:
   squares of each sample's map (`mean_error`);
 - everything else (SmoothGrad's nonlinear aggregates and channel reductions, the regressions of
   KernelSHAP and LIME): a delete-a-group jackknife over `GROUPS` groups of samples, sample i in
-  group i % GROUPS, so the groups do not depend on how many samples there will be
-  (`jackknife_error`).
+  group i % GROUPS, so the groups do not depend on how many samples there will be; it counts
+  the O(1/n) bias of these estimators as well as their variance (`jackknife_error`).
 With `max_map_error` > 0 the sample count is a cap: the stream stops at the first of a fixed
 ladder of counts (`Checkpoints`) where the estimate is under the target. Every sample computed
 is part of the map, and draws are made in sample order, so a stopped map is the map an
@@ -19,6 +19,7 @@ untargeted request with that sample count gets. Measurements: docs/engine.md.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import field
 from typing import Any
 
@@ -72,13 +73,14 @@ class Checkpoints:
         return n in self.points
 
 
-def relative_error(noise_sq: float, norm_sq: float) -> float:
-    """sqrt(E|e|^2) / |converged map|: e the map's error, |converged|^2 taken as |map|^2 - E|e|^2
-    (the noise lengthens a map on average). inf when the noise is as large as the whole map."""
-    if not noise_sq > 0:
+def relative_error(noise_sq: float, norm_sq: float, bias_sq: float = 0.0) -> float:
+    """sqrt(E|e|^2) / |converged map|, E|e|^2 = noise_sq + bias_sq, with |converged|^2 taken as
+    |map|^2 - noise_sq (noise lengthens a map on average). inf when the noise is as large as
+    the whole map."""
+    if not noise_sq + bias_sq > 0:
         return 0.0
     signal = norm_sq - noise_sq
-    return math.sqrt(noise_sq / signal) if signal > 0 else math.inf
+    return math.sqrt((noise_sq + bias_sq) / signal) if signal > 0 else math.inf
 
 
 def mean_error(
@@ -103,17 +105,28 @@ def mean_error(
     return relative_error(max(float(var), 0.0) / n, float(mean.square().sum()))
 
 
-def jackknife_error(full: torch.Tensor, leave_outs: list[torch.Tensor], weights: torch.Tensor | None = None) -> float:
-    """The relative error of the map `full` from its delete-a-group jackknife replicates (the
-    map computed without each group of samples in turn). weights: per-element weights of the
-    norm (segment areas, when the maps are one value per segment)."""
+def jackknife_error(
+    full: torch.Tensor, leave_outs: list[torch.Tensor], sizes: list[int], weights: torch.Tensor | None = None
+) -> float:
+    """The relative error of the map `full`, from its delete-a-group jackknife replicates
+    (leave_outs[j]: the map computed without group j, of sizes[j] samples). Both the variance
+    and the bias (the fits of KernelSHAP and LIME, SmoothGrad's nonlinear aggregates converge
+    with an O(1/n) bias) count, with the unequal-group formulas of Busing, Meijer & van der
+    Leeden (1999), which for a mean give a zero bias whatever the sizes. weights: per-element
+    weights of the norm (segment areas, when the maps are one value per segment)."""
     if len(leave_outs) < 2:
         return math.inf
+    theta = full.double()
     stack = torch.stack([m.double() for m in leave_outs])
-    w = torch.ones_like(full, dtype=torch.float64) if weights is None else weights.double()
-    h = len(leave_outs)
-    spread = float(((stack - stack.mean(0)).square() * w).sum()) * (h - 1) / h
-    return relative_error(spread, float((full.double().square() * w).sum()))
+    w = torch.ones_like(theta) if weights is None else weights.double()
+    g, n = len(sizes), float(sum(sizes))
+    keep = torch.tensor([1 - m / n for m in sizes], dtype=torch.float64).reshape(-1, *[1] * theta.dim())
+    h = torch.tensor([n / m for m in sizes], dtype=torch.float64).reshape(keep.shape)
+    bias = (keep * (stack - theta)).sum(0)
+    jack = theta - bias
+    pseudo = h * theta - (h - 1) * stack
+    var = ((pseudo - jack).square() / (h - 1)).sum(0) / g
+    return relative_error(float((var * w).sum()), float((theta.square() * w).sum()), float((bias.square() * w).sum()))
 
 
 def group_rows(start: int, stop: int, groups: int = GROUPS) -> list[tuple[int, torch.Tensor]]:
@@ -121,3 +134,13 @@ def group_rows(start: int, stop: int, groups: int = GROUPS) -> list[tuple[int, t
     rows = torch.arange(stop - start)
     ids = (rows + start) % groups
     return [(g, rows[ids == g]) for g in range(groups) if bool((ids == g).any())]
+
+
+def jackknife_rows(
+    full: torch.Tensor, fit: Callable[[torch.Tensor], torch.Tensor], n: int, weights: torch.Tensor | None = None
+) -> float:
+    """The relative error of `full`, a fit on n sample rows (KernelSHAP, LIME), by the
+    delete-a-group jackknife: fit(keep) refits on the rows where keep [n] is True."""
+    ids = torch.arange(n) % GROUPS
+    groups = range(min(GROUPS, n)) if n > 1 else range(0)
+    return jackknife_error(full, [fit(ids != g) for g in groups], [int((ids == g).sum()) for g in groups], weights)

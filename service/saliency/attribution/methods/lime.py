@@ -16,6 +16,12 @@ surrogate is ridge with an unpenalised intercept and alpha = 1, as lime's defaul
 default is Lasso, which needs an iterative solver); alpha = 0 is weighted least squares
 (minimum norm). Solved in torch, float64: sklearn's `Ridge` / `LinearRegression` give the
 same numbers (tests).
+
+`map_error` is a delete-a-group jackknife of the fit (attribution/map_error.py: the surrogate
+refitted without each group of coalitions, coalition i in group i % GROUPS), the maps' norms
+weighted by segment area. With `max_map_error` > 0, n_samples is the cap: coalitions are drawn
+in order (the first N of the cap are those of n = N), and the stream stops at the first
+checkpoint where the estimate is under the target.
 """
 
 from __future__ import annotations
@@ -26,6 +32,13 @@ from typing import ClassVar
 import torch
 
 from saliency.attribution.executor import ChunkOutput, DeepTask, SameTensor, SampleStream
+from saliency.attribution.limits import Limits
+from saliency.attribution.map_error import (
+    Checkpoints,
+    jackknife_rows,
+    max_map_error_field,
+    require_pilot,
+)
 from saliency.attribution.methods.kernel_shap import coalition_task_bytes
 from saliency.attribution.registry import register
 from saliency.attribution.superpixels import (
@@ -50,6 +63,17 @@ class LimeParams(SegmentationParams):
     )
     # ridge penalty on the coefficients (0: weighted least squares)
     alpha: float = field(default=1.0, metadata={"min": 0, "max": 1e6})
+    # estimated relative L2 error of the map to stop at; 0: exactly n_samples
+    max_map_error: float = max_map_error_field()
+
+    def validate(self, limits: Limits) -> None:
+        """Rules across fields; each field's own bounds are in its metadata."""
+        require_pilot("lime", "n_samples", self.n_samples, self.max_map_error, PILOT_SAMPLES)
+
+
+# The first stage of error-targeted LIME and KernelSHAP: enough coalitions for a fit over
+# SLIC's default 50 segments.
+PILOT_SAMPLES = 64
 
 
 def bernoulli_coalitions(m: int, n: int, seed: int) -> torch.Tensor:
@@ -119,6 +143,9 @@ def plan_lime(
     lazy = LazySegmentation(model.spec, x, params, segments)
     scores = torch.zeros(params.n_samples)
     state: dict[str, torch.Tensor] = {}
+    stages = Checkpoints(params.n_samples, params.max_map_error, PILOT_SAMPLES)
+    used = [params.n_samples]
+    errors: list[float] = []
 
     def coalitions() -> torch.Tensor:
         if "coalitions" not in state:
@@ -128,23 +155,49 @@ def plan_lime(
     def inputs(start: int, stop: int) -> torch.Tensor:
         return lazy.images(coalitions()[start:stop])
 
+    def fit(n: int) -> tuple[torch.Tensor, float, float]:
+        """(coef, intercept, map_error) of the surrogate on the first n coalitions."""
+        z, y = coalitions()[:n], scores[:n]
+        weights = similarity(z, params.kernel_width)
+        coef, intercept = weighted_ridge(z, y, weights, params.alpha)
+        areas = torch.bincount(lazy.labels.flatten().long(), minlength=lazy.n_segments)
+        error = jackknife_rows(
+            coef, lambda keep: weighted_ridge(z[keep], y[keep], weights[keep], params.alpha)[0], n, areas
+        )
+        return coef, intercept, error
+
     def record(start: int, out: ChunkOutput) -> None:
         scores[start : start + len(out.logits)] = out.logits[:, target].float().cpu()
+        stop = start + len(out.logits)
+        if params.max_map_error > 0 and stop in stages:
+            errors.append(fit(stop)[2])
+            if errors[-1] <= params.max_map_error or stop == params.n_samples:
+                used[0] = stream.n_samples = stop  # no further coalition
 
     def finish() -> Attribution:
-        z = coalitions()
+        n = used[0]
+        z = coalitions()[:n]
+        coef, intercept, error = fit(n)
         weights = similarity(z, params.kernel_width)
-        coef, intercept = weighted_ridge(z, scores, weights, params.alpha)
         stats = {
             "segments": float(lazy.n_segments),
-            "samples": float(params.n_samples),
+            "samples": float(n),
+            "n_samples": float(n),
             "intercept": intercept,
-            "surrogate_r2": weighted_r2(z, scores, weights, coef, intercept),
+            "surrogate_r2": weighted_r2(z, scores[:n], weights, coef, intercept),
+            "map_error": error,
         }
+        if params.max_map_error > 0:
+            stats.update(n_samples_cap=float(params.n_samples), max_map_error=params.max_map_error)
         return Attribution("lime", target, segment_map(coef, lazy.labels), coef.float(), stats)
 
     # The coalitions depend on the segments, n_samples and the seed (not on the target, the
-    # kernel or the penalty): other tasks with them share every masked forward.
-    share = ("lime", image, params.segmentation_key, params.n_samples, params.seed)
-    stream = SampleStream(params.n_samples, False, inputs, record, sample_shape=tuple(x.shape), share_key=share)
+    # kernel or the penalty): other tasks with them share every masked forward (cut at the
+    # same checkpoints).
+    share = ("lime", image, params.segmentation_key, params.n_samples, params.seed, stages.points)
+    stream = SampleStream(
+        params.n_samples, False, inputs, record, sample_shape=tuple(x.shape), share_key=share,
+        checkpoint=stages.next if params.max_map_error > 0 else None,
+    )
+    # + the jackknife's refits in finish: one at a time, each as large as the fit
     return DeepTask("lime", target, [stream], finish, held_bytes=coalition_task_bytes(x, params.n_samples, params.n_segments))

@@ -86,17 +86,18 @@ def plan_smoothgrad(model, x: torch.Tensor, target: int, params: SmoothGradParam
             return totals[2] / n
         return totals[2] / n - (totals[1] / n).pow(2)
 
-    def maps() -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        """(attr [C, H, W], its map [H, W], the map without each group in turn)."""
+    def maps() -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(attr [C, H, W], its map [H, W], the map's estimated error)."""
         totals = {k: v.sum(0) for k, v in sums.items()}
         n = int(counts.sum())
         attr = attribution(totals, n)
+        saliency = reduce_channels(attr, params.reduction)
+        groups = [g for g in range(GROUPS) if 0 < counts[g] < n]
         leave_outs = [
             reduce_channels(attribution({k: totals[k] - sums[k][g] for k in totals}, n - int(counts[g])), params.reduction)
-            for g in range(GROUPS)
-            if 0 < counts[g] < n
+            for g in groups
         ]
-        return attr, reduce_channels(attr, params.reduction), leave_outs
+        return attr, saliency, jackknife_error(saliency, leave_outs, [int(counts[g]) for g in groups])
 
     def accumulate(start: int, out: ChunkOutput) -> None:
         a = out.grads.abs()  # reduced on the model's device: [C, H, W] per group comes back, not a chunk
@@ -107,18 +108,13 @@ def plan_smoothgrad(model, x: torch.Tensor, target: int, params: SmoothGradParam
             counts[group] += len(rows)
         stop = start + len(a)
         if params.max_map_error > 0 and stop in stages:
-            _, saliency, leave_outs = maps()
-            errors.append(jackknife_error(saliency, leave_outs))
+            errors.append(maps()[2])
             if errors[-1] <= params.max_map_error or stop == params.n_samples:
                 used[0] = stream.n_samples = stop  # no further sample
 
     def finish() -> Attribution:
-        attr, saliency, leave_outs = maps()
-        stats = {
-            "noise_stdev": stdev,
-            "n_samples": float(used[0]),
-            "map_error": errors[-1] if errors else jackknife_error(saliency, leave_outs),
-        }
+        attr, saliency, error = maps()
+        stats = {"noise_stdev": stdev, "n_samples": float(used[0]), "map_error": error}
         if params.max_map_error > 0:
             stats.update(n_samples_cap=float(params.n_samples), max_map_error=params.max_map_error)
         return Attribution("smoothgrad", target, saliency, attr, stats)
