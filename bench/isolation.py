@@ -19,8 +19,8 @@ from bench.report import Row, Table, at_most
 from bench.settings import Settings
 from bench.torchserve import _Service
 from bench.workload import MODEL_NAME, reference_workload
-from saliency.api import convert
 from saliency.attribution.types import Targets
+from saliency.codec import convert
 from saliency.runtime.config import ServiceConfig
 from saliency.v1 import explainer_pb2 as pb
 

@@ -24,10 +24,10 @@ from bench.report import Table, at_most, time_rows
 from bench.settings import Settings
 from bench.timing import interleaved
 from bench.workload import MODEL_NAME, reference_workload
-from saliency.api import convert
-from saliency.api.server import RunningService, start_service
 from saliency.attribution.types import Targets
+from saliency.codec import convert
 from saliency.runtime.config import ServiceConfig
+from saliency.server import RunningService, start_service
 from saliency.v1 import explainer_pb2 as pb
 from saliency.v1 import explainer_pb2_grpc as pb_grpc
 

@@ -1,10 +1,10 @@
 """The handler file of the built-in models' archives (`make models`).
 
 TorchServe takes the one class defined in an archive's handler file; the work is done by
-`saliency.backends.torchserve_handler`, which `saliency archive` packs as the handler itself.
+`saliency.torchserve.handler`, which `saliency archive` packs as the handler itself.
 """
 
-from saliency.backends.torchserve_handler import SaliencyHandler as _Handler
+from saliency.torchserve.handler import SaliencyHandler as _Handler
 
 
 class SaliencyHandler(_Handler):

@@ -12,8 +12,8 @@ import grpc
 import skimage.data
 from PIL import Image
 
-from saliency.api.server import RunningService, start_service
 from saliency.runtime.config import ServiceConfig
+from saliency.server import RunningService, start_service
 from saliency.v1 import explainer_pb2 as pb
 from saliency.v1 import explainer_pb2_grpc as pb_grpc
 

@@ -162,7 +162,7 @@ def test_the_rendered_config_serves_the_mounted_models_over_grpc(tmp_path):
 
 def test_with_torchserve_the_sidecar_archives_the_mounted_configs_before_it_starts(tmp_path):
     """backend: torchserve: the TorchServe container mounts the models too and runs
-    `saliency.backends.torchserve_store` with the rendered arguments before TorchServe. Run here
+    `saliency.torchserve.store` with the rendered arguments before TorchServe. Run here
     with the chart's paths moved into tmp_path: it builds an archive per config beside a copy of
     the built-in one, and renders the chart's config.properties to serve them all."""
     mount = tmp_path / "user-models"
@@ -192,14 +192,14 @@ def test_with_torchserve_the_sidecar_archives_the_mounted_configs_before_it_star
              "/var/lib/torchserve-store": str(tmp_path / "store")}
     args = [moved.get(a, a) for a in torchserve["args"]]
     subprocess.run(["make", "-s", "models"], cwd=ROOT, check=True, timeout=900)
-    done = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "saliency.backends.torchserve_store", *args],
+    done = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "saliency.torchserve.store", *args],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["efficientnet_lite0=efficientnet_lite0.mar", "efficientnet_lite0-deep=efficientnet_lite0.mar",
                                    "my_resnet=my_resnet.mar", "my_resnet-deep=my_resnet.mar"]
     store = tmp_path / "store"
     assert {p.name for p in store.glob("*.mar")} == {"efficientnet_lite0.mar", "my_resnet.mar"}
-    from saliency.backends.torchserve_process import read_properties
+    from saliency.torchserve.process import read_properties
 
     rendered = read_properties(store / "config.properties")
     assert rendered["model_store"] == str(store) and rendered["allowed_urls"] == f"file://{re.escape(str(store))}/.*"
@@ -209,7 +209,7 @@ def test_with_torchserve_the_sidecar_archives_the_mounted_configs_before_it_star
     assert rendered["inference_address"] == "http://127.0.0.1:8080"  # the chart's own settings stay
     # A config that cannot load stops the container before TorchServe, naming the field.
     (mount / "my_resnet" / "my_resnet.yaml").write_text(yaml.safe_dump({"name": "my_resnet", "model": {"model_file": "nets.py"}}))
-    done = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "saliency.backends.torchserve_store",
+    done = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "saliency.torchserve.store",
                            *[a if a != str(tmp_path / "store") else str(tmp_path / "store2") for a in args]],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "model.class_name" in done.stderr

@@ -1,7 +1,7 @@
 """The Python clients and the command line's remote half, over real gRPC.
 
 The server here is a stand-in: a plain `grpc.server` whose servicer runs the in-process
-Engine through `saliency.api.convert`, so these tests pin the client, the CLI and the
+Engine through `saliency.codec.convert`, so these tests pin the client, the CLI and the
 conversion without depending on the production servicer (tested in its own files).
 Also: `saliency serve` flag -> ServiceConfig building, without starting a server.
 """
@@ -24,7 +24,6 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from PIL import Image
 
-from saliency.api import convert, method_params, tensors
 from saliency.attribution.engine import Engine
 from saliency.attribution.executor import ChunkSizes
 from saliency.attribution.limits import Limits
@@ -40,6 +39,7 @@ from saliency.client import (
     ExplainResult,
     OutputOptions,
 )
+from saliency.codec import convert, method_params, tensors
 from saliency.errors import SaliencyError
 from saliency.imaging import ImageLimits
 from saliency.models import get_spec, load_model
@@ -420,11 +420,11 @@ def test_flags_override_env_which_overrides_the_file(clean_env, tmp_path):
 
 @pytest.fixture
 def fake_server(monkeypatch):
-    """`saliency.api.server` replaced: records the config run_server gets instead of serving."""
+    """`saliency.server` replaced: records the config run_server gets instead of serving."""
     calls = []
-    module = types.ModuleType("saliency.api.server")
+    module = types.ModuleType("saliency.server")
     module.run_server = lambda config: calls.append(config) or 0
-    monkeypatch.setitem(sys.modules, "saliency.api.server", module)
+    monkeypatch.setitem(sys.modules, "saliency.server", module)
     return calls
 
 

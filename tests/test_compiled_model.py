@@ -10,11 +10,11 @@ import pytest
 import torch
 import torch._dynamo.utils
 
-from saliency.api import convert, method_params, tensors
 from saliency.attribution.engine import Engine
 from saliency.attribution.executor import ChunkSizes
 from saliency.attribution.registry import make_params
 from saliency.attribution.types import Targets
+from saliency.codec import convert, method_params, tensors
 from saliency.models import load_model
 from saliency.runtime.config import load_config
 from saliency.v1 import explainer_pb2 as pb

@@ -13,11 +13,11 @@ import torch
 from PIL import Image
 
 from saliency import render
-from saliency.api import convert, method_params, quality_codec, tensors
-from saliency.api.convert import OutputOptions
 from saliency.attribution.limits import Limits
 from saliency.attribution.registry import all_methods, get_method, make_params, methods_for
 from saliency.attribution.types import Attribution, Prediction, Targets
+from saliency.codec import convert, method_params, quality_codec, tensors
+from saliency.codec.convert import OutputOptions
 from saliency.errors import InvalidArgument, ResourceExhausted
 from saliency.imaging import ImageLimits
 from saliency.models import get_spec

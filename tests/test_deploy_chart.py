@@ -104,8 +104,8 @@ def test_default_is_one_container_with_grpc_probes(rendered):
     assert saliency["args"] == ["serve", "--config", "/etc/saliency/config.yaml"]
     for probe in ("startupProbe", "readinessProbe"):
         assert saliency[probe]["grpc"] == {"port": 50051}, probe
-    # Liveness asks the health name that stays SERVING while the backend is down (api/server.py).
-    from saliency.api.server import LIVENESS_SERVICE
+    # Liveness asks the health name that stays SERVING while the backend is down (server.py).
+    from saliency.server import LIVENESS_SERVICE
 
     assert saliency["livenessProbe"]["grpc"] == {"port": 50051, "service": LIVENESS_SERVICE}
 

@@ -7,7 +7,7 @@ import pytest
 
 from saliency import errors
 from saliency.api.servicer import status_for
-from saliency.backends.torchserve_batch import code_for, error_for
+from saliency.torchserve.batch import code_for, error_for
 
 KINDS = [cls for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, errors.SaliencyError)]
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from saliency.api import convert
 from saliency.attribution.registry import make_params
 from saliency.attribution.types import Attribution
+from saliency.codec import convert
 from saliency.runtime.config import load_config
 from saliency.runtime.explanation_cache import (
     ENTRY_OVERHEAD,

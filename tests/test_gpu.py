@@ -10,12 +10,12 @@ import pytest
 import skimage.data
 import torch
 
-from saliency.api import method_params
 from saliency.attribution.engine import Engine
 from saliency.attribution.executor import ChunkSizes
 from saliency.attribution.registry import all_methods, make_params, methods_for
 from saliency.attribution.tuning import measure_chunk_sizes
 from saliency.attribution.types import Targets
+from saliency.codec import method_params
 from saliency.imaging import to_model_input
 from saliency.models import load_model, model_specs
 from saliency.v1 import explainer_pb2 as pb

@@ -9,7 +9,7 @@ import contextlib
 
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from saliency.api.server import LIVENESS_SERVICE, _watch_backend
+from saliency.server import LIVENESS_SERVICE, _watch_backend
 from service_harness import ServiceThread, with_config
 
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING

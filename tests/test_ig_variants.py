@@ -12,7 +12,6 @@ import torch
 from captum.attr import GradientShap, IntegratedGradients
 
 from helpers import LinearModel, wrap
-from saliency.api import method_params, tensors
 from saliency.attribution.executor import ChunkExecutor, ChunkSizes
 from saliency.attribution.limits import DEFAULT_LIMITS
 from saliency.attribution.methods.gradient_shap import draw, reference_set
@@ -24,6 +23,7 @@ from saliency.attribution.methods.reference_sets import (
 )
 from saliency.attribution.methods.xrai import rank_regions, segment_regions
 from saliency.attribution.registry import get_method, make_params
+from saliency.codec import method_params, tensors
 from saliency.errors import InvalidArgument
 from saliency.v1 import explainer_pb2 as pb
 from service_harness import ServiceThread, png_bytes, with_config

@@ -25,8 +25,10 @@ LAYERS: list[set[str]] = [
     {"models"},  # model configs, building, loading, the load-time probe
     {"attribution", "render", "imaging"},  # the engine (pure torch), pictures, decoding
     {"quality"},  # faithfulness metrics, sanity checks, reports
-    {"runtime"},  # the embedded backend: config, workers, admission, metrics, tracing
-    {"api", "backends", "http"},  # serving: gRPC and HTTP front ends, TorchServe backend
+    {"runtime"},  # the embedded backend: config, workers, admission, policy, metrics, tracing
+    {"codec"},  # the server-side protobuf codec: validation into domain types and back
+    {"api", "torchserve", "http"},  # serving: gRPC and HTTP front ends, the TorchServe backend
+    {"server"},  # the composition root: builds the backend, starts gRPC, HTTP and metrics
     {"client"},  # the Python client (wire only)
     {"cli_common", "cli_inspect", "cli_archive", "cli_remote", "cli", "loadtest"},  # commands
 ]
@@ -39,21 +41,6 @@ KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
         "moving that instrumentation below both, through the method modules being rewritten "
         "for the method registry (issue 14, item 1)"
     ),
-    ("backends", "api"): (
-        "the TorchServe backend and handler decode and encode with the server-side codec "
-        "(api/convert.py, tensors.py, method_params.py); it belongs below both, beside `wire`, "
-        "once method_params.py (the registry work) and servicer.py (the orchestration work) land"
-    ),
-    ("api", "backends"): (
-        "api/server.py is the composition root and builds the configured backend "
-        "(make_backend); a cycle only through the exception above"
-    ),
-    ("api", "http"): (
-        "api/server.py starts the HTTP front end beside gRPC, and http/ calls the servicer's "
-        "transport-neutral core in api/servicer.py: the composition root belongs above both "
-        "(a module of its own) once the servicer's refactoring lands"
-    ),
-    ("http", "api"): "see (api, http)",
 }
 
 
@@ -183,11 +170,11 @@ def test_the_checker_sees_function_level_and_from_imports(tmp_path):
     source.write_text(
         "from saliency import render\n"
         "def f():\n"
-        "    from saliency.backends.torchserve import TorchServeBackend\n"
+        "    from saliency.torchserve.backend import TorchServeBackend\n"
         "    import saliency.runtime.config\n"
     )
-    known = {"saliency.render", "saliency.backends.torchserve", "saliency.runtime.config"}
+    known = {"saliency.render", "saliency.torchserve.backend", "saliency.runtime.config"}
     assert _imports(source, known) == {
-        "saliency", "saliency.render", "saliency.backends.torchserve", "saliency.runtime.config"
+        "saliency", "saliency.render", "saliency.torchserve.backend", "saliency.runtime.config"
     }
     assert _cycles({("a", "b"), ("b", "c"), ("c", "a"), ("c", "d")}) == [["a", "b", "c"]]

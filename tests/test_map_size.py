@@ -19,13 +19,13 @@ from PIL import Image
 
 import user_nets
 from saliency import render
-from saliency.api import convert, quality_codec, tensors
-from saliency.api.convert import MapFrame, OutputOptions
 from saliency.attribution.engine import Engine
 from saliency.attribution.executor import ChunkSizes
 from saliency.attribution.registry import make_params
 from saliency.attribution.types import Attribution, Targets
 from saliency.cli import MAX_MAP_SIDE, main
+from saliency.codec import convert, quality_codec, tensors
+from saliency.codec.convert import MapFrame, OutputOptions
 from saliency.imaging import to_model_input
 from saliency.models import load_model_config
 from saliency.models.preprocess import (

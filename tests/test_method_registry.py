@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from saliency.api import method_params
 from saliency.attribution import registry
 from saliency.attribution.engine import Engine
 from saliency.attribution.executor import ChunkOutput, ChunkSizes, DeepTask, SampleStream
@@ -29,6 +28,7 @@ from saliency.attribution.registry import (
     register,
 )
 from saliency.attribution.types import Attribution, Targets
+from saliency.codec import method_params
 from saliency.errors import InvalidArgument
 from saliency.models import get_spec
 from saliency.runtime.policy import FALLBACKS, Costs, plan_within_budget

@@ -13,10 +13,10 @@ import pytest
 import torch
 from opentelemetry import trace
 
-from saliency.api import convert, method_params
 from saliency.api.servicer import ExplainerServicer, status_for
 from saliency.attribution.executor import ChunkExecutor, ChunkSizes
 from saliency.attribution.types import Attribution
+from saliency.codec import convert, method_params
 from saliency.errors import Unimplemented
 from saliency.imaging import decode_image, to_model_input
 from saliency.models import get_spec, load_model

@@ -271,8 +271,8 @@ def test_traces_have_a_request_span_method_children_and_linked_batch_spans(servi
 
 def test_every_method_reports_its_latency_to_prometheus():
     """Registry-driven: a new method is covered by construction (on a model it can explain)."""
-    from saliency.api.method_params import method_requests_to_proto
     from saliency.attribution.registry import all_methods, methods_for
+    from saliency.codec.method_params import method_requests_to_proto
     from saliency.models import get_spec
     from test_deep_methods import SMALL
 

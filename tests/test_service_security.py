@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from saliency.api.server import start_service
 from saliency.runtime.config import ServiceConfig, load_config
+from saliency.server import start_service
 from saliency.v1 import explainer_pb2 as pb
 from saliency.v1 import explainer_pb2_grpc as pb_grpc
 from service_harness import ServiceThread, free_port, with_config
@@ -117,11 +117,11 @@ def pki(tmp_path_factory):
 
 
 def security_lines(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "saliency.api.server" and "security:" in r.getMessage()]
+    return [r.getMessage() for r in caplog.records if r.name == "saliency.server" and "security:" in r.getMessage()]
 
 
 def test_plaintext_with_tokens_logs_its_security_mode(tmp_path, caplog, monkeypatch):
-    caplog.set_level(logging.INFO, logger="saliency.api.server")
+    caplog.set_level(logging.INFO, logger="saliency.server")
     monkeypatch.setenv("SALIENCY_AUTH_TOKENS", "env-token")
     tokens = tmp_path / "tokens"
     tokens.write_text("file-token\n")
@@ -134,7 +134,7 @@ def test_plaintext_with_tokens_logs_its_security_mode(tmp_path, caplog, monkeypa
 
 
 def test_tls_serves_clients_that_trust_the_ca(pki, caplog):
-    caplog.set_level(logging.INFO, logger="saliency.api.server")
+    caplog.set_level(logging.INFO, logger="saliency.server")
     running = ServiceThread(with_config(tls_cert_file=str(pki / "server.pem"), tls_key_file=str(pki / "server.key"), **TINY))
     assert security_lines(caplog) == ["security: TLS; auth off"]
     try:
@@ -148,7 +148,7 @@ def test_tls_serves_clients_that_trust_the_ca(pki, caplog):
 
 
 def test_mutual_tls_requires_a_client_certificate(pki, caplog):
-    caplog.set_level(logging.INFO, logger="saliency.api.server")
+    caplog.set_level(logging.INFO, logger="saliency.server")
     config = with_config(
         tls_cert_file=str(pki / "server.pem"),
         tls_key_file=str(pki / "server.key"),

@@ -32,13 +32,14 @@ import torch
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from saliency.api import convert, method_params, tensors
 from saliency.attribution.engine import Engine
 from saliency.attribution.executor import ChunkSizes
 from saliency.attribution.registry import get_method, make_params
 from saliency.attribution.types import Targets
-from saliency.backends.torchserve_batch import HandlerSettings, RowInput
-from saliency.backends.torchserve_process import (
+from saliency.codec import convert, method_params, tensors
+from saliency.runtime.config import ServiceConfig
+from saliency.torchserve.batch import HandlerSettings, RowInput
+from saliency.torchserve.process import (
     HARDENED,
     KeyFile,
     TorchServeProcess,
@@ -47,7 +48,6 @@ from saliency.backends.torchserve_process import (
     read_properties,
     render_properties,
 )
-from saliency.runtime.config import ServiceConfig
 from saliency.torchserve_api import inference_pb2 as ts_pb
 from saliency.torchserve_api import inference_pb2_grpc as ts_grpc
 from saliency.v1 import explainer_pb2 as pb
@@ -228,7 +228,7 @@ def test_deploy_config_is_hardened_and_matches_the_archives(archives):
     declared = yaml.safe_load((STORE / "metrics.yaml").read_text())["model_metrics"]
     names = {m["name"] for kind in declared.values() for m in kind}
     assert set(HANDLER_METRICS) <= names
-    handler = (ROOT / "service" / "saliency" / "backends" / "torchserve_handler.py").read_text()
+    handler = (ROOT / "service" / "saliency" / "torchserve" / "handler.py").read_text()
     assert set(re.findall(r'"(Saliency\w+)"', handler)) == set(HANDLER_METRICS)
 
 

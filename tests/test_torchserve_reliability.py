@@ -30,13 +30,13 @@ import torch
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from saliency.api import convert, method_params, tensors
 from saliency.attribution.engine import Engine
 from saliency.attribution.executor import ChunkSizes
 from saliency.attribution.registry import make_params
 from saliency.attribution.types import Targets
-from saliency.backends.torchserve_batch import BatchRunner, HandlerSettings, RowInput
-from saliency.backends.torchserve_process import (
+from saliency.codec import convert, method_params, tensors
+from saliency.torchserve.batch import BatchRunner, HandlerSettings, RowInput
+from saliency.torchserve.process import (
     KeyFile,
     TorchServeProcess,
     read_properties,
@@ -188,7 +188,7 @@ def test_sigkill_of_the_service_takes_its_torchserve_and_key_file_along(archives
 def test_a_later_start_sweeps_work_dirs_whose_service_and_watchdog_are_gone(tmp_path):
     """Second line behind the watchdog: were it killed with the service, the next start ends
     what is left of that TorchServe (by process group and work dir) and removes the dir."""
-    from saliency.backends.torchserve_process import (
+    from saliency.torchserve.process import (
         OWNER_FILE,
         WORKDIR_PREFIX,
         _start_time,

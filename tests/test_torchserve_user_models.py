@@ -17,16 +17,16 @@ import torch
 import yaml
 
 import user_nets
-from saliency.api import convert, method_params, tensors
 from saliency.attribution.engine import Engine
 from saliency.attribution.executor import ChunkSizes
 from saliency.attribution.registry import make_params
 from saliency.attribution.types import Targets
-from saliency.backends.torchserve_archive import ARCHIVED_CONFIG
-from saliency.backends.torchserve_batch import HandlerSettings
 from saliency.cli import main
+from saliency.codec import convert, method_params, tensors
 from saliency.models import load_model_config
 from saliency.models.config import read_model_config
+from saliency.torchserve.archive import ARCHIVED_CONFIG
+from saliency.torchserve.batch import HandlerSettings
 from saliency.v1 import explainer_pb2 as pb
 from service_harness import ServerProcess
 
@@ -67,8 +67,8 @@ def test_archive_packs_the_handler_the_config_and_copies_of_its_files(configs, t
         manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
         ts_config = yaml.safe_load(archive.read(manifest["model"]["configFile"]))
         archive.extractall(tmp_path / "unpacked")
-    assert manifest["model"]["handler"] == "torchserve_handler.py"
-    assert {"torchserve_handler.py", ARCHIVED_CONFIG, "saliency_model/user_nets.py", "saliency_model/resnet.pth"} <= names
+    assert manifest["model"]["handler"] == "handler.py"
+    assert {"handler.py", ARCHIVED_CONFIG, "saliency_model/user_nets.py", "saliency_model/resnet.pth"} <= names
     settings = HandlerSettings.from_model_config(ts_config, default_model="ts_resnet")
     assert (settings.model, settings.model_config) == ("ts_resnet", ARCHIVED_CONFIG)
     assert set(settings.registrations) == {"fast", "deep"}

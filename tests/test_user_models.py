@@ -380,7 +380,7 @@ def test_a_served_user_model_refuses_what_its_probe_ruled_out(service, name, ref
 
 
 def convert_tensor(x: torch.Tensor):
-    from saliency.api import tensors
+    from saliency.codec import tensors
 
     return tensors.tensor_to_proto(x)
 

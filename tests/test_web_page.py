@@ -56,8 +56,8 @@ def test_wire_table_maps_every_choice_to_an_enum_value_the_service_accepts():
     """Each choice ListModels advertises, sent as the page sends it, is read back as that choice."""
     from google.protobuf import json_format
 
-    from saliency.api.method_params import method_enum, methods_from_proto
     from saliency.attribution.limits import Limits
+    from saliency.codec.method_params import method_enum, methods_from_proto
     from saliency.v1 import explainer_pb2 as pb
 
     wire = json.loads((STATIC / "wire.json").read_text())["methods"]

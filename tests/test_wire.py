@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from saliency.api import convert, method_params, quality_codec
 from saliency.attribution.limits import Limits
 from saliency.attribution.registry import make_params
 from saliency.attribution.types import Attribution
+from saliency.codec import convert, method_params, quality_codec
 from saliency.errors import InvalidArgument
 from saliency.models import get_spec
 from saliency.quality.evaluate import EvaluateOptions

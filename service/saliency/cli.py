@@ -275,7 +275,7 @@ def explain(args: argparse.Namespace) -> int:
 
 def at_original_size(a: Attribution, image_size: tuple[int, int], region: InputRegion) -> Attribution:
     """A map at the input size -> at the image's size (capped at MAX_MAP_SIDE), NaN outside
-    `region`: what the service returns for map_size original (api/convert.py, MapFrame)."""
+    `region`: what the service returns for map_size original (codec/convert.py, MapFrame)."""
     import torch
 
     size = render.fitted_size(image_size, MAX_MAP_SIDE)
@@ -364,8 +364,8 @@ def report_sanity(args: argparse.Namespace) -> int:
 
 
 def list_models() -> int:
-    from saliency.api.method_params import METHOD_NAMES
     from saliency.attribution.registry import all_methods, field_types
+    from saliency.codec.method_params import METHOD_NAMES
     from saliency.models import model_specs
 
     print("models:")

@@ -22,7 +22,7 @@ def add_archive_arguments(parser: argparse.ArgumentParser) -> None:
 
 def archive(args: argparse.Namespace) -> int:
     """Build the archive; print its path. Exit 2 naming the field for a bad config."""
-    from saliency.backends.torchserve_archive import ArchiveError, build_archive, torchserve_config
+    from saliency.torchserve.archive import ArchiveError, build_archive, torchserve_config
 
     try:
         path = build_archive(args.model_config, args.out, torchserve_config(args.torchserve_config))

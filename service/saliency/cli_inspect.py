@@ -29,8 +29,8 @@ def inspect(path: str, measure_chunks: bool = True) -> int:
 
 def describe(model, load_seconds: float, measure_chunks: bool = True) -> list[str]:
     """The report's lines for a loaded model (LoadedModel)."""
-    from saliency.api.method_params import METHOD_NAMES
     from saliency.attribution.registry import all_methods
+    from saliency.codec.method_params import METHOD_NAMES
     from saliency.models.probe import KIND_NAMES
 
     spec, profile = model.spec, model.spec.profile

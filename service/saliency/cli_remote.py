@@ -283,8 +283,8 @@ def serve(args: argparse.Namespace) -> int:
         otlp_target(config.otlp_endpoint)  # a bad tracing setting stops here, in one line
     except (ValueError, OSError, yaml.YAMLError) as exc:
         return fail(f"saliency serve: {' '.join(str(exc).split())}")
-    from saliency.api.server import run_server
     from saliency.errors import SaliencyError
+    from saliency.server import run_server
 
     try:
         return run_server(config)

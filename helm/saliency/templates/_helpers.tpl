@@ -189,11 +189,11 @@ wait "$launcher"
 {{- end -}}
 
 {{/* PID 1 of the TorchServe container when it serves user models: first the store
-(`saliency.backends.torchserve_store`: the built-in archives copied, an archive of each model
+(`saliency.torchserve.store`: the built-in archives copied, an archive of each model
 config built, config.properties rendered for them), then TorchServe on it as above. A bad
 model config stops the container with the message naming the field. */}}
 {{- define "saliency.torchserveUserModelsLauncher" -}}
-registrations=$(python -m saliency.backends.torchserve_store "$@") || exit 1
+registrations=$(python -m saliency.torchserve.store "$@") || exit 1
 torchserve --start --foreground --ncs --model-store {{ include "saliency.torchserveStore" . }} \
   --ts-config {{ include "saliency.torchserveStore" . }}/config.properties \
   --log-config /etc/torchserve/log4j2.xml --models $registrations &

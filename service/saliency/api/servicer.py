@@ -23,8 +23,8 @@ import grpc
 from opentelemetry import trace
 from opentelemetry.propagate import extract
 
-from saliency.api import convert, quality_codec, tensors
 from saliency.attribution.registry import get_method
+from saliency.codec import convert, quality_codec, tensors
 from saliency.errors import (
     DeadlineExceeded,
     InvalidArgument,

@@ -1,4 +1,4 @@
-"""uvicorn driven from the gRPC server's event loop: started and stopped with it (api/server.py),
+"""uvicorn driven from the gRPC server's event loop: started and stopped with it (server.py),
 no signal handlers of its own (`saliency serve` owns SIGTERM / SIGHUP), its socket bound here
 so a busy port fails the start with OSError and port 0 picks a free one."""
 

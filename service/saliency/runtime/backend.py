@@ -98,7 +98,7 @@ Event = FastEvent | DeepEvent | PolicyEvent | QualityEvent
 
 class Backend(Protocol):
     """What the servicer calls. A backend that can become unable to serve (a remote one) may
-    also define `async def healthy(self) -> bool`; api/server.py then polls it and reports the
+    also define `async def healthy(self) -> bool`; server.py then polls it and reports the
     service NOT_SERVING on grpc.health.v1 while it returns False. A backend that schedules its
     own work may define `async def admit(self, job, timeout) -> Admission`: called before the
     input is decoded (job.x is None), it reserves what the job will queue or raises

@@ -261,7 +261,7 @@ def load_config(
         raise ValueError(f"config log_format: {config.log_format!r} is not one of {LOG_FORMATS}")
     if config.log_level.lower() not in LOG_LEVELS:
         raise ValueError(f"config log_level: {config.log_level!r} is not one of {LOG_LEVELS}")
-    # Security fails closed. The files themselves are read at start (api/server.py): they may
+    # Security fails closed. The files themselves are read at start (server.py): they may
     # be mounted only where the service runs.
     check_tls(config)
     env_auth_tokens(env)

@@ -1,6 +1,6 @@
 """`Tensor` messages <-> numpy arrays: the wire's one array format (little-endian, C order).
 
-Server-side callers wrap these for torch (`saliency.api.tensors`); the client uses them as
+Server-side callers wrap these for torch (`saliency.codec.tensors`); the client uses them as
 they are. Every check names the request path of the field at fault (InvalidArgument, or
 ResourceExhausted for size limits).
 """

@@ -5,7 +5,7 @@ A method's parameters are given as its params dataclass (every field is sent), a
 None (all defaults). Each field goes to the proto field of the same name in the message of
 the method's `params` oneof: strings through the enum tables, arrays as `Tensor`s. Values are
 not range-checked here: the server's limits may differ from any default, so it is the judge.
-The server decodes with `saliency.api.method_params.methods_from_proto`.
+The server decodes with `saliency.codec.method_params.methods_from_proto`.
 """
 
 from __future__ import annotations

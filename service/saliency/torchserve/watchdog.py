@@ -1,6 +1,6 @@
 """The watchdog between the service and the TorchServe it starts: TorchServe dies with the service.
 
-    python -m saliency.backends.torchserve_watchdog --parent PID [--cleanup PATH]... -- COMMAND...
+    python -m saliency.torchserve.watchdog --parent PID [--cleanup PATH]... -- COMMAND...
 
 TorchServe is three generations of processes: the `torchserve` launcher (Python) starts the JVM
 (`org.pytorch.serve.ModelServer`), which starts one Python worker per model worker. A kill -9 of
@@ -18,7 +18,7 @@ in its own process group, shared by everything the launcher starts:
   removes the --cleanup paths: the work dir with key_file.json. It is the only process left that
   knows them, and a key file left in /tmp is a live credential until TorchServe is gone and a
   stale one after, so it goes now rather than at some later start (a later start also sweeps
-  work dirs whose service and watchdog are both gone: torchserve_process.sweep_stale_workdirs);
+  work dirs whose service and watchdog are both gone: process.sweep_stale_workdirs);
 - SIGTERM (the service's stop(), which signals the whole group) ends the group the same way
   and leaves the files to the service;
 - when the launcher exits on its own, the rest of the group is ended and its exit code returned,
@@ -123,7 +123,7 @@ def remove(paths: Sequence[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="torchserve_watchdog", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="saliency.torchserve.watchdog", description=__doc__.splitlines()[0])
     parser.add_argument("--parent", type=int, required=True, help="the service's pid")
     parser.add_argument("--cleanup", action="append", default=[], help="removed when the service dies")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the TorchServe launcher and its arguments")
@@ -158,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = child.wait(timeout=POLL_S)
         except subprocess.TimeoutExpired:
             if orphaned():
-                print(f"torchserve_watchdog: the service (pid {args.parent}) is gone; stopping TorchServe",
+                print(f"saliency.torchserve.watchdog: the service (pid {args.parent}) is gone; stopping TorchServe",
                       file=sys.stderr, flush=True)
                 end_group(child)
                 remove(args.cleanup)

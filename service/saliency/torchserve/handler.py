@@ -5,7 +5,7 @@ the one class defined here), and `handlers/saliency_handler.py` subclasses it fo
 
 One archive per model, registered twice: `<model>` runs the fast pass and
 `<model>-deep` the deep methods; the registration name decides (see
-`saliency.backends.torchserve_batch`, which does the work). Each row of a batch is a serialized
+`saliency.torchserve.batch`, which does the work). Each row of a batch is a serialized
 `saliency.v1.ExplainRequest` under the row's `body` (or `data`) key; each answer is a serialized
 `saliency.v1.HandlerReply`, so one bad row gets its own error and never sinks the batch.
 
@@ -25,14 +25,14 @@ import torch
 from ts.metrics.dimension import Dimension
 from ts.metrics.metric_type_enum import MetricTypes
 
-from saliency.backends.torchserve_batch import (
+from saliency.models import load_model, load_model_config
+from saliency.torchserve.batch import (
     BatchOutcome,
     BatchRunner,
     HandlerSettings,
     RowInput,
     registration,
 )
-from saliency.models import load_model, load_model_config
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 started TorchServe serves user models from.
 
 An archive of a model config holds:
-- the handler (`torchserve_handler.py`, this package's own file);
+- the handler (`handler.py`, this package's own file);
 - TorchServe's `model-config.yaml`: the registrations' batching and `saliency.model_config`,
   the path of the user's config inside the archive;
 - `saliency_model/model.yaml`, the user's config with its paths pointing at copies of what it
@@ -26,9 +26,9 @@ from typing import Any
 
 import yaml
 
-from saliency.backends import torchserve_handler
-from saliency.backends.torchserve_batch import HandlerSettings
 from saliency.models.config import ModelConfig, read_model_config
+from saliency.torchserve import handler
+from saliency.torchserve.batch import HandlerSettings
 
 ARCHIVE_DIR = "saliency_model"  # inside the archive: the model config and its files
 ARCHIVED_CONFIG = f"{ARCHIVE_DIR}/model.yaml"
@@ -99,7 +99,7 @@ def build_archive(
         ts_config_path.write_text(yaml.safe_dump(ts_config, sort_keys=False))
         command = [
             str(archiver), "--model-name", config.name, "--version", VERSION,
-            "--handler", torchserve_handler.__file__, "--config-file", str(ts_config_path),
+            "--handler", handler.__file__, "--config-file", str(ts_config_path),
             "--extra-files", str(extra), "--export-path", str(out), "--force",
         ]
         try:

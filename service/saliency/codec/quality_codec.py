@@ -17,10 +17,15 @@ from typing import Any
 
 import torch
 
-from saliency.api.method_params import enum_label, float32_decimal, method_enum, methods_from_proto
-from saliency.api.tensors import input_from_request, tensor_from_proto
 from saliency.attribution.limits import Limits
 from saliency.attribution.registry import check_supported, get_method
+from saliency.codec.method_params import (
+    enum_label,
+    float32_decimal,
+    method_enum,
+    methods_from_proto,
+)
+from saliency.codec.tensors import input_from_request, tensor_from_proto
 from saliency.errors import InvalidArgument, require
 from saliency.imaging import ImageLimits
 from saliency.models import ModelSpec

@@ -2,7 +2,7 @@
 
 Each model's archive is registered twice in TorchServe (model_store/, `make models`): `<m>` runs
 the fast pass and `<m>-deep` the deep methods, each with its own batch size, batch delay and
-workers (backends/torchserve_handler.py; the work is in torchserve_batch.py). For one request:
+workers (torchserve/handler.py; the work is in batch.py). For one request:
 
 1. `<m>` gets the input tensor (already validated and normalised by the servicer), the targets
    and the fast methods, and answers predictions, resolved targets and fast maps: FastEvent.
@@ -15,7 +15,7 @@ chunks, in the row's `deadline_unix_ms`), its trace context (`traceparent` metad
 and its request id. Maps come back raw and the servicer applies the output options, so a
 response equals the embedded backend's. TorchServe down, a worker dying, or a refused key is
 UNAVAILABLE; TorchServe's job queue full (overload) is RESOURCE_EXHAUSTED. `healthy()` (polled by
-api/server.py) turns the service's health NOT_SERVING while TorchServe cannot serve: dead, or
+server.py) turns the service's health NOT_SERVING while TorchServe cannot serve: dead, or
 its workers not loaded; never because it is busy.
 """
 
@@ -38,23 +38,10 @@ from google.protobuf.message import DecodeError
 from opentelemetry import trace
 from opentelemetry.propagate import inject
 
-from saliency.api import convert, method_params, tensors
 from saliency.attribution.fast import FastResult, fast_pass
 from saliency.attribution.registry import make_params, split_by_kind
 from saliency.attribution.types import Attribution, Targets
-from saliency.backends.torchserve_batch import (
-    DEADLINE_KEY,
-    DEEP_SUFFIX,
-    OK,
-    TRACEPARENT_KEY,
-    error_for,
-)
-from saliency.backends.torchserve_process import (
-    KeyFile,
-    TorchServeProcess,
-    describe,
-    workers_ready,
-)
+from saliency.codec import convert, method_params, tensors
 from saliency.errors import DeadlineExceeded, ResourceExhausted, SaliencyError, Unavailable
 from saliency.models import LoadedModel, get_spec, load_model, register_model_config
 from saliency.runtime.admission import ESTIMATE_MARGIN, Admission, DeepCosts, overloaded
@@ -62,6 +49,19 @@ from saliency.runtime.backend import DeepEvent, ExplainJob, FastEvent, check_mod
 from saliency.runtime.config import ServiceConfig
 from saliency.runtime.metrics import Metrics
 from saliency.runtime.policy import CostTracker
+from saliency.torchserve.batch import (
+    DEADLINE_KEY,
+    DEEP_SUFFIX,
+    OK,
+    TRACEPARENT_KEY,
+    error_for,
+)
+from saliency.torchserve.process import (
+    KeyFile,
+    TorchServeProcess,
+    describe,
+    workers_ready,
+)
 from saliency.torchserve_api import inference_pb2 as ts_pb
 from saliency.torchserve_api import inference_pb2_grpc as ts_grpc
 from saliency.v1 import explainer_pb2 as pb

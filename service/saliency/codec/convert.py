@@ -25,17 +25,17 @@ import numpy as np
 import torch
 
 from saliency import render
-from saliency.api.method_params import (
+from saliency.attribution.limits import Limits
+from saliency.attribution.registry import check_supported, get_method
+from saliency.attribution.types import Attribution, Prediction, Targets
+from saliency.codec.method_params import (
     METHOD_NAMES,
     method_enum,
     method_requests_to_proto,  # noqa: F401 (re-exported, see below)
     methods_from_proto,
     parameter_infos,
 )
-from saliency.api.tensors import input_from_request, tensor_from_proto, tensor_to_proto  # noqa: F401
-from saliency.attribution.limits import Limits
-from saliency.attribution.registry import check_supported, get_method
-from saliency.attribution.types import Attribution, Prediction, Targets
+from saliency.codec.tensors import input_from_request, tensor_from_proto, tensor_to_proto  # noqa: F401
 from saliency.errors import InvalidArgument, require
 from saliency.imaging import ImageLimits
 from saliency.models import ModelSpec

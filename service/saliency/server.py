@@ -154,7 +154,7 @@ def make_backend(config: ServiceConfig, metrics: Metrics, tracer: trace.Tracer) 
 
         return EmbeddedBackend(config, metrics, tracer)
     if config.backend == "torchserve":  # imported only when chosen: TorchServe is optional
-        from saliency.backends.torchserve import TorchServeBackend
+        from saliency.torchserve.backend import TorchServeBackend
 
         return TorchServeBackend(config, metrics, tracer)
     raise ValueError(f"config backend: {config.backend!r} is not one of {BACKENDS}")

@@ -1,8 +1,8 @@
 """A model store for a TorchServe that runs beside the service (the chart's sidecar), holding
-user models: `python -m saliency.backends.torchserve_store --model-config A.yaml ... --out DIR`.
+user models: `python -m saliency.torchserve.store --model-config A.yaml ... --out DIR`.
 
 It copies the built-in archives that `--models` names from the image's store, builds an
-archive of each model config (`torchserve_archive`), and writes `DIR/config.properties`: the
+archive of each model config (`archive`), and writes `DIR/config.properties`: the
 base config with this store, its `allowed_urls` and metrics declarations, the hardening
 settings enforced (as when the service starts TorchServe itself), and the user models'
 registrations (`<m>`, `<m>-deep`) added to `models=` and `load_models=` with the batching their
@@ -18,15 +18,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from saliency.backends.torchserve_archive import ArchiveError, prepare_model_store
-from saliency.backends.torchserve_batch import DEEP_SUFFIX
-from saliency.backends.torchserve_process import (
+from saliency.errors import SaliencyError
+from saliency.torchserve.archive import ArchiveError, prepare_model_store
+from saliency.torchserve.batch import DEEP_SUFFIX
+from saliency.torchserve.process import (
     models_property,
     read_properties,
     store_settings,
     write_properties,
 )
-from saliency.errors import SaliencyError
 
 
 def store_properties(base: dict[str, str], store: Path, user_models: Sequence[str]) -> dict[str, str]:
@@ -42,7 +42,7 @@ def store_properties(base: dict[str, str], store: Path, user_models: Sequence[st
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m saliency.backends.torchserve_store", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m saliency.torchserve.store", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-config", action="append", required=True, metavar="FILE", help="a model config (repeatable)")
     parser.add_argument("--models", default="", help="built-in models to serve too, comma-separated")
     parser.add_argument("--base-store", required=True, help="the store holding the built-in archives")

@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from saliency.api.tensors import tensor_from_proto
 from saliency.attribution.limits import Limits
 from saliency.attribution.registry import (
     RegistryView,
@@ -33,6 +32,7 @@ from saliency.attribution.registry import (
     field_types,
     get_method,
 )
+from saliency.codec.tensors import tensor_from_proto
 from saliency.errors import InvalidArgument, SaliencyError, require
 from saliency.v1 import explainer_pb2 as pb
 from saliency.wire.params import method_request_to_proto

@@ -1,9 +1,9 @@
-"""One TorchServe batch, in saliency's terms: what the TorchServe handler (torchserve_handler.py) delegates to.
+"""One TorchServe batch, in saliency's terms: what the TorchServe handler (handler.py) delegates to.
 
 TorchServe hands a handler a list of rows (one per queued request) and wants back a list
 exactly as long. Its gRPC API has no per-row status, and an exception in the handler fails
 every row of the batch, so nothing here raises for one row: each row is decoded and validated
-on its own (with `saliency.api.convert`, the checks the service itself makes) and answered
+on its own (with `saliency.codec.convert`, the checks the service itself makes) and answered
 with a serialized `saliency.v1.HandlerReply` carrying either its response or its own status.
 
 The archive is registered twice, and the registration name picks the mode:
@@ -30,13 +30,13 @@ import grpc
 import torch
 from google.protobuf.message import DecodeError
 
-from saliency.api import convert, tensors
 from saliency.attribution.executor import ChunkExecutor, ChunkReport, DeepTask
 from saliency.attribution.fast import FastResult, fast_pass
 from saliency.attribution.limits import Limits
 from saliency.attribution.registry import get_method, plan_deep
 from saliency.attribution.tuning import configured_chunk_sizes
 from saliency.attribution.types import Attribution, Targets
+from saliency.codec import convert, tensors
 from saliency.errors import (
     DeadlineExceeded,
     InvalidArgument,

@@ -8,7 +8,7 @@ listener binds 127.0.0.1 on a port chosen free at start; the hardening settings 
 config (deploy/torchserve/config.properties) are enforced whatever that file says.
 
 TorchServe dies with the service, even one killed with SIGKILL: the launcher runs under
-torchserve_watchdog.py (the service's direct child), which ends TorchServe's whole process group
+watchdog.py (the service's direct child), which ends TorchServe's whole process group
 and removes the work dir with key_file.json once the service is gone. A start also sweeps the
 work dirs of services that died with their watchdog (`sweep_stale_workdirs`).
 
@@ -42,10 +42,10 @@ import grpc
 import yaml
 from google.protobuf import empty_pb2
 
-from saliency.backends.torchserve_archive import prepare_model_store
-from saliency.backends.torchserve_batch import DEEP_SUFFIX, HandlerSettings
-from saliency.backends.torchserve_watchdog import group_members
 from saliency.models.config import read_model_config
+from saliency.torchserve.archive import prepare_model_store
+from saliency.torchserve.batch import DEEP_SUFFIX, HandlerSettings
+from saliency.torchserve.watchdog import group_members
 from saliency.torchserve_api import inference_pb2_grpc as ts_grpc
 
 log = logging.getLogger(__name__)
@@ -359,7 +359,7 @@ class TorchServeProcess:
 
         `models` come from `model_store`'s archives, except those named by `model_configs`:
         with any, the store is one in the work dir holding copies of the others' archives
-        and a fresh archive of each config (`torchserve_archive`)."""
+        and a fresh archive of each config (`archive`)."""
         store = Path(model_store).resolve()
         user_names = {read_model_config(path).name for path in model_configs}
         for model in models:
@@ -414,7 +414,7 @@ class TorchServeProcess:
         # removes what holds the keys: the work dir we made, or the key file in the caller's.
         cleanup = root if owns else root / "key_file.json"
         watchdog = [
-            sys.executable, "-m", "saliency.backends.torchserve_watchdog",
+            sys.executable, "-m", "saliency.torchserve.watchdog",
             "--parent", str(os.getpid()), "--cleanup", str(cleanup), "--", *command,
         ]
         log_file = open(root / "logs" / "torchserve.out", "wb")  # noqa: SIM115 - closed in stop()
