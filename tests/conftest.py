@@ -1,11 +1,12 @@
 """Shared fixtures: models load once per session; chunk-size measurements go to a temp dir.
 
 Tests that start a server (gRPC, HTTP, TorchServe, Prometheus), run helm or any subprocess are
-marked `integration` here, from their own code and every fixture they use, and tests of the
-EfficientNet-Lite0 fixtures `slow`, so `make test-unit` (`-m "not integration and not slow"`)
-runs without them. Under SALIENCY_UNIT_TESTS=1 (set by
-`make test-unit`), starting a gRPC server or a subprocess anyway fails the test, naming the
-fix: the marking cannot silently miss one.
+marked `integration` here, from their own code and every fixture they use. `slow` means the
+cost is the point (EfficientNet-Lite0 on real photographs, training to convergence): tests of
+the fixtures in _SLOW_FIXTURES and the tests in _SLOW_TESTS are marked here, a few more in their
+files. `make test-unit` (`-m "not integration and not slow"`) runs without both; `make test` (CI)
+runs everything. Under SALIENCY_UNIT_TESTS=1 (set by `make test-unit`), starting a gRPC server
+or a subprocess anyway fails the test, naming the fix: the marking cannot silently miss one.
 """
 
 from __future__ import annotations
@@ -38,11 +39,15 @@ _STARTS_SOMETHING = re.compile(
 
 
 @functools.cache
-def _starts_something(function) -> bool:
+def _source(function) -> str:
     try:
-        return bool(_STARTS_SOMETHING.search(inspect.getsource(function)))
-    except (OSError, TypeError):  # built-in fixtures (tmp_path, ...) start nothing
-        return False
+        return inspect.getsource(function)
+    except (OSError, TypeError):  # built-in fixtures (tmp_path, ...): no source, start nothing
+        return ""
+
+
+def _starts_something(function) -> bool:
+    return bool(_STARTS_SOMETHING.search(_source(function)))
 
 
 @functools.cache
@@ -65,10 +70,7 @@ def _starter_names(module) -> re.Pattern | None:
 
 
 def _calls(function, calls: re.Pattern) -> bool:
-    try:
-        return bool(calls.search(inspect.getsource(function)))
-    except (OSError, TypeError):
-        return False
+    return bool(calls.search(_source(function)))
 
 
 def _is_integration(item: pytest.Item) -> bool:
@@ -88,13 +90,29 @@ def _is_integration(item: pytest.Item) -> bool:
 # tests/test_roar.py's quick ROAR run (retraining per fraction).
 _SLOW_FIXTURES = {"effnet", "chelsea", "quick_run"}
 
+# Tests whose cost is the point, by "module::name" (every parametrisation), with the reason.
+_SLOW_TESTS = {
+    # tinyvit_digits is trained on first use (weights cached in the session's temp dir): each
+    # of these would pay the training (~5 s on one thread, ~40 s on two busy cores) alone.
+    "test_tinyvit_digits.py::test_trained_vit_reaches_its_accuracy_floor": "trains to an accuracy floor",
+    "test_tinyvit_digits.py::test_rollout_differs_from_the_random_weight_vits": "needs the trained ViT",
+    "test_tinyvit_digits.py::test_attention_agreement_numbers_are_correlations": "needs the trained ViT",
+}
+
+
+def _is_slow(item: pytest.Item) -> bool:
+    name = getattr(item, "originalname", item.name)
+    return bool(_SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))) or (
+        f"{os.path.basename(str(item.path))}::{name}" in _SLOW_TESTS
+    )
+
 
 def pytest_collection_modifyitems(config, items):
     integration = pytest.mark.integration
     for item in items:
         if _is_integration(item):
             item.add_marker(integration)
-        if _SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if _is_slow(item):
             item.add_marker(pytest.mark.slow)
     if torch.cuda.is_available():
         return

@@ -58,6 +58,7 @@ def configs(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
+@pytest.mark.integration  # `saliency archive` runs torch-model-archiver in a subprocess
 def test_archive_packs_the_handler_the_config_and_copies_of_its_files(configs, tmp_path, capsys):
     assert main(["archive", str(configs["ts_resnet"]), "--out", str(tmp_path / "store")]) == 0
     mar = tmp_path / "store" / "ts_resnet.mar"
