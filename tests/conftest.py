@@ -154,6 +154,10 @@ def _unit_tests_start_nothing(request, monkeypatch):
     for name in ("run", "check_output", "check_call", "call"):
         original = getattr(subprocess, name)
         monkeypatch.setattr(subprocess, name, _refuse("a subprocess", original, only_ours=True))
+    # Popen itself too (ServerProcess, TorchServe, the load test start processes with it); the
+    # class stays a class, so annotations and isinstance checks still work.
+    init = subprocess.Popen.__init__
+    monkeypatch.setattr(subprocess.Popen, "__init__", _refuse("a subprocess", init, only_ours=True))
 
 
 @pytest.fixture(scope="session")
