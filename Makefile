@@ -37,7 +37,8 @@ test: tools
 	$(BIN)/hadolint deploy/Dockerfile
 	$(BIN)/python -m pytest
 
-# The quick loop (~1200 of the ~1600 tests; about 60 s on a busy 2-core machine): every method's
+# The quick loop (~1200 of the ~1650 tests; 55 s measured on 2 shared cores at load average 9,
+# 180 s before it ran on one thread and left the trained-ViT tests to `slow`): every method's
 # maths against Captum and hand-written references on tinycnn / the test ViT, the registry-driven
 # hygiene, batch-invariance and shared-sample tests, the executor, params, wire, config and CLI
 # code in-process. Not here: `integration` (servers, TorchServe/Java, helm, subprocesses, a
