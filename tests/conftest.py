@@ -30,10 +30,12 @@ from saliency.imaging import to_model_input  # noqa: E402
 from saliency.models import load_model  # noqa: E402
 
 # What starts a server or a process: the service (ServiceThread, ServerProcess, start_service),
-# a gRPC or HTTP server, TorchServe, Prometheus, helm/make, a browser, subprocesses.
+# a gRPC or HTTP server, TorchServe (TorchServeProcess.start(...)), helm/make, Prometheus and
+# other subprocesses, a browser. Not the bare words torchserve/prometheus: tests that only read
+# deploy files or name the backend start nothing (and the guard below catches a miss).
 _STARTS_SOMETHING = re.compile(
     r"\b(ServiceThread|ServerProcess|start_service|run_server|grpc\.(aio\.)?server|uvicorn|"
-    r"TorchServe\w*\(|torchserve|prometheus\b|subprocess\.|Popen|multiprocessing|"
+    r"TorchServe\w*(\.\w+)*\(|subprocess\.|Popen|multiprocessing|"
     r"sync_playwright|async_playwright)|\"make\""
 )
 
