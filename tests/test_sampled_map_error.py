@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import grpc
 import numpy as np
 import pytest
 import skimage.data
@@ -23,6 +24,8 @@ from saliency.attribution.map_error import GROUPS, Checkpoints, jackknife_error,
 from saliency.attribution.methods import gradient_shap, kernel_shap, lime, rise, smoothgrad
 from saliency.attribution.registry import get_method, make_params
 from saliency.errors import InvalidArgument
+from saliency.v1 import explainer_pb2 as pb
+from service_harness import ServiceThread, png_bytes, with_config
 
 COUNT = {"rise": "n_masks", "smoothgrad": "n_samples", "gradient_shap": "n_samples", "kernel_shap": "n_samples", "lime": "n_samples"}
 PILOT = {
@@ -315,3 +318,60 @@ def test_on_a_photograph_the_estimate_tracks_the_seed_to_seed_distance(effnet, c
     spread = distance(a.map, b.map, (a.map + b.map) / 2, method) / math.sqrt(2)
     estimate = (a.stats["map_error"] + b.stats["map_error"]) / 2
     assert 0.6 * spread <= estimate <= 1.6 * spread, (estimate, spread)
+
+
+# --------------------------------------------------------------------------------- over gRPC
+
+
+@pytest.fixture(scope="module")
+def service():
+    running = ServiceThread(with_config(models=("tinycnn",)))
+    yield running
+    running.stop()
+
+
+def explain_request(methods, **fields):
+    from saliency.v1 import explainer_pb2 as pb
+
+    image = png_bytes((skimage.transform.resize(skimage.data.astronaut(), (32, 32)) * 255).astype(np.uint8))
+    return pb.ExplainRequest(model="tinycnn", image=image, methods=methods, **fields)
+
+
+def test_over_grpc_the_stats_and_the_quality_metric_carry_map_error(service):
+    methods = [
+        pb.MethodRequest(method=pb.METHOD_RISE, rise=pb.RiseParams(n_masks=512, max_map_error=0.5)),
+        pb.MethodRequest(method=pb.METHOD_SMOOTHGRAD, smoothgrad=pb.SmoothGradParams(n_samples=8)),
+        pb.MethodRequest(method=pb.METHOD_LIME, lime=pb.LimeParams(n_samples=64, n_segments=20, max_map_error=1.0)),
+    ]
+    request = explain_request(methods, evaluate=pb.EvaluateOptions(metrics=[pb.QUALITY_METRIC_MAP_ERROR]))
+    response = service.stub().Explain(request, timeout=120)
+    stats = {a.method: dict(a.stats) for a in response.attributions}
+    assert stats[pb.METHOD_RISE]["n_masks_cap"] == 512 and stats[pb.METHOD_RISE]["max_map_error"] == 0.5
+    assert stats[pb.METHOD_RISE]["n_masks"] in (256, 384, 512)
+    assert stats[pb.METHOD_RISE]["map_error"] <= 0.5 or stats[pb.METHOD_RISE]["n_masks"] == 512
+    assert stats[pb.METHOD_SMOOTHGRAD]["n_samples"] == 8 and stats[pb.METHOD_SMOOTHGRAD]["map_error"] > 0
+    assert stats[pb.METHOD_LIME]["n_samples"] == 64  # the pilot: under a target of 100 %
+    scores = {s.method: s.value for s in response.quality if s.metric == "map_error"}
+    assert scores == {m: pytest.approx(s["map_error"]) for m, s in stats.items()}
+    labels = {"model": "tinycnn", "method": "rise", "metric": "map_error"}
+    assert service.metric("saliency_explanation_quality_count", labels) >= 1
+
+
+@pytest.mark.parametrize(
+    ("slot", "params", "field"),
+    [
+        ("rise", {"max_map_error": 1.5}, "methods[0].rise.max_map_error"),
+        ("smoothgrad", {"max_map_error": -0.1}, "methods[0].smoothgrad.max_map_error"),
+        ("rise", {"n_masks": 100, "max_map_error": 0.1}, "methods[0].rise.n_masks"),
+        ("kernel_shap", {"n_samples": 32, "max_map_error": 0.1}, "methods[0].kernel_shap.n_samples"),
+        ("gradient_shap", {"n_samples": 8, "max_map_error": 0.1}, "methods[0].gradient_shap.n_samples"),
+    ],
+)
+def test_over_grpc_a_bad_target_or_cap_names_the_field(service, slot, params, field):
+    kind = {"rise": pb.METHOD_RISE, "smoothgrad": pb.METHOD_SMOOTHGRAD, "kernel_shap": pb.METHOD_KERNEL_SHAP,
+            "gradient_shap": pb.METHOD_GRADIENT_SHAP}[slot]
+    message = type(getattr(pb.MethodRequest(), slot))(**params)
+    with pytest.raises(grpc.RpcError) as info:
+        service.stub().Explain(explain_request([pb.MethodRequest(method=kind, **{slot: message})]), timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in info.value.details()
