@@ -19,6 +19,7 @@ from saliency.attribution.executor import (
     ChunkExecutor,
     ChunkOutput,
     ChunkSizes,
+    DeepPlan,
     DeepTask,
     SampleStream,
 )
@@ -439,8 +440,8 @@ def test_a_second_phase_waits_for_the_first_and_may_shrink():
     first = SampleStream(1, False, inputs("first"), consume_first, capture_layer=True)
     second = SampleStream(10, False, inputs("second"), lambda s, o: None, after=first)
     filler = SampleStream(6, False, inputs("filler"), lambda s, o: None)
-    task = DeepTask("two-phase", 0, [first, second], lambda: Attribution("two-phase", 0, torch.zeros(8, 8)))
-    other = DeepTask("filler", 0, [filler], lambda: Attribution("filler", 0, torch.zeros(8, 8)))
+    task = DeepTask(DeepPlan("two-phase", 0, [first, second], lambda: Attribution("two-phase", 0, torch.zeros(8, 8))))
+    other = DeepPlan("filler", 0, [filler], lambda: Attribution("filler", 0, torch.zeros(8, 8)))
     executor = ChunkExecutor(model, ChunkSizes(4, 4))
     executor.run([task, other])
     assert log[:2] == [("first", 0, 1), ("filler", 0, 3)]  # the second phase could not join
@@ -448,13 +449,13 @@ def test_a_second_phase_waits_for_the_first_and_may_shrink():
 
     empty_first = SampleStream(1, False, inputs("first"), lambda s, o: setattr(empty_second, "n_samples", 0))
     empty_second = SampleStream(5, False, inputs("never"), lambda s, o: None, after=empty_first)
-    nothing = DeepTask("empty", 0, [empty_first, empty_second], lambda: Attribution("empty", 0, torch.zeros(8, 8)))
+    nothing = DeepTask(DeepPlan("empty", 0, [empty_first, empty_second], lambda: Attribution("empty", 0, torch.zeros(8, 8))))
     executor.run([nothing])
     assert nothing.result is not None and not any(name == "never" for name, *_ in log)
 
     stranger = SampleStream(1, False, inputs("x"), lambda s, o: None, after=filler)
     with pytest.raises(ValueError, match="earlier stream of its own task"):
-        executor.submit(DeepTask("bad", 0, [stranger], lambda: None))
+        executor.submit(DeepPlan("bad", 0, [stranger], lambda: None))
 
 
 def test_a_rule_on_a_forward_only_stream_is_refused():

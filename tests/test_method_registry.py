@@ -14,7 +14,7 @@ import torch
 
 from saliency.attribution import registry
 from saliency.attribution.engine import Engine
-from saliency.attribution.executor import ChunkOutput, ChunkSizes, DeepTask, SampleStream
+from saliency.attribution.executor import ChunkOutput, ChunkSizes, DeepPlan, SampleStream
 from saliency.attribution.fast_inputs import FastInputs
 from saliency.attribution.limits import DEFAULT_LIMITS
 from saliency.attribution.registry import (
@@ -95,7 +95,7 @@ def test_the_sample_count_is_what_the_plan_takes(name, tiny, tiny_vit):
 def test_fast_methods_take_no_deep_samples():
     for name, info in all_methods().items():
         if info.kind == "fast":
-            assert info.compute is not None and info.plan is None
+            assert info.compute is not None and info.planner is None
             assert info.sample_count(make_params(name)) == 0
 
 
@@ -218,7 +218,7 @@ def gradient_power(params: GradientPowerParams, inputs: FastInputs) -> tuple[tor
     return inputs.input_grad.abs().pow(params.power).sum(1), None
 
 
-def plan_scaled_score(model, x: torch.Tensor, target: int, params: ScaledScoreParams) -> DeepTask:
+def plan_scaled_score(model, x: torch.Tensor, target: int, params: ScaledScoreParams) -> DeepPlan:
     """Forward-only: the target logit at x * k / n for k = 1..n; map = |x| summed over channels
     times the mean of those logits."""
     x = x.detach().float().cpu()
@@ -236,7 +236,7 @@ def plan_scaled_score(model, x: torch.Tensor, target: int, params: ScaledScorePa
         return Attribution("toy_scaled_score", target, x.abs().sum(0) * mean, None, {"mean_score": mean})
 
     stream = SampleStream(params.n_samples, False, scaled, record, sample_shape=tuple(x.shape))
-    return DeepTask("toy_scaled_score", target, [stream], finish)
+    return DeepPlan("toy_scaled_score", target, [stream], finish)
 
 
 @pytest.fixture

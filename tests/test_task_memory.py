@@ -1,4 +1,4 @@
-"""DeepTask.memory_bytes: what a planned task holds outside its chunks, for admission control.
+"""DeepPlan.memory_bytes: what a planned task holds outside its chunks, for admission control.
 
 Every deep method's plan states it; it grows with what the task keeps (a custom reference
 stack, coalitions, occlusion windows) and not with samples that only pass through chunks."""
@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from saliency.attribution.executor import DeepTask, SampleStream
+from saliency.attribution.executor import DeepPlan, SampleStream
 from saliency.attribution.registry import all_methods, get_method, make_params
 
 DEEP = sorted(name for name, info in all_methods().items() if info.kind == "deep")
@@ -24,7 +24,7 @@ def memory(model, method: str, x: torch.Tensor = INPUT, **params) -> int:
 def test_every_deep_plan_states_what_it_holds(tiny, tiny_vit, method):
     model = tiny if get_method(method).unsupported_reason(tiny.spec) is None else tiny_vit
     task = get_method(method).plan(model, INPUT, 1, make_params(method))
-    assert task.held_bytes is not None, f"{method}'s plan does not state held_bytes"
+    assert task.plan.held_bytes is not None, f"{method}'s plan does not state held_bytes"
     assert 0 < task.memory_bytes < 64 << 20, task.memory_bytes
     assert task.sample_bytes == SAMPLE
 
@@ -61,5 +61,5 @@ def test_what_grows_with_the_request_is_counted(tiny):
 
 def test_a_task_whose_plan_states_nothing_counts_four_input_samples():
     stream = SampleStream(3, False, lambda a, b: torch.zeros(b - a, 3, 8, 8), lambda s, o: None, sample_shape=(3, 8, 8))
-    task = DeepTask("custom", 0, [stream], lambda: None)
+    task = DeepPlan("custom", 0, [stream], lambda: None)
     assert task.sample_bytes == 4 * 3 * 8 * 8 and task.memory_bytes == 4 * task.sample_bytes

@@ -1,8 +1,9 @@
 """The deep-method executor: samples from many tasks packed into chunks, one model call each.
 
-A deep method turns (image, target, params) into a DeepTask: one or more sample streams (a
+A deep method turns (image, target, params) into a DeepPlan: one or more sample streams (a
 generator of inputs plus a consumer of the model's outputs on them) and a `finish` that folds
-the consumed outputs into an Attribution. The executor packs slices of the pending streams, in
+the consumed outputs into an Attribution. The executor runs each plan as a DeepTask, its record
+of the run (who waits, the deadline, the outcome, the timings). It packs slices of the pending streams, in
 arrival order, into chunks of at most `max_chunk` samples, runs the model once per chunk
 (forward-only under `torch.inference_mode` when no stream in it needs an input gradient) and
 scatters the outputs back. Streams are consumed in order, so inputs are generated a chunk at a
@@ -191,42 +192,22 @@ class TaskCancelled(Exception):
     """The task was cancelled (deadline passed, caller gone) before it finished."""
 
 
-@dataclass
-class DeepTask:
-    """One requested map. `target` is the class whose logit the gradients are taken of."""
+@dataclass(eq=False)
+class DeepPlan:
+    """What a deep method's planner returns for one (input, target): its sample streams and
+    `finish`, which folds their consumed outputs into the map. It says what to compute and
+    nothing of who waits for it: the executor runs it as a DeepTask (`DeepTask.of`), once.
+    `target` is the class whose logit the gradients are taken of."""
 
     method: str
     target: int
     streams: list[SampleStream]
     finish: Callable[[], Attribution]
-    on_done: Callable[[DeepTask], None] | None = None
-    tag: object = None  # the caller's (e.g. the request id), reported per chunk
-    task_id: int = field(default_factory=lambda: next(_task_ids))
-    result: Attribution | None = None
-    error: BaseException | None = None
-    cancelled: bool = False
-    compute_seconds: float = 0.0  # its share of the model calls; a shared sample counts in full for each task
-    submitted_at: float | None = None  # perf_counter() at submit
-    started_at: float | None = None  # perf_counter() when its first chunk started
-    # time.monotonic() after which no chunk takes its samples: it fails with DeadlineExceeded
-    # ("<deadline_reason> before its map was done"). Only for a task one caller alone waits for.
-    deadline: float | None = None
-    deadline_reason: str = "the deadline passed"
     held_bytes: int | None = None  # the plan's estimate of what the task holds: see memory_bytes
-
-    @property
-    def queue_seconds(self) -> float:
-        if self.submitted_at is None or self.started_at is None:
-            return 0.0
-        return self.started_at - self.submitted_at
 
     @property
     def n_samples(self) -> int:
         return sum(s.n_samples for s in self.streams)
-
-    @property
-    def done(self) -> bool:
-        return self.result is not None or self.error is not None
 
     @property
     def sample_bytes(self) -> int:
@@ -243,9 +224,70 @@ class DeepTask:
         once per request); the chunks, bounded by the executor's chunk size times
         `sample_bytes` whoever's samples fill them; entries of the shared caches, which have
         budgets of their own. An estimate for admission control, not an exact count: the plan
-        states it (`held_bytes`); a task whose plan does not is counted as four input samples.
+        states it (`held_bytes`); a plan that does not is counted as four input samples.
         """
         return self.held_bytes if self.held_bytes is not None else 4 * self.sample_bytes
+
+
+@dataclass(eq=False)
+class DeepTask:
+    """The executor's record of one DeepPlan being run: who is told when it ends (`on_done`,
+    `tag`), its deadline, its outcome (`result` / `error` / `cancelled`) and its timings.
+    Drivers set `on_done`, `tag` and `deadline` before submitting it."""
+
+    plan: DeepPlan
+    on_done: Callable[[DeepTask], None] | None = None
+    tag: object = None  # the caller's (e.g. the request id), reported per chunk
+    task_id: int = field(default_factory=lambda: next(_task_ids))
+    result: Attribution | None = None
+    error: BaseException | None = None
+    cancelled: bool = False
+    compute_seconds: float = 0.0  # its share of the model calls; a shared sample counts in full for each task
+    submitted_at: float | None = None  # perf_counter() at submit
+    started_at: float | None = None  # perf_counter() when its first chunk started
+    # time.monotonic() after which no chunk takes its samples: it fails with DeadlineExceeded
+    # ("<deadline_reason> before its map was done"). Only for a task one caller alone waits for.
+    deadline: float | None = None
+    deadline_reason: str = "the deadline passed"
+
+    @classmethod
+    def of(cls, work: DeepPlan | DeepTask) -> DeepTask:
+        """A task for a plan (a task is returned as it is)."""
+        return work if isinstance(work, DeepTask) else cls(work)
+
+    @property
+    def method(self) -> str:
+        return self.plan.method
+
+    @property
+    def target(self) -> int:
+        return self.plan.target
+
+    @property
+    def streams(self) -> list[SampleStream]:
+        return self.plan.streams
+
+    @property
+    def n_samples(self) -> int:
+        return self.plan.n_samples
+
+    @property
+    def sample_bytes(self) -> int:
+        return self.plan.sample_bytes
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.plan.memory_bytes
+
+    @property
+    def queue_seconds(self) -> float:
+        if self.submitted_at is None or self.started_at is None:
+            return 0.0
+        return self.started_at - self.submitted_at
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None or self.error is not None
 
 
 @dataclass(frozen=True)
@@ -357,7 +399,9 @@ class ChunkExecutor:
         self._pending: deque[tuple[DeepTask, SampleStream]] = deque()
         self._lock = threading.RLock()  # on_done callbacks may submit
 
-    def submit(self, task: DeepTask) -> DeepTask:
+    def submit(self, work: DeepPlan | DeepTask) -> DeepTask:
+        """Queue a plan (or a task a driver prepared for one); returns its task."""
+        task = DeepTask.of(work)
         for i, stream in enumerate(task.streams):
             if stream.after is not None and not any(stream.after is s for s in task.streams[:i]):
                 raise ValueError("a stream can only wait for an earlier stream of its own task")
@@ -373,10 +417,11 @@ class ChunkExecutor:
         with self._lock:
             return distinct_samples(s for _, s in self._pending)
 
-    def run(self, tasks: list[DeepTask], progress: Callable[[int, int], None] | None = None) -> list[Attribution]:
-        """Run `tasks` to completion; raise the first task error. progress(done, total)."""
-        for task in tasks:
-            self.submit(task)
+    def run(
+        self, work: list[DeepPlan | DeepTask], progress: Callable[[int, int], None] | None = None
+    ) -> list[Attribution]:
+        """Run plans (or tasks) to completion; raise the first task error. progress(done, total)."""
+        tasks = [self.submit(w) for w in work]
         done = 0
         while (ran := self.step()) > 0:
             done += ran
@@ -630,7 +675,7 @@ class ChunkExecutor:
         )
 
     def _finish(self, task: DeepTask, notify: bool = True) -> None:
-        result = task.finish()
+        result = task.plan.finish()
         result.stats.setdefault("samples", float(task.n_samples))
         result.stats.setdefault("compute_ms", task.compute_seconds * 1000)
         result.stats.setdefault("queue_ms", task.queue_seconds * 1000)

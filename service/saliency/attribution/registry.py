@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from saliency.attribution.executor import DeepTask
 from saliency.attribution.limits import DEFAULT_LIMITS, Limits
 from saliency.attribution.requirements import (
     ATTENTION,
@@ -42,7 +43,7 @@ from saliency.attribution.requirements import (
 from saliency.errors import InvalidArgument, require
 
 if TYPE_CHECKING:
-    from saliency.attribution.executor import DeepTask
+    from saliency.attribution.executor import DeepPlan  # noqa: F401 (annotations)
     from saliency.attribution.fast_inputs import FastInputs
     from saliency.models import LoadedModel, ModelSpec
 
@@ -64,8 +65,8 @@ _NEED_SUPPORT: dict[str, Requirement] = {
 
 # (params, inputs) -> (map [n, H, W], raw [n, ...] or None), one row per image of `inputs`.
 Compute = Callable[[Any, "FastInputs"], tuple[torch.Tensor, torch.Tensor | None]]
-# (model, x [C, H, W], target, params) -> the task the chunk executor runs.
-Plan = Callable[..., "DeepTask"]
+# (model, x [C, H, W], target, params) -> what the chunk executor runs for one map.
+Planner = Callable[..., "DeepPlan"]
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ class MethodInfo:
     params_type: type  # a frozen dataclass with defaults; bounds and choices in field metadata
     summary: str
     signed: bool  # whether maps carry meaningful negative values
-    plan: Plan | None = None  # deep methods
+    planner: Planner | None = None  # deep methods
     # (spec) -> None when the method can explain that model, else why not: a predicate over
     # what the model probe found at load (attribution/requirements.py), so ListModels, the CLI
     # and request validation give one answer.
@@ -91,6 +92,13 @@ class MethodInfo:
     needs: frozenset[str] = frozenset()  # of PASS_NEEDS
     class_agnostic: bool = False  # one map per image, the same for every target
     check: Callable[[LoadedModel, Any], None] | None = None  # raises before the forward
+
+    def plan(self, model: LoadedModel, x: torch.Tensor, target: int, params: Any, **extras: Any) -> DeepTask:
+        """A fresh task (the executor's job record) for this method's plan of one map; `extras`
+        go to the planner (e.g. a segmentation cache)."""
+        if self.planner is None:
+            raise TypeError(f"{self.name} is a fast method: it has no plan")
+        return DeepTask(self.planner(model, x, target, params, **extras))
 
     def unsupported_reason(self, spec: ModelSpec) -> str | None:
         return self.supports(spec) if self.supports is not None else None
@@ -166,7 +174,7 @@ def register(
             raise RuntimeError(f"method {name!r} registered twice")
         METHODS[name] = MethodInfo(
             name, kind, params_type, summary, signed,
-            plan=body if kind == "deep" else None,
+            planner=body if kind == "deep" else None,
             supports=supports, enum=enum, oneof=oneof, fallback=fallback, samples=samples,
             example=dict(example or {}),
             compute=body if kind == "fast" else None,

@@ -6,7 +6,7 @@ raster order). Step k of n perturbs the first round(k * H * W / n) ranked pixels
   occlusion here); the target's probability should fall fast, so a lower AUC is better;
 - insertion: they are copied onto a blurred canvas of the image (Gaussian, sigma 5 px at 224
   px, scaled with the input); the probability should rise fast, so a higher AUC is better.
-Each perturbed image is one forward-only sample of a DeepTask, so the executor packs curves of
+Each perturbed image is one forward-only sample of a DeepPlan, so the executor packs curves of
 many maps and requests into shared model calls, exactly like RISE masks. Images are built a
 chunk at a time, so memory is bounded for any step count. The score is the target's softmax
 probability; the AUC is the trapezoid rule over the fraction of pixels perturbed, in [0, 1].
@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from saliency.attribution.baselines import gaussian_blur
-from saliency.attribution.executor import ChunkOutput, DeepTask, SampleStream
+from saliency.attribution.executor import ChunkOutput, DeepPlan, SampleStream
 from saliency.attribution.types import Attribution
 
 DELETION_FILL = 0.0  # model-input space: the mean colour
@@ -55,8 +55,8 @@ def insertion_canvas(x: torch.Tensor) -> torch.Tensor:
 
 def plan_perturbation_curves(
     x: torch.Tensor, saliency_map: torch.Tensor, target: int, method: str, steps: int = 16
-) -> DeepTask:
-    """One DeepTask of 2 * (steps + 1) forward-only samples for the map of `method`.
+) -> DeepPlan:
+    """One DeepPlan of 2 * (steps + 1) forward-only samples for the map of `method`.
 
     x: the normalised model input [C, H, W]; saliency_map: [H, W] at the same resolution.
     The task's result is an Attribution of `method` for `target` whose map is the evaluated
@@ -101,7 +101,7 @@ def plan_perturbation_curves(
             {"deletion_auc": auc(curves[0]), "insertion_auc": auc(curves[1])},
         )
 
-    return DeepTask(
+    return DeepPlan(
         f"quality:{method}",
         target,
         [

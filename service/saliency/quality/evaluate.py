@@ -24,7 +24,7 @@ from itertools import combinations
 import numpy as np
 import torch
 
-from saliency.attribution.executor import ChunkExecutor, DeepTask
+from saliency.attribution.executor import ChunkExecutor, DeepPlan
 from saliency.attribution.registry import all_methods
 from saliency.attribution.types import Attribution, Prediction, Targets
 from saliency.errors import require
@@ -165,8 +165,8 @@ def _pair(kind: str, a: Attribution, b: Attribution, fraction: float, **other) -
     ]
 
 
-def plan_curve_tasks(x: torch.Tensor, attributions: Sequence[Attribution], groups: Iterable[str], steps: int) -> list[DeepTask]:
-    """One deletion+insertion task per map when either curve is asked for (else none)."""
+def plan_curve_tasks(x: torch.Tensor, attributions: Sequence[Attribution], groups: Iterable[str], steps: int) -> list[DeepPlan]:
+    """One deletion+insertion plan per map when either curve is asked for (else none)."""
     groups = set(groups)
     if not groups & {"deletion", "insertion"}:
         return []

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from opentelemetry import trace
 
-from saliency.attribution.executor import ChunkExecutor, ChunkReport, DeepTask
+from saliency.attribution.executor import ChunkExecutor, ChunkReport, DeepPlan, DeepTask
 from saliency.attribution.fast import FastResult, fast_pass
 from saliency.attribution.registry import make_params, plan_deep
 from saliency.attribution.tuning import configured_chunk_sizes
@@ -172,11 +172,12 @@ class ModelWorker:
         return plan_deep(self.model, x, [(name, params, t) for name, params in methods.items() for t in targets])
 
     def submit_tasks(
-        self, tasks: list[DeepTask], request_id: str, deadline: float | None = None
+        self, work: list[DeepPlan | DeepTask], request_id: str, deadline: float | None = None
     ) -> list[tuple[DeepTask, asyncio.Future]]:
-        """Queue planned tasks (deep maps, quality curves) under the queue limit; futures
+        """Queue planned work (deep maps, quality curves) under the queue limit; futures
         resolve on the event loop. `deadline` (time.monotonic()): the executor takes none of
         their samples after it (only for tasks this request alone waits for)."""
+        tasks = [DeepTask.of(w) for w in work]
         loop = asyncio.get_running_loop()
         needed = sum(t.n_samples for t in tasks)
         pending = self.executor.pending_samples

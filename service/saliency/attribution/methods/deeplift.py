@@ -21,7 +21,7 @@ import torch
 
 from saliency.attribution.baselines import BASELINES, make_reference, validate_baseline
 from saliency.attribution.completeness import completeness_stats
-from saliency.attribution.executor import ChunkOutput, DeepTask, SampleStream, tensor_bytes
+from saliency.attribution.executor import ChunkOutput, DeepPlan, SampleStream, tensor_bytes
 from saliency.attribution.limits import Limits
 from saliency.attribution.registry import check_supported, register
 from saliency.attribution.requirements import INPUT_GRADIENT, RULES_RESCALE, needs
@@ -55,8 +55,8 @@ class DeepLiftParams:
     samples=lambda p: 2,  # the (input, reference) pair
     example={"baseline": "uniform", "seed": 5},
 )
-def plan_deeplift(model: LoadedModel, x: torch.Tensor, target: int, params: DeepLiftParams) -> DeepTask:
-    """x [C, H, W] normalised input -> a DeepTask whose map is sum_c attr [H, W], raw attr [C, H, W]."""
+def plan_deeplift(model: LoadedModel, x: torch.Tensor, target: int, params: DeepLiftParams) -> DeepPlan:
+    """x [C, H, W] normalised input -> a DeepPlan whose map is sum_c attr [H, W], raw attr [C, H, W]."""
     check_supported(["deeplift"], model.spec)  # also when planned directly, not through validation
     x = x.detach().float().cpu()
     reference = make_reference(
@@ -90,4 +90,4 @@ def plan_deeplift(model: LoadedModel, x: torch.Tensor, target: int, params: Deep
 
     stream = SampleStream(2, True, the_pair, keep, backward_rule="rescale", sample_shape=tuple(x.shape))
     # the (input, reference) pair and the reference; the multipliers and attr in finish
-    return DeepTask("deeplift", target, [stream], finish, held_bytes=tensor_bytes(pair, reference) + 2 * x.nbytes)
+    return DeepPlan("deeplift", target, [stream], finish, held_bytes=tensor_bytes(pair, reference) + 2 * x.nbytes)

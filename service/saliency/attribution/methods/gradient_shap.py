@@ -35,7 +35,7 @@ import torch
 from saliency.attribution.completeness import completeness_stats
 from saliency.attribution.executor import (
     ChunkOutput,
-    DeepTask,
+    DeepPlan,
     SameTensor,
     SampleStream,
     tensor_bytes,
@@ -133,8 +133,8 @@ def reference_set(model, x: torch.Tensor, params: GradientShapParams) -> Referen
     fallback="input_x_gradient",  # one sample, alpha = 1, a zero reference
     example={"n_samples": 9, "stdev": 0.1, "reference": "uniform", "seed": 4},
 )
-def plan_gradient_shap(model, x: torch.Tensor, target: int, params: GradientShapParams) -> DeepTask:
-    """x [C, H, W] normalised input -> a DeepTask whose map is sum_c attr [H, W]."""
+def plan_gradient_shap(model, x: torch.Tensor, target: int, params: GradientShapParams) -> DeepPlan:
+    """x [C, H, W] normalised input -> a DeepPlan whose map is sum_c attr [H, W]."""
     image = SameTensor(x)  # the caller's tensor: plans of one request share it, wherever it is
     x = x.detach().float().cpu()
     references = reference_set(model, x, params)
@@ -222,7 +222,7 @@ def plan_gradient_shap(model, x: torch.Tensor, target: int, params: GradientShap
             None if params.custom_reference is None else SameTensor(params.custom_reference),
         ),
     )
-    return DeepTask(
+    return DeepPlan(
         "gradient_shap",
         target,
         [path, ends],

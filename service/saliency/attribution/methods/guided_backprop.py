@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from saliency.attribution import cams
-from saliency.attribution.executor import ChunkOutput, DeepTask, SampleStream
+from saliency.attribution.executor import ChunkOutput, DeepPlan, SampleStream
 from saliency.attribution.methods.score_cam import cam_channels, cam_layer_bytes
 from saliency.attribution.reduce import CHANNEL_REDUCTIONS, reduce_channels, upsample
 from saliency.attribution.registry import register
@@ -75,7 +75,7 @@ def _one_gradient(x: torch.Tensor, rule: str | None, capture_layer: bool = False
 
 
 def _plan_rule(name: str, rule: str):
-    def plan(model: LoadedModel, x: torch.Tensor, target: int, params: GuidedBackpropParams) -> DeepTask:
+    def plan(model: LoadedModel, x: torch.Tensor, target: int, params: GuidedBackpropParams) -> DeepPlan:
         """x [C, H, W] normalised -> map [H, W] = reduction of the rule's input gradient."""
         stream, outputs = _one_gradient(x.detach().float().cpu(), rule)
 
@@ -83,7 +83,7 @@ def _plan_rule(name: str, rule: str):
             g = outputs["grad"]
             return Attribution(name, target, reduce_channels(g, params.reduction), g)
 
-        return DeepTask(name, target, [stream], finish, held_bytes=4 * x.numel())  # the gradient [C, H, W]
+        return DeepPlan(name, target, [stream], finish, held_bytes=4 * x.numel())  # the gradient [C, H, W]
 
     plan.__name__ = plan.__qualname__ = f"plan_{name}"
     return plan
@@ -127,7 +127,7 @@ plan_deconvnet = register(
 )
 def plan_guided_gradcam(
     model: LoadedModel, x: torch.Tensor, target: int, params: GuidedGradCamParams
-) -> DeepTask:
+) -> DeepPlan:
     """x [C, H, W] normalised -> raw [C, H, W] = guided gradient * Grad-CAM at [H, W]."""
     x = x.detach().float().cpu()
     plain, cam_half = _one_gradient(x, None, capture_layer=True)
@@ -149,4 +149,4 @@ def plan_guided_gradcam(
     # taken as 1024 when the spec declares no CAM classifier to read it from)
     channels = cam_channels(model) or 1024
     held = 3 * x.nbytes + 2 * cam_layer_bytes(channels, *size)
-    return DeepTask("guided_gradcam", target, [plain, guided], finish, held_bytes=held)
+    return DeepPlan("guided_gradcam", target, [plain, guided], finish, held_bytes=held)

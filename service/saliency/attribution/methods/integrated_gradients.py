@@ -22,7 +22,7 @@ from saliency.attribution.baselines import BASELINES, make_reference, validate_b
 from saliency.attribution.completeness import completeness_stats
 from saliency.attribution.executor import (
     ChunkOutput,
-    DeepTask,
+    DeepPlan,
     SameTensor,
     SampleStream,
     tensor_bytes,
@@ -197,8 +197,8 @@ def baseline_key(params: IntegratedGradientsParams) -> tuple:
 )
 def plan_integrated_gradients(
     model: LoadedModel, x: torch.Tensor, target: int, params: IntegratedGradientsParams
-) -> DeepTask:
-    """x [C, H, W] normalised input -> a DeepTask whose result map is sum_c attr [H, W]."""
+) -> DeepPlan:
+    """x [C, H, W] normalised input -> a DeepPlan whose result map is sum_c attr [H, W]."""
     image = SameTensor(x)  # the caller's tensor: plans of one request share it, wherever it is
     x = x.detach().float().cpu()
     baseline = make_baseline(model, x, params)
@@ -278,7 +278,7 @@ def plan_integrated_gradients(
     path = SampleStream(
         params.n_steps, True, path_points, add_gradients, sample_shape=tuple(x.shape), checkpoint=checkpoint
     )
-    return DeepTask(
+    return DeepPlan(
         "ig",
         target,
         [

@@ -36,7 +36,7 @@ from typing import ClassVar
 import torch
 from torch.distributions import Categorical
 
-from saliency.attribution.executor import ChunkOutput, DeepTask, SameTensor, SampleStream
+from saliency.attribution.executor import ChunkOutput, DeepPlan, SameTensor, SampleStream
 from saliency.attribution.limits import Limits
 from saliency.attribution.map_error import (
     Checkpoints,
@@ -162,8 +162,8 @@ def coalition_task_bytes(x: torch.Tensor, n_samples: int, n_segments: int) -> in
 )
 def plan_kernel_shap(
     model: LoadedModel, x: torch.Tensor, target: int, params: KernelShapParams, segments: SegmentCache = SEGMENTS
-) -> DeepTask:
-    """x [C, H, W] normalised input -> a DeepTask whose map [H, W] is each pixel's segment's phi.
+) -> DeepPlan:
+    """x [C, H, W] normalised input -> a DeepPlan whose map [H, W] is each pixel's segment's phi.
 
     Two phases: the end coalitions (whose inputs trigger SLIC on the worker thread), then the
     others, whose number is known only once M is (2^M - 2 when enumerating).
@@ -279,4 +279,4 @@ def plan_kernel_shap(
         share_key=("kernel_shap.coalitions", image, params.segmentation_key, params.n_samples, params.seed, stages.points),
         checkpoint=checkpoint if params.max_map_error > 0 else None,
     )
-    return DeepTask("kernel_shap", target, [first, others], finish, held_bytes=coalition_task_bytes(x, params.n_samples, params.n_segments))
+    return DeepPlan("kernel_shap", target, [first, others], finish, held_bytes=coalition_task_bytes(x, params.n_samples, params.n_segments))

@@ -31,7 +31,7 @@ from typing import ClassVar
 
 import torch
 
-from saliency.attribution.executor import ChunkOutput, DeepTask, SameTensor, SampleStream
+from saliency.attribution.executor import ChunkOutput, DeepPlan, SameTensor, SampleStream
 from saliency.attribution.limits import Limits
 from saliency.attribution.map_error import (
     Checkpoints,
@@ -135,8 +135,8 @@ def weighted_r2(
 )
 def plan_lime(
     model: LoadedModel, x: torch.Tensor, target: int, params: LimeParams, segments: SegmentCache = SEGMENTS
-) -> DeepTask:
-    """x [C, H, W] normalised input -> a DeepTask whose map [H, W] is each pixel's segment's
+) -> DeepPlan:
+    """x [C, H, W] normalised input -> a DeepPlan whose map [H, W] is each pixel's segment's
     coefficient. SLIC and the coalitions are made with the first samples, on the worker."""
     image = SameTensor(x)  # the caller's tensor: plans of one request share it, wherever it is
     x = x.detach().float().cpu()
@@ -200,4 +200,4 @@ def plan_lime(
         checkpoint=stages.next if params.max_map_error > 0 else None,
     )
     # + the jackknife's refits in finish: one at a time, each as large as the fit
-    return DeepTask("lime", target, [stream], finish, held_bytes=coalition_task_bytes(x, params.n_samples, params.n_segments))
+    return DeepPlan("lime", target, [stream], finish, held_bytes=coalition_task_bytes(x, params.n_samples, params.n_segments))

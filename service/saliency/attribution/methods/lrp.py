@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from saliency.attribution.executor import ChunkOutput, DeepTask, SampleStream
+from saliency.attribution.executor import ChunkOutput, DeepPlan, SampleStream
 from saliency.attribution.registry import check_supported, register
 from saliency.attribution.relevance import LRP_RULES, RelevanceRules
 from saliency.attribution.requirements import INPUT_GRADIENT, RULES_LRP, needs
@@ -55,8 +55,8 @@ class LrpParams:
     samples=lambda p: 1,
     example={"rule": "gamma", "gamma": 0.5},
 )
-def plan_lrp(model: LoadedModel, x: torch.Tensor, target: int, params: LrpParams) -> DeepTask:
-    """x [C, H, W] normalised input -> a DeepTask whose map is sum_c R [H, W], raw R [C, H, W]."""
+def plan_lrp(model: LoadedModel, x: torch.Tensor, target: int, params: LrpParams) -> DeepPlan:
+    """x [C, H, W] normalised input -> a DeepPlan whose map is sum_c R [H, W], raw R [C, H, W]."""
     check_supported(["lrp"], model.spec)  # also when planned directly, not through validation
     x = x.detach().float().cpu()
     outputs: dict[str, torch.Tensor] = {}
@@ -85,4 +85,4 @@ def plan_lrp(model: LoadedModel, x: torch.Tensor, target: int, params: LrpParams
         )
 
     stream = SampleStream(1, True, the_input, keep, backward_rule=params.rules(), sample_shape=tuple(x.shape))
-    return DeepTask("lrp", target, [stream], finish, held_bytes=x.nbytes)  # the relevance [C, H, W]
+    return DeepPlan("lrp", target, [stream], finish, held_bytes=x.nbytes)  # the relevance [C, H, W]

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from saliency.attribution.executor import ChunkOutput, DeepTask, SameTensor, SampleStream
+from saliency.attribution.executor import ChunkOutput, DeepPlan, SameTensor, SampleStream
 from saliency.attribution.limits import DEFAULT_LIMITS, Limits
 from saliency.attribution.registry import register
 from saliency.attribution.types import Attribution
@@ -76,8 +76,8 @@ def plan_occlusion(
     target: int,
     params: OcclusionParams,
     limits: Limits = DEFAULT_LIMITS,
-) -> DeepTask:
-    """x [C, H, W] normalised input -> a DeepTask whose map [H, W] is the mean score drop.
+) -> DeepPlan:
+    """x [C, H, W] normalised input -> a DeepPlan whose map [H, W] is the mean score drop.
 
     The number of windows depends on the input's size, so it is checked here, against
     `limits.max_occlusion_windows`, before anything joins a batch.
@@ -129,4 +129,4 @@ def plan_occlusion(
     stream = SampleStream(1 + n_windows, False, occluded, record, sample_shape=tuple(x.shape), share_key=share)
     # one score per window; finish's coverage matrices and three float64 [H, W] maps
     held = scores.nbytes + 8 * (len(ys) * height + len(xs) * width) + 3 * 8 * height * width
-    return DeepTask("occlusion", target, [stream], finish, held_bytes=held)
+    return DeepPlan("occlusion", target, [stream], finish, held_bytes=held)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from saliency.attribution.executor import ChunkOutput, DeepTask, SameTensor, Samples, SampleStream
+from saliency.attribution.executor import ChunkOutput, DeepPlan, SameTensor, Samples, SampleStream
 from saliency.attribution.limits import Limits
 from saliency.attribution.map_error import (
     Checkpoints,
@@ -130,8 +130,8 @@ class MaskSampler:
     enum="METHOD_RISE", oneof="rise", fallback="gradcam", samples=lambda p: p.n_masks,
     example={"n_masks": 30, "grid_size": 4},
 )
-def plan_rise(model, x: torch.Tensor, target: int, params: RiseParams) -> DeepTask:
-    """x [C, H, W] normalised input -> a DeepTask whose map [H, W] is the RISE saliency."""
+def plan_rise(model, x: torch.Tensor, target: int, params: RiseParams) -> DeepPlan:
+    """x [C, H, W] normalised input -> a DeepPlan whose map [H, W] is the RISE saliency."""
     image = SameTensor(x)  # the caller's tensor: plans of one request share it, wherever it is
     x = x.detach().float().cpu()
     height, width = x.shape[-2:]
@@ -191,4 +191,4 @@ def plan_rise(model, x: torch.Tensor, target: int, params: RiseParams) -> DeepTa
     held = (
         saliency.nbytes + saliency_sq.nbytes + sampler.state_bytes + (0 if x_on_device is x else x_on_device.nbytes)
     )
-    return DeepTask("rise", target, [stream], finish, held_bytes=held)
+    return DeepPlan("rise", target, [stream], finish, held_bytes=held)

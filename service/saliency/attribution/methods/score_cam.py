@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from saliency.attribution.executor import ChunkOutput, DeepTask, SameTensor, SampleStream
+from saliency.attribution.executor import ChunkOutput, DeepPlan, SameTensor, SampleStream
 from saliency.attribution.hooks import resolve_layer
 from saliency.attribution.reduce import upsample
 from saliency.attribution.registry import register
@@ -99,8 +99,8 @@ def _channel_bound(model: LoadedModel, params: ScoreCamParams) -> int:
     supports=CAM_LAYER, enum="METHOD_SCORECAM", oneof="scorecam", fallback="gradcam",
     example={"max_channels": 3},
 )
-def plan_score_cam(model: LoadedModel, x: torch.Tensor, target: int, params: ScoreCamParams) -> DeepTask:
-    """x [C, H, W] normalised input -> a DeepTask whose map is Score-CAM [H, W] (raw [h, w])."""
+def plan_score_cam(model: LoadedModel, x: torch.Tensor, target: int, params: ScoreCamParams) -> DeepPlan:
+    """x [C, H, W] normalised input -> a DeepPlan whose map is Score-CAM [H, W] (raw [h, w])."""
     image = SameTensor(x)  # the caller's tensor: plans of one request share it, wherever it is
     x = x.detach().float().cpu()
     size = tuple(x.shape[-2:])
@@ -152,4 +152,4 @@ def plan_score_cam(model: LoadedModel, x: torch.Tensor, target: int, params: Sco
     channels = cam_channels(model) or params.max_channels
     acts = cam_layer_bytes(channels, *size)
     held = acts + acts * min(channels, params.max_channels) // channels + 8 * channels + 4 * size[0] * size[1]
-    return DeepTask("scorecam", target, [first, masked], finish, held_bytes=held)
+    return DeepPlan("scorecam", target, [first, masked], finish, held_bytes=held)

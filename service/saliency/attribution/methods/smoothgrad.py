@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from saliency.attribution.executor import ChunkOutput, DeepTask, SampleStream, tensor_bytes
+from saliency.attribution.executor import ChunkOutput, DeepPlan, SampleStream, tensor_bytes
 from saliency.attribution.limits import Limits
 from saliency.attribution.map_error import (
     GROUPS,
@@ -59,7 +59,7 @@ class SmoothGradParams:
     enum="METHOD_SMOOTHGRAD", oneof="smoothgrad", fallback="vanilla", samples=lambda p: p.n_samples,
     example={"n_samples": 7},
 )
-def plan_smoothgrad(model, x: torch.Tensor, target: int, params: SmoothGradParams) -> DeepTask:
+def plan_smoothgrad(model, x: torch.Tensor, target: int, params: SmoothGradParams) -> DeepPlan:
     x = x.detach().float().cpu()
     stdev = params.sigma * float(x.max() - x.min())
     generator = torch.Generator().manual_seed(params.seed)
@@ -125,4 +125,4 @@ def plan_smoothgrad(model, x: torch.Tensor, target: int, params: SmoothGradParam
     )
     # the group sums, and finish's totals, attr, map and the leave-one-group-out maps
     held = tensor_bytes(*sums.values()) + (len(moments) + 2) * x.nbytes + (GROUPS + 1) * x[0].nbytes
-    return DeepTask("smoothgrad", target, [stream], finish, held_bytes=held)
+    return DeepPlan("smoothgrad", target, [stream], finish, held_bytes=held)

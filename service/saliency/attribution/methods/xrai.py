@@ -26,7 +26,7 @@ import scipy.sparse
 import torch
 from scipy import ndimage
 
-from saliency.attribution.executor import DeepTask
+from saliency.attribution.executor import DeepPlan
 from saliency.attribution.methods.integrated_gradients import (
     IntegratedGradientsParams,
     plan_integrated_gradients,
@@ -146,8 +146,8 @@ def xrai_baselines(model, x: torch.Tensor, baseline: str) -> list[torch.Tensor]:
     fallback="gradcam",  # coarse regions, as XRAI's
     example={"n_steps": 4},
 )
-def plan_xrai(model, x: torch.Tensor, target: int, params: XraiParams) -> DeepTask:
-    """x [C, H, W] normalised input -> a DeepTask whose map is the region density [H, W]."""
+def plan_xrai(model, x: torch.Tensor, target: int, params: XraiParams) -> DeepPlan:
+    """x [C, H, W] normalised input -> a DeepPlan whose map is the region density [H, W]."""
     x = x.detach().float().cpu()
     ig_tasks = [
         plan_integrated_gradients(
@@ -184,4 +184,4 @@ def plan_xrai(model, x: torch.Tensor, target: int, params: XraiParams) -> DeepTa
     height, width = x.shape[-2:]
     # The IG tasks' state, the pixels, the regions, and finish's float64 maps.
     held = sum(t.memory_bytes for t in ig_tasks) + pixels.nbytes + (REGION_BYTES_PER_PIXEL + 3 * 8) * height * width
-    return DeepTask("xrai", target, [s for task in ig_tasks for s in task.streams], finish, held_bytes=held)
+    return DeepPlan("xrai", target, [s for task in ig_tasks for s in task.streams], finish, held_bytes=held)
