@@ -30,6 +30,7 @@ LAYERS: list[set[str]] = [
     {"api", "torchserve", "http"},  # serving: gRPC and HTTP front ends, the TorchServe backend
     {"server"},  # the composition root: builds the backend, starts gRPC, HTTP and metrics
     {"client"},  # the Python client (wire only)
+    {"reports"},  # `saliency report sanity|roar` and the load test's chart: off the serving path
     {"cli_common", "cli_inspect", "cli_archive", "cli_remote", "cli", "loadtest"},  # commands
 ]
 

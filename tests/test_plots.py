@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from saliency.quality import plots
+from saliency.reports import plots
 
 LAYERS = ["fc", "conv3", "conv2", "conv1"]
 

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from saliency.cli import main
-from saliency.quality.report import report_methods
+from saliency.reports.sanity_report import report_methods
 from service_harness import ServiceThread, with_config
 
 ARGS = ["sanity", "--sample", "coffee", "--model", "tinycnn", "--layers", "fc,conv2", "--methods", "vanilla,gradcam"]

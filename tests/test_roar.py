@@ -11,7 +11,7 @@ import torch
 from saliency.cli import main
 from saliency.quality import digits
 from saliency.quality.roar import importance_order, remove, retrained_accuracy, sobel_maps
-from saliency.quality.roar_report import load_report, markdown
+from saliency.reports.roar_report import load_report, markdown
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "roar"
 

@@ -11,7 +11,7 @@ from saliency.cli import main
 from saliency.models import load_model
 from saliency.quality import digits
 from saliency.quality.similarity import spearman
-from saliency.quality.trained_vit import (
+from saliency.reports.trained_vit import (
     ACCURACY_FLOOR,
     attention_agreement,
     ink_per_patch,

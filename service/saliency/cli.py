@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     roar_report = reports.add_parser(
         "roar", help="ROAR / KAR on scikit-learn's digits and the trained ViT's checks (docs/roar)"
     )
-    from saliency.quality.roar_cli import add_arguments as add_roar_arguments
+    from saliency.reports.roar_cli import add_arguments as add_roar_arguments
 
     add_roar_arguments(roar_report)
 
@@ -217,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "sanity":
             return sanity(args)
         if args.command == "report" and args.report == "roar":
-            from saliency.quality.roar_cli import main as report_roar
+            from saliency.reports.roar_cli import main as report_roar
 
             return report_roar(args)
         if args.command == "report":
@@ -314,8 +314,8 @@ def sanity(args: argparse.Namespace) -> int:
     from saliency.attribution.tuning import chunk_sizes_for
     from saliency.imaging import to_model_input
     from saliency.models import get_spec, load_model
-    from saliency.quality.report import format_sanity_rows
     from saliency.quality.sanity import model_randomisation
+    from saliency.reports.sanity_report import format_sanity_rows
 
     spec = get_spec(args.model)
     methods = parse_methods(args.methods)
@@ -343,8 +343,8 @@ def sanity(args: argparse.Namespace) -> int:
 def report_sanity(args: argparse.Namespace) -> int:
     """`saliency report sanity`: every sanity check, written as Markdown and PNGs to --out."""
     from saliency.models import get_spec
-    from saliency.quality.report import SAMPLES as REPORT_SAMPLES
-    from saliency.quality.report import run_report, summary_rows, write_report
+    from saliency.reports.sanity_report import SAMPLES as REPORT_SAMPLES
+    from saliency.reports.sanity_report import run_report, summary_rows, write_report
 
     get_spec(args.model)
     require(1 <= args.images <= len(REPORT_SAMPLES), "images", f"{args.images} is outside [1, {len(REPORT_SAMPLES)}]")

@@ -124,7 +124,7 @@ def sanity(args: argparse.Namespace) -> int:
     """`saliency sanity ... --server HOST:PORT`: the SanityCheck RPC; prints the same table."""
     import grpc
 
-    from saliency.quality.report import format_sanity_rows
+    from saliency.reports.sanity_report import format_sanity_rows
 
     params = parse_params(parse_methods(args.methods), args.param, UNBOUNDED_LIMITS)
     layers = parse_list(args.layers, "layers")

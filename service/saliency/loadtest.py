@@ -272,7 +272,7 @@ def write_chart(stats_csv: Path, history_csv: Path, out_png: Path, title: str = 
     """Latency percentiles per request name (from *_stats.csv, log scale: fast and deep calls
     differ by orders of magnitude) above throughput over time (from *_stats_history.csv), one
     PNG 1200 px wide drawn with matplotlib (the `report` extra); returns `out_png`."""
-    from saliency.quality.plots import new_figure, save
+    from saliency.reports.plots import new_figure, save
 
     stats = [s for s in read_stats(stats_csv) if s.requests > 0]
     history = read_history(history_csv)

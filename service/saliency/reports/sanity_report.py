@@ -31,7 +31,6 @@ from saliency.attribution.tuning import chunk_sizes_for
 from saliency.imaging import to_model_input
 from saliency.models import load_model
 from saliency.models.weights import weights_hash
-from saliency.quality import plots
 from saliency.quality.data_randomisation import DataRandomisationResult, data_randomisation
 from saliency.quality.invariance import (
     CHANGE_TOLERANCE,
@@ -42,6 +41,7 @@ from saliency.quality.invariance import (
 )
 from saliency.quality.sanity import MODES, SanityResult, model_randomisation
 from saliency.quality.similarity import SIMILARITY_FIELDS
+from saliency.reports import plots
 
 PASS_BELOW = 0.5
 CONTROL_MARGIN = 0.05  # data randomisation: closer than this to the control = inconclusive

@@ -26,7 +26,7 @@ from saliency.quality.roar import (
     seed_claims,
     work_units,
 )
-from saliency.quality.trained_vit import (
+from saliency.reports.trained_vit import (
     ACCURACY_FLOOR,
     AGREEMENT_PAIRS,
     SANITY_LAYERS,
@@ -346,7 +346,7 @@ def load_report(path: Path) -> RoarReport:
 
 def plot(report: RoarReport, path: Path) -> Path:
     """Test accuracy against k, one line per method; a panel per model and kind."""
-    from saliency.quality.plots import new_figure, save
+    from saliency.reports.plots import new_figure, save
 
     panels = [(r, kind) for r in report.results for kind in ("roar", "kar") if getattr(r, kind)]
     fig = new_figure(5.2 * len(panels), 4.4)

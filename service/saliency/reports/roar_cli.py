@@ -35,7 +35,7 @@ def options_from(args: Any) -> Any:
 
     from saliency.errors import require
     from saliency.quality.roar import MAX_SEEDS, check_methods, parse_fractions
-    from saliency.quality.roar_report import RoarOptions, check_models, quick_options
+    from saliency.reports.roar_report import RoarOptions, check_models, quick_options
 
     def items(text: str, field_name: str) -> tuple[str, ...]:
         values = tuple(v.strip() for v in text.split(","))
@@ -70,9 +70,9 @@ def options_from(args: Any) -> Any:
 def main(args: Any) -> int:
     """`saliency report roar`: run, print the summary, write the files."""
     from saliency.errors import InvalidArgument, require
-    from saliency.quality.report import torch_threads
     from saliency.quality.roar import seed_claims
-    from saliency.quality.roar_report import run_report, write_report
+    from saliency.reports.roar_report import run_report, write_report
+    from saliency.reports.sanity_report import torch_threads
 
     options = options_from(args)
     require(1 <= args.threads <= 256, "threads", f"{args.threads} is outside [1, 256]")
@@ -110,7 +110,7 @@ def rewrite(source: Path, out: Path) -> int:
     import json
 
     from saliency.errors import InvalidArgument
-    from saliency.quality.roar_report import load_report, write_report
+    from saliency.reports.roar_report import load_report, write_report
 
     try:
         report = load_report(source)
