@@ -372,8 +372,14 @@ def test_deadlines_and_cancels_leave_no_request_in_flight(service):
     cancellable = explain_request(tiny_input(4), {"ig": {"n_steps": 1024}}, Targets(classes=tuple(range(8))))
     for _ in range(3):  # admitted (a long deadline), then abandoned by the caller
         future = stub.Explain.future(cancellable, timeout=60)
-        time.sleep(0.15)
+        # Abandoned once the service has it in flight: a call cancelled before its handler
+        # started (a loaded machine) never reaches the service and is counted nowhere.
+        until = time.monotonic() + 30
+        while service.metric("saliency_inflight_requests", labels) <= 0 and time.monotonic() < until:
+            time.sleep(0.02)
         assert future.cancel()
+        while service.metric("saliency_inflight_requests", labels) > 0 and time.monotonic() < until:
+            time.sleep(0.02)  # ended (counted) before the next one starts
     deadline = time.monotonic() + 20
     while service.metric("saliency_inflight_requests", labels) != 0 and time.monotonic() < deadline:
         time.sleep(0.1)

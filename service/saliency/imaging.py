@@ -130,6 +130,6 @@ def validate_input_tensor(x: torch.Tensor, spec: ModelSpec, field: str = "tensor
     )
     require(x.is_floating_point(), field, f"expected a floating-point tensor, got {x.dtype}")
     x = x.float()  # a float64 value beyond float32's range is Inf from here on, and refused
-    # numpy: torch.isfinite on a prepare-pool thread (an OpenMP team of its own) took 20 x longer.
+    # numpy: torch.isfinite on a prepare-pool thread starts an OpenMP team of its own, far slower.
     require(bool(np.isfinite(x.detach().cpu().numpy()).all()), field, "tensor contains NaN or Inf")
     return x

@@ -1,8 +1,7 @@
 """The fast pass: prediction and every cheap map from ONE forward and one backward per target.
 
-For k targets the forward runs once and the backward k times over the retained graph
-(measured on EfficientNet-Lite0, CPU, k=3: 57 ms, against 72 ms for a k-replicated batch and
-73 ms for `is_grads_batched`). Gradients come from `torch.autograd.grad` with respect to the
+For k targets the forward runs once and the backward k times over the retained graph (faster
+on the CPU than a k-replicated batch or `is_grads_batched`: docs/engine.md). Gradients come from `torch.autograd.grad` with respect to the
 input and the CAM layer only, so no parameter gradient is computed or written.
 Vision transformers' attention maps (methods/attention.py) come from the same forward: each
 block's attention probabilities are captured, for this thread only, when one is requested.

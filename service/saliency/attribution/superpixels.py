@@ -5,7 +5,7 @@ off is replaced by the same pixels of a baseline image. Segments are SLIC (Achan
 scikit-image) computed on the de-normalised image, labels 0..M-1 with no gaps (SLIC may return
 fewer segments than asked for, and with connectivity enforcement skip labels).
 
-SLIC costs ~25 ms at 224x224 on this CPU, so it never runs in `plan` (called on the service's
+SLIC costs as much as a model call, so it never runs in `plan` (called on the service's
 event loop): `LazySegmentation` computes it on the worker thread when the first samples are
 generated, and `SegmentCache` shares the result between the targets and methods of a request
 (keyed by the image's bytes and the SLIC parameters).

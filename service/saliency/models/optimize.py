@@ -4,8 +4,8 @@
   reads it; the probe found these pairs) is a per-channel affine map, so conv + BN is one conv
   with weights s * W and bias s * (b - mean) + beta, s = gamma / sqrt(var + eps), computed in
   float64. The BN becomes `nn.Identity` under its own name, so hooks and layer paths still
-  resolve. Measured on EfficientNet-Lite0 (2 CPUs, batch 1): forward+backward 22 -> 18 ms.
-- channels-last memory format on the CPU (forward+backward 22-30 % faster for 2-32 samples).
+  resolve (faster forward+backward: docs/models.md).
+- channels-last memory format on the CPU (faster for batches of 2 and more: docs/models.md).
 
 The user's module is never changed: the optimisations go to a deep copy, whose logits and input
 gradient on the probe input are compared with the user's module's; if they differ beyond float32

@@ -144,7 +144,7 @@ def run_report(
     mark = time.perf_counter()
     progress(f"data randomisation: training tinycnn on digits, {epochs} epochs x 3 models x {data_seeds} seeds")
     data = []
-    with torch_threads(1):  # tinycnn is too small for intra-op threads: 2 made it 30x slower here
+    with torch_threads(1):  # tinycnn is too small for intra-op threads: they only add waiting
         for s in range(seed, seed + data_seeds):
             data.append(data_randomisation(
                 methods, epochs=epochs, n_images=n_digits, seed=s,

@@ -76,7 +76,7 @@ class ServiceConfig:
     reflection: bool = True
     otlp_endpoint: str = ""  # empty = no trace export
     # Fraction of Explain requests without `evaluate` whose maps are scored in the background
-    # for saliency_explanation_quality (deletion/insertion cost 2 x 17 forwards per map).
+    # for saliency_explanation_quality (deletion/insertion cost 2 x (steps + 1) forwards per map).
     quality_sample_rate: float = 0.0
     # Explanation cache of the embedded backend (docs/service.md, "Explanation cache"): bytes of
     # maps and predictions kept for inputs seen before, least recently used evicted first; a

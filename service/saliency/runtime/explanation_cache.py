@@ -52,7 +52,7 @@ def _copy(t: torch.Tensor) -> torch.Tensor:
 
 
 def _tensor_digest(t: torch.Tensor) -> bytes:
-    """SHA-256 of a tensor's dtype, shape and values (0.3 ms for a 224 x 224 input)."""
+    """SHA-256 of a tensor's dtype, shape and values."""
     a = np.ascontiguousarray(t.detach().cpu().numpy())
     digest = hashlib.sha256(f"{a.dtype}|{a.shape}|".encode())
     digest.update(memoryview(a).cast("B"))

@@ -9,9 +9,9 @@ Each thread sets its own torch intra-op thread count when it starts (torch's set
 thread for OpenMP): the deep worker keeps the process's count, fast-pool threads use
 `fast_threads` (default: one fewer). An OpenMP team led by any thread but the main one sleeps
 and wakes on a futex around each of the fast pass's ~400 small parallel regions instead of
-spin-waiting (libgomp throttles spinning when it manages more threads than CPUs). Measured on
-2 CPUs (bench/threads.py, docs/engine.md): fast pass 23 ms on the main thread, 31-34 ms on a
-pool thread with 2 threads, 31 ms with 1, which also leaves the other core to the deep worker.
+spin-waiting (libgomp throttles spinning when it manages more threads than CPUs): a pool
+thread's pass is slower than the main thread's whatever its count, so one fewer thread costs
+it nothing and leaves a core to the deep worker (bench/threads.py, docs/engine.md).
 Everything here is domain types: no protobuf, no gRPC.
 """
 

@@ -8,11 +8,10 @@ normalisation).
 Masks are made a chunk at a time (`MaskSampler`), never as a bank: a bank of N=8192 masks at
 224x224 is 0.8 GB in float16, and plan() runs on the request path, so memory and plan time no
 longer grow with N. Masks are float16, as the bank they replace, and equal to its rows for the
-same seed (tests keep the bank's code as the reference). Measured (224x224, s=7, chunks of 64,
-2 shared CPUs): making masks costs ~75 us each, against ~4 us to slice a cached bank, ~200 us
-to multiply a mask into the input and ~17 ms for an EfficientNet-Lite0 forward; building the
-whole N=2000 bank cost 390 ms and 191 MiB, paid by every first request of a (size, N, s, p,
-seed). A cache of banks no longer pays for itself, so there is none.
+same seed (tests keep the bank's code as the reference). Making a mask costs a small fraction
+of the forward it feeds, while a whole bank cost every first request of a (size, N, s, p, seed)
+its time and hundreds of MiB (docs/engine.md): a cache of banks does not pay for itself, so
+there is none.
 
 The map is a mean of N sample maps P_i M_i / p: `map_error` is its standard error (a running
 sum of squares per pixel), relative to the map less its spatial mean: the map's level is the
@@ -138,7 +137,7 @@ def plan_rise(model, x: torch.Tensor, target: int, params: RiseParams) -> DeepPl
     sampler = MaskSampler(height, width, params.n_masks, params.grid_size, params.p, params.seed)
     stages = Checkpoints(params.n_masks, params.max_map_error, PILOT_MASKS, BLOCK)
     # Reduced where the model runs: on a GPU the per-target sums then cost next to nothing
-    # beside the shared call (H200, N=2000: top-3 1.04x top-1).
+    # beside the shared call (docs/engine.md, "Shared forwards").
     saliency = torch.zeros(height, width, dtype=torch.float32, device=model.device)
     # For map_error: sum of (P_i M_i)^2 per pixel, and of the sample maps' spatial means and
     # their squares (float64: squares of sums over thousands of masks).
