@@ -368,10 +368,13 @@ def test_deadlines_and_cancels_leave_no_request_in_flight(service):
         with pytest.raises(grpc.RpcError) as caught:
             stub.Explain(slow, timeout=0.4)
         ended[caught.value.code().name] += 1
-    # Long enough that it is still running when abandoned, even on a quiet machine.
-    cancellable = explain_request(tiny_input(4), {"ig": {"n_steps": 1024}}, Targets(classes=tuple(range(8))))
+    # A deep call first, so admission estimates with a measured per-sample cost (before any,
+    # the prior is TorchServe's first call per sample: it would refuse the calls below).
+    stub.Explain(explain_request(tiny_input(4), {"ig": {"n_steps": 8}}, Targets(classes=(0,))), timeout=120)
+    # Still running when abandoned: it is cancelled as soon as it is in flight.
+    cancellable = explain_request(tiny_input(4), {"ig": {"n_steps": 256}}, Targets(classes=tuple(range(8))))
     for _ in range(3):  # admitted (a long deadline), then abandoned by the caller
-        future = stub.Explain.future(cancellable, timeout=60)
+        future = stub.Explain.future(cancellable, timeout=300)
         # Abandoned once the service has it in flight: a call cancelled before its handler
         # started (a loaded machine) never reaches the service and is counted nowhere.
         until = time.monotonic() + 30
