@@ -52,6 +52,20 @@ def test_every_configured_token_is_accepted(authed):
         assert list_models(authed.channel(), token).models[0].name == "tinycnn"
 
 
+@pytest.mark.parametrize("header", ["bearer secret-one", "BEARER secret-two", "Bearer  secret-one "])
+def test_the_auth_scheme_is_case_insensitive(authed, header):
+    """RFC 9110: `bearer` in any case; the token itself is compared exactly."""
+    response = pb_grpc.ExplainerStub(authed.channel()).ListModels(
+        pb.ListModelsRequest(), timeout=10, metadata=(("authorization", header),)
+    )
+    assert response.models[0].name == "tinycnn"
+    with pytest.raises(grpc.RpcError) as info:
+        pb_grpc.ExplainerStub(authed.channel()).ListModels(
+            pb.ListModelsRequest(), timeout=10, metadata=(("authorization", "bearer SECRET-ONE"),)
+        )
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
 def test_streaming_rpc_is_guarded_too(authed):
     stream = pb_grpc.ExplainerStub(authed.channel()).ExplainStream(pb.ExplainRequest(model="tinycnn"), timeout=10)
     with pytest.raises(grpc.RpcError) as info:

@@ -28,9 +28,10 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
 
     def authorized(self, header: str) -> bool:
         """An `authorization` header value (gRPC metadata or HTTP) carries one of the tokens."""
-        if not header.startswith("Bearer "):
+        scheme, _, credentials = header.strip().partition(" ")
+        if scheme.lower() != "bearer":  # the scheme is case-insensitive (RFC 9110 11.1)
             return False
-        offered = header[len("Bearer "):].strip().encode()
+        offered = credentials.strip().encode()
         # Compare against every token in constant time: no early exit that leaks which matched.
         return any([hmac.compare_digest(offered, token) for token in self._tokens])
 
