@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 
 import httpx
 import numpy as np
@@ -19,7 +20,7 @@ from PIL import Image
 from saliency.api.servicer import ExplainerServicer
 from saliency.attribution.fast import FastResult, _top_predictions
 from saliency.attribution.types import Attribution, Targets
-from saliency.http import visualize
+from saliency.http import codec, vertex, visualize
 from saliency.models import get_spec
 from saliency.runtime.backend import DeepEvent, FastEvent
 from saliency.runtime.config import load_config
@@ -178,6 +179,20 @@ def test_a_unary_answer_lists_deep_maps_in_request_and_target_order():
         (VANILLA, 4), (VANILLA, 1), (VANILLA, 0), (GRADCAM, 4),
         (IG, 4), (IG, 1), (IG, 0), (RISE, 4), (RISE, 1), (RISE, 0),
     ]
+
+
+def test_a_stat_that_is_not_finite_is_left_out_not_a_500():
+    """JSON has no NaN: a completeness error of NaN (F(x) = F(x')) or an infinite score used to
+    make the whole Vertex answer an INTERNAL error when encoded."""
+    a = pb.Attribution(method=pb.METHOD_INTEGRATED_GRADIENTS, target=1)
+    a.map.dtype, a.map.data = pb.DTYPE_FLOAT32, np.ones((4, 4), dtype="<f4").tobytes()
+    a.map.shape.extend([4, 4])
+    a.stats.update({"completeness_error": float("nan"), "score_input": float("inf"), "score_baseline": 0.5})
+    out = vertex._attribution(a, pb.ExplainResponse(), "image", np.zeros((4, 4, 3), np.uint8), 1.0,
+                              visualize.IG_DEFAULT, ["a", "b"])
+    assert "approximationError" not in out and "instanceOutputValue" not in out
+    assert out["baselineOutputValue"] == 0.5
+    json.loads(codec.encode_json(out))  # encodes (allow_nan=False)
 
 
 def test_predictions_and_top_k_targets_are_ranked_alike():

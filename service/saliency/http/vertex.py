@@ -202,16 +202,21 @@ def _attribution(a: pb.Attribution, response: pb.ExplainResponse, key: str, pict
         "outputDisplayName": label,
         "outputName": OUTPUT_NAME,
     }
-    if "score_input" in stats:
-        out["instanceOutputValue"] = stats["score_input"]
-    elif logit is not None:
-        out["instanceOutputValue"] = logit
-    if "score_baseline" in stats:
+    # JSON has no NaN or Infinity: a value that is not finite (a completeness error with
+    # F(x) = F(x'), an overflowing logit) is left out rather than fail the whole answer.
+    score = stats.get("score_input", logit)
+    if _finite(score):
+        out["instanceOutputValue"] = score
+    if _finite(stats.get("score_baseline")):
         out["baselineOutputValue"] = stats["score_baseline"]
     error = stats.get("completeness_error", stats.get("ig_completeness_error"))
-    if error is not None:
+    if _finite(error):
         out["approximationError"] = error
     return out
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and bool(np.isfinite(value))
 
 
 def answer(plan: Plan, responses: list[pb.ExplainResponse], model: str, limits: ImageLimits, max_side: int,
