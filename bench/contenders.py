@@ -27,10 +27,10 @@ from bench.progress import log
 from bench.workload import Workload
 from saliency.attribution.executor import ChunkExecutor, ChunkSizes
 from saliency.attribution.fast import FastResult, fast_pass
-from saliency.attribution.hooks import resolve_layer
 from saliency.attribution.registry import get_method, make_params
 from saliency.attribution.tuning import chunk_sizes_for
 from saliency.attribution.types import Attribution, Targets
+from saliency.instrument.hooks import resolve_layer
 
 FAST_METHODS = ("vanilla", "input_x_gradient", "gradcam")
 

@@ -19,8 +19,8 @@ from bench.deep import versus_captum
 from bench.report import Table
 from bench.settings import Settings
 from bench.workload import Workload, reference_workload
-from saliency.attribution.hooks import capture_output, resolve_layer
 from saliency.attribution.methods.score_cam import channel_masks, select_channels
+from saliency.instrument.hooks import capture_output, resolve_layer
 
 SUMMARY = "occlusion, Score-CAM, guided backprop, deconvnet, Guided Grad-CAM vs Captum"
 TOP = 3  # targets for the one-sample gradient methods

@@ -15,11 +15,11 @@ import torch.nn.functional as F
 
 from saliency.attribution.executor import ChunkExecutor, ChunkSizes
 from saliency.attribution.fast import fast_pass
-from saliency.attribution.hooks import has_hooks
 from saliency.attribution.methods.attention import discard_lowest, raw_attention, rollout
 from saliency.attribution.registry import all_methods, check_supported, get_method, make_params
 from saliency.attribution.types import Targets
 from saliency.errors import InvalidArgument
+from saliency.instrument.hooks import has_hooks
 from saliency.models import LoadedModel, get_spec
 from saliency.models.vit import build_vit
 from saliency.v1 import explainer_pb2 as pb

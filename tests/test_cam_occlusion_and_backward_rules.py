@@ -24,12 +24,12 @@ from saliency.attribution.executor import (
     SampleStream,
 )
 from saliency.attribution.fast import fast_pass
-from saliency.attribution.hooks import backward_rule, has_hooks, resolve_layer
 from saliency.attribution.limits import Limits
 from saliency.attribution.methods.occlusion import plan_occlusion
 from saliency.attribution.registry import get_method, make_params
 from saliency.attribution.types import Attribution, Targets
 from saliency.errors import InvalidArgument
+from saliency.instrument.hooks import backward_rule, has_hooks, resolve_layer
 from saliency.models import LoadedModel, get_spec
 from saliency.models.tinycnn import TinyCNN, build_tinycnn
 

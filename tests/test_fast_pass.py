@@ -8,9 +8,9 @@ import torch
 from captum.attr import InputXGradient, LayerAttribution, LayerGradCam, Saliency
 
 from saliency.attribution.fast import fast_pass
-from saliency.attribution.hooks import resolve_layer
 from saliency.attribution.registry import all_methods, example_params, get_method, make_params
 from saliency.attribution.types import Targets
+from saliency.instrument.hooks import resolve_layer
 
 FAST = ("vanilla", "input_x_gradient", "gradcam", "gradcam_pp", "eigencam")
 

@@ -7,9 +7,9 @@ import torch
 
 from saliency.attribution.executor import ChunkExecutor, ChunkSizes
 from saliency.attribution.fast import fast_pass
-from saliency.attribution.hooks import has_hooks
 from saliency.attribution.registry import all_methods, get_method, make_params
 from saliency.attribution.types import Targets
+from saliency.instrument.hooks import has_hooks
 from saliency.models import LoadedModel, get_spec
 from saliency.models.tinycnn import TinyCNN, build_tinycnn
 from saliency.models.vit import VisionTransformer

@@ -6,9 +6,9 @@ import pytest
 import skimage.data
 import torch
 
-from saliency.attribution.hooks import resolve_layer
 from saliency.errors import NotFound
 from saliency.imaging import to_model_input
+from saliency.instrument.hooks import resolve_layer
 from saliency.models import ZOO, get_spec, load_model
 
 

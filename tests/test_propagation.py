@@ -16,10 +16,10 @@ from torch import nn
 
 from helpers import wrap
 from saliency.attribution.executor import ChunkExecutor, ChunkSizes, SampleStream
-from saliency.attribution.hooks import backward_rule, has_hooks
 from saliency.attribution.registry import get_method, make_params
-from saliency.attribution.relevance import RelevanceRules
 from saliency.errors import InvalidArgument
+from saliency.instrument.hooks import backward_rule, has_hooks
+from saliency.instrument.relevance import RelevanceRules
 from saliency.models import LoadedModel, get_spec
 from saliency.models.tinycnn import TinyCNN, build_tinycnn
 from saliency.v1 import explainer_pb2 as pb

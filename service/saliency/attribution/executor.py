@@ -55,10 +55,10 @@ from typing import Any
 
 import torch
 
-from saliency.attribution.hooks import backward_rule, capture_output, is_backward_rule, is_paired
-from saliency.attribution.relevance import RelevanceRules
 from saliency.attribution.types import Attribution
 from saliency.errors import DeadlineExceeded
+from saliency.instrument.hooks import backward_rule, capture_output, is_backward_rule, is_paired
+from saliency.instrument.relevance import RelevanceRules
 from saliency.models import LoadedModel
 
 

@@ -23,7 +23,6 @@ from typing import Any
 import torch
 
 from saliency.attribution.fast_inputs import FastInputs
-from saliency.attribution.hooks import capture_output
 from saliency.attribution.methods.attention import capture as capture_attention
 from saliency.attribution.registry import (
     ATTENTION_PROBS,
@@ -35,6 +34,7 @@ from saliency.attribution.registry import (
 )
 from saliency.attribution.types import Attribution, Prediction, Targets
 from saliency.errors import require
+from saliency.instrument.hooks import capture_output
 from saliency.models import LoadedModel
 from saliency.wire.types import top_classes
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from saliency.attribution.propagation import GUIDED, LRP, RESCALE
+from saliency.instrument.propagation import GUIDED, LRP, RESCALE
 
 if TYPE_CHECKING:
     from saliency.models import ModelSpec

@@ -41,10 +41,10 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-from saliency.attribution.hooks import is_fused_attention, trace_module_calls
-from saliency.attribution.propagation import FAMILIES, op_name, op_rules
-from saliency.attribution.rectifiers import parse_rectifier
 from saliency.errors import InvalidArgument
+from saliency.instrument.hooks import is_fused_attention, trace_module_calls
+from saliency.instrument.propagation import FAMILIES, op_name, op_rules
+from saliency.instrument.rectifiers import parse_rectifier
 
 PROBE_BATCH = 2
 PROBE_SEED = 0

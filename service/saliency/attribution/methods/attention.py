@@ -29,10 +29,10 @@ from typing import ClassVar
 import torch
 
 from saliency.attribution.fast_inputs import FastInputs
-from saliency.attribution.hooks import capture_fused_attention, capture_output
 from saliency.attribution.reduce import upsample
 from saliency.attribution.registry import ATTENTION_PROBS, register
 from saliency.errors import InvalidArgument, require
+from saliency.instrument.hooks import capture_fused_attention, capture_output
 from saliency.models import LoadedModel
 
 HEAD_FUSIONS = ("mean", "max", "min")

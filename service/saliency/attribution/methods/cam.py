@@ -23,12 +23,12 @@ import torch
 from torch import nn
 
 from saliency.attribution.fast_inputs import FastInputs
-from saliency.attribution.hooks import resolve_layer
 from saliency.attribution.methods.grad_cam import CamParams  # no parameters: the `cam` message
 from saliency.attribution.reduce import upsample
 from saliency.attribution.registry import CAM_ACTS, register
 from saliency.attribution.requirements import CAM_HEAD, CAM_LAYER, needs
 from saliency.errors import InvalidArgument, require
+from saliency.instrument.hooks import resolve_layer
 from saliency.models import LoadedModel
 
 

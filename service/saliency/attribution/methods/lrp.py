@@ -4,7 +4,7 @@ The relevance of the output is the target logit (one-hot times logit, as Captum)
 linear layer redistributes its output's relevance to its inputs by `rule` (epsilon, gamma,
 alpha1_beta0, alpha2_beta1), BatchNorm folded into the conv before it, average pooling and
 residual additions in proportion to contributions, max pooling winner-take-all, activations
-pass-through (`attribution/relevance.py`). The map is the input relevance summed over
+pass-through (`instrument/relevance.py`). The map is the input relevance summed over
 channels; the stats say how much of the logit reached the input (biases and epsilon absorb
 the rest; alpha-beta's beta part moves it by design).
 
@@ -20,9 +20,9 @@ import torch
 
 from saliency.attribution.executor import ChunkOutput, DeepPlan, SampleStream
 from saliency.attribution.registry import check_supported, register
-from saliency.attribution.relevance import LRP_RULES, RelevanceRules
 from saliency.attribution.requirements import INPUT_GRADIENT, RULES_LRP, needs
 from saliency.attribution.types import Attribution
+from saliency.instrument.relevance import LRP_RULES, RelevanceRules
 from saliency.models import LoadedModel
 
 MAX_EPSILON = 1e3

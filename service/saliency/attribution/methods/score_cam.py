@@ -30,12 +30,12 @@ import torch
 from torch import nn
 
 from saliency.attribution.executor import ChunkOutput, DeepPlan, SameTensor, SampleStream
-from saliency.attribution.hooks import resolve_layer
 from saliency.attribution.reduce import upsample
 from saliency.attribution.registry import register
 from saliency.attribution.requirements import CAM_LAYER
 from saliency.attribution.types import Attribution
 from saliency.errors import InvalidArgument
+from saliency.instrument.hooks import resolve_layer
 from saliency.models import LoadedModel
 
 WEIGHTINGS = ("channel_softmax", "class_probability")

@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from saliency.attribution.rectifiers import parse_rectifier
-from saliency.attribution.relevance import RelevanceRules, relevance_mode
 from saliency.errors import InvalidArgument
+from saliency.instrument.rectifiers import parse_rectifier
+from saliency.instrument.relevance import RelevanceRules, relevance_mode
 
 BACKWARD_RULES = ("guided", "deconvnet", "rescale")
 # Rules whose chunks hold (input, reference) row pairs: rows 2i and 2i + 1 belong together.

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from saliency.attribution.rectifiers import parse_rectifier
+from saliency.instrument.rectifiers import parse_rectifier
 
 LRP_RULES = ("epsilon", "gamma", "alpha1_beta0", "alpha2_beta1")
 STABILIZER = 1e-9  # keeps denominators off zero (Captum's PropagationRule.STABILITY_FACTOR)

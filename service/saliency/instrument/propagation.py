@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from saliency.attribution.rectifiers import parse_rectifier
+from saliency.instrument.rectifiers import parse_rectifier
 
 GUIDED, RESCALE, LRP = "guided", "rescale", "lrp"
 FAMILIES = (GUIDED, RESCALE, LRP)
