@@ -8,6 +8,7 @@ import datetime
 import logging
 import os
 import signal
+import ssl
 import time
 from pathlib import Path
 
@@ -158,3 +159,68 @@ def test_serve_reloads_tokens_on_sighup_and_by_polling(tmp_path):
         assert list_models(polled.channel(), "third-token").models
     finally:
         polled.stop()
+
+
+def https_models(port: int, server_ca: bytes, client: tuple[bytes, bytes] | None, folder: Path) -> int:
+    """GET /v1/models over HTTPS: the status, or raise ssl.SSLError / OSError if the handshake
+    fails. The server CA is verified (the host name is not: the certificate names localhost)."""
+    import http.client
+    import ssl
+
+    context = ssl.create_default_context(cadata=server_ca.decode())
+    context.check_hostname = False
+    if client is not None:
+        key_path, cert_path = folder / "client.key", folder / "client.crt"
+        key_path.write_bytes(client[0])
+        cert_path.write_bytes(client[1])
+        context.load_cert_chain(str(cert_path), str(key_path))
+    connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
+    try:
+        connection.request("GET", "/v1/models")
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def test_the_https_api_follows_a_renewed_certificate_and_client_ca_whole(tmp_path):
+    """The HTTP API's handshakes move onto a context made whole from the reloaded material: the
+    new certificate is served, and a client CA removed from the file is no longer trusted (the
+    live context used to be reloaded in place, where OpenSSL can only add CAs)."""
+    _, server_ca_pem, server_ca = issue("server-ca")
+    _, new_server_ca_pem, new_server_ca = issue("new-server-ca")
+    _, old_clients_pem, old_clients = issue("old-client-ca")
+    _, new_clients_pem, new_clients = issue("new-client-ca")
+    old_client, new_client = issue("client", old_clients)[:2], issue("client", new_clients)[:2]
+    key_pem, cert_pem, _ = issue("localhost", server_ca)
+    key, cert, client_ca = tmp_path / "tls.key", tmp_path / "tls.crt", tmp_path / "clients.crt"
+    key.write_bytes(key_pem)
+    cert.write_bytes(cert_pem)
+    client_ca.write_bytes(old_clients_pem)
+    service = ServiceThread(with_config(
+        tls_cert_file=str(cert), tls_key_file=str(key), tls_client_ca_file=str(client_ca), **TINY
+    ))
+    try:
+        port = service.service.http_port
+        assert https_models(port, server_ca_pem, old_client, tmp_path) == 200
+        with pytest.raises((ssl.SSLError, OSError)):  # no client certificate: refused
+            https_models(port, server_ca_pem, None, tmp_path)
+
+        new_key_pem, new_cert_pem, _ = issue("localhost", new_server_ca)
+        replace(client_ca, new_clients_pem)
+        replace(key, new_key_pem)
+        replace(cert, new_cert_pem)
+        assert service.call(service.service.reloader.check()) is True
+        assert https_models(port, new_server_ca_pem, new_client, tmp_path) == 200
+        with pytest.raises((ssl.SSLError, OSError)):  # the old client CA is gone from the file
+            https_models(port, new_server_ca_pem, old_client, tmp_path)
+        with pytest.raises(ssl.SSLError):  # the old server certificate is no longer served
+            https_models(port, server_ca_pem, new_client, tmp_path)
+        # gRPC serves the same material.
+        channel = grpc.secure_channel(
+            service.address,
+            grpc.ssl_channel_credentials(new_server_ca_pem, new_client[0], new_client[1]),
+            options=[("grpc.ssl_target_name_override", "localhost")],
+        )
+        assert list_models(channel).models
+    finally:
+        service.stop()

@@ -65,64 +65,73 @@ class _Watched:
         return True
 
 
-def check_tls_material(key: bytes, cert: bytes, client_ca: bytes | None) -> None:
-    """Raise unless the key matches the certificate and every PEM parses (OpenSSL's checks)."""
+def server_context(key: bytes, cert: bytes, client_ca: bytes | None) -> ssl.SSLContext:
+    """A TLS server context of this material (TLS 1.2 and later; with a client CA, client
+    certificates signed by it are required). Raises unless the key matches the certificate and
+    every PEM parses (OpenSSL's checks)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    with tempfile.TemporaryDirectory(prefix="saliency-tls-") as folder:
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    with tempfile.TemporaryDirectory(prefix="saliency-tls-") as folder:  # private (0700)
         key_path, cert_path = Path(folder, "key.pem"), Path(folder, "cert.pem")
         key_path.write_bytes(key)
         cert_path.write_bytes(cert)
         context.load_cert_chain(str(cert_path), str(key_path))
     if client_ca is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
         context.load_verify_locations(cadata=client_ca.decode("ascii", "replace"))
+    return context
+
+
+def check_tls_material(key: bytes, cert: bytes, client_ca: bytes | None) -> None:
+    """Raise unless the key matches the certificate and every PEM parses."""
+    server_context(key, cert, client_ca)
 
 
 class CertificateStore:
-    """The server's key, certificate chain and client CA, for gRPC's dynamic SSL credentials."""
+    """The server's key, certificate chain and client CA: for gRPC's dynamic SSL credentials,
+    and as the SSLContext the HTTP API's handshakes use. Material is read and validated once per
+    change; every context made from it is complete before it is used and never changed after."""
 
     def __init__(self, config: ServiceConfig):
         self._config = config
         self._lock = threading.Lock()
         self._pending: grpc.ServerCertificateConfiguration | None = None
         self.mutual = bool(config.tls_client_ca_file)
-        self._initial = self._read()  # a bad file at start fails the start
-        self._ssl_contexts: list[ssl.SSLContext] = []
+        self._initial, self._context = self._read()  # a bad file at start fails the start
         paths = [config.tls_key_file, config.tls_cert_file] + ([config.tls_client_ca_file] if self.mutual else [])
         self.watched = _Watched("TLS certificate", paths, self._stage)
 
-    def _read(self) -> grpc.ServerCertificateConfiguration:
+    def _read(self) -> tuple[grpc.ServerCertificateConfiguration, ssl.SSLContext]:
         config = self._config
         key, cert = Path(config.tls_key_file).read_bytes(), Path(config.tls_cert_file).read_bytes()
         client_ca = Path(config.tls_client_ca_file).read_bytes() if self.mutual else None
-        check_tls_material(key, cert, client_ca)
-        return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=client_ca)
+        context = server_context(key, cert, client_ca)  # the validation, from the bytes read
+        return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=client_ca), context
 
     def _stage(self) -> str:
-        configuration = self._read()
+        configuration, context = self._read()
         with self._lock:
-            self._pending = configuration
-            for context in self._ssl_contexts:
-                self._load_into(context)
+            self._pending, self._context = configuration, context
         return self._config.tls_cert_file
 
-    def _load_into(self, context: ssl.SSLContext) -> None:
-        config = self._config
-        context.load_cert_chain(config.tls_cert_file, config.tls_key_file)
-        if self.mutual:
-            context.load_verify_locations(cafile=config.tls_client_ca_file)
-
     def ssl_context(self) -> ssl.SSLContext:
-        """A server SSLContext of the same files, for the HTTP API. A reload replaces its key and
-        certificate in place, so new handshakes get them; a new client CA is added to the
-        trusted set (OpenSSL cannot drop one from a live context: a restart does)."""
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        if self.mutual:
-            context.verify_mode = ssl.CERT_REQUIRED
+        """The HTTP API's listening context. Its SNI callback, which OpenSSL runs for every
+        ClientHello (with or without a server name), moves each new connection onto the context
+        of the material last put in service: a reload takes effect for new handshakes whole
+        (key, certificate and the client CA set, a CA removed from the file included), and no
+        handshake sees a context half loaded."""
+        listening = self._context_now()
+        listening.sni_callback = self._switch
+        return listening
+
+    def _context_now(self) -> ssl.SSLContext:
         with self._lock:
-            self._load_into(context)
-            self._ssl_contexts.append(context)
-        return context
+            return self._context
+
+    def _switch(self, connection, server_name: str | None, listening: ssl.SSLContext) -> None:
+        current = self._context_now()
+        if connection.context is not current:
+            connection.context = current
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
         """gRPC's callback at each TLS handshake: a new configuration once, else None (keep)."""
