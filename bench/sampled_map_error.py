@@ -8,6 +8,7 @@ Distances are relative L2, as the estimate; RISE's with each map's spatial mean 
 estimate is. EfficientNet-Lite0, top class, skimage photographs. Prints a table, writes JSON.
 
     python -m bench.sampled_map_error [--photos chelsea,coffee] [--methods rise,lime] [--out F]
+    python -m bench.sampled_map_error --targets 0.3,0.1 ...  # stopped runs against the reference
 """
 
 from __future__ import annotations
@@ -66,8 +67,10 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(PLANS))
     parser.add_argument("--out", default="sampled_map_error.json")
     parser.add_argument("--light", action="store_true", help="fewer counts; references only for biased estimators")
+    parser.add_argument("--targets", default="", help="max_map_error values: stopped runs (cap: half the reference count)")
     args = parser.parse_args()
     plans = LIGHT if args.light else PLANS
+    goals = [float(g) for g in args.targets.split(",") if g]
     model = load_model("efficientnet_lite0")
     executor = ChunkExecutor(model, ChunkSizes(8, 32))
     rows = []
@@ -81,7 +84,26 @@ def main() -> None:
             reference = None
             if reference_count is not None:
                 (reference,) = _maps(model, executor, x, target, method, count_field, extra, reference_count, (100,))
-            for n in counts:
+            for goal in goals:
+                name = method.split("_variance")[0]
+                cap = reference_count // 2
+                params = make_params(name, **extra, **{count_field: cap, "seed": 1, "max_map_error": goal})
+                (stopped,) = executor.run([get_method(name).plan(model, x, target, params)])
+                ref = _centred(reference.map, method)
+                row = {
+                    "photo": photo, "method": method, "max_map_error": goal, "cap": cap,
+                    "used": stopped.stats[count_field], "estimate": stopped.stats["map_error"],
+                    "reference_distance": float((_centred(stopped.map, method) - ref).norm() / ref.norm()),
+                    "reference_n": reference_count, "reference_estimate": reference.stats["map_error"],
+                }
+                rows.append(row)
+                print(
+                    f"{photo:9s} {method:20s} max_map_error={goal:g} cap={cap}: used {row['used']:.0f}, estimate "
+                    f"{row['estimate']:.3f}, to n={reference_count} {row['reference_distance']:.3f} "
+                    f"(its estimate {row['reference_estimate']:.3f})",
+                    flush=True,
+                )
+            for n in counts if not goals else ():
                 a, b = _maps(model, executor, x, target, method, count_field, extra, n, (1, 2))
                 ma, mb = _centred(a.map, method), _centred(b.map, method)
                 # without a reference, distances are relative to the two seeds' mean map
