@@ -129,13 +129,6 @@ def jackknife_error(
     return relative_error(float((var * w).sum()), float((theta.square() * w).sum()), float((bias.square() * w).sum()))
 
 
-def group_rows(start: int, stop: int, groups: int = GROUPS) -> list[tuple[int, torch.Tensor]]:
-    """The rows of samples [start, stop) in each jackknife group: [(group, row indices)]."""
-    rows = torch.arange(stop - start)
-    ids = (rows + start) % groups
-    return [(g, rows[ids == g]) for g in range(groups) if bool((ids == g).any())]
-
-
 def jackknife_rows(
     full: torch.Tensor, fit: Callable[[torch.Tensor], torch.Tensor], n: int, weights: torch.Tensor | None = None
 ) -> float:

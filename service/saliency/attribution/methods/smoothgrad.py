@@ -24,7 +24,6 @@ from saliency.attribution.limits import Limits
 from saliency.attribution.map_error import (
     GROUPS,
     Checkpoints,
-    group_rows,
     jackknife_error,
     max_map_error_field,
     require_pilot,
@@ -100,13 +99,13 @@ def plan_smoothgrad(model, x: torch.Tensor, target: int, params: SmoothGradParam
         return attr, saliency, jackknife_error(saliency, leave_outs, [int(counts[g]) for g in groups])
 
     def accumulate(start: int, out: ChunkOutput) -> None:
-        a = out.grads.abs()  # reduced on the model's device: [C, H, W] per group comes back, not a chunk
-        for group, rows in group_rows(start, start + len(a)):
-            part = a[rows.to(a.device)]
-            for k in moments:
-                sums[k][group].add_(part.pow(k).sum(0).cpu())
-            counts[group] += len(rows)
+        a = out.grads.abs()  # reduced on the model's device: [GROUPS, C, H, W] comes back, not a chunk
         stop = start + len(a)
+        ids = torch.arange(start, stop) % GROUPS  # sample i is in group i % GROUPS
+        on_device = ids.to(a.device)
+        for k in moments:
+            sums[k].add_(a.new_zeros(GROUPS, *a.shape[1:]).index_add_(0, on_device, a.pow(k)).cpu())
+        counts.add_(torch.bincount(ids, minlength=GROUPS))
         if params.max_map_error > 0 and stop in stages:
             errors.append(maps()[2])
             if errors[-1] <= params.max_map_error or stop == params.n_samples:
