@@ -24,6 +24,7 @@ from saliency.attribution.map_error import GROUPS, Checkpoints, jackknife_error,
 from saliency.attribution.methods import gradient_shap, kernel_shap, lime, rise, smoothgrad
 from saliency.attribution.registry import get_method, make_params
 from saliency.errors import InvalidArgument
+from saliency.imaging import to_model_input
 from saliency.v1 import explainer_pb2 as pb
 from service_harness import ServiceThread, png_bytes, with_config
 
@@ -308,16 +309,33 @@ def test_a_cap_below_the_pilot_names_the_count_field(method):
 # ------------------------------------------------------------------------- on a real photograph
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("method, n", [("rise", 256), ("smoothgrad", 16), ("gradient_shap", 16)])
-def test_on_a_photograph_the_estimate_tracks_the_seed_to_seed_distance(effnet, chelsea, method, n):
-    """EfficientNet-Lite0 on the cat, top class: the same check as above, two seeds."""
-    executor = ChunkExecutor(effnet, ChunkSizes(8, 32))
-    params = [make_params(method, **{COUNT[method]: n, "seed": s}) for s in (1, 2)]
-    a, b = executor.run([get_method(method).plan(effnet, chelsea, 285, p) for p in params])
+def photograph_check(model, x, target, method, n, **params) -> tuple[float, float]:
+    """(estimate, real error) from two seeds' maps: their distance over sqrt(2), relative to
+    their mean map, rescaled to the converged map's norm (the mean of two is noisy too)."""
+    executor = ChunkExecutor(model, ChunkSizes(8, 32))
+    made = [make_params(method, **params, **{COUNT[method]: n, "seed": s}) for s in (1, 2)]
+    a, b = executor.run([get_method(method).plan(model, x, target, p) for p in made])
     spread = distance(a.map, b.map, (a.map + b.map) / 2, method) / math.sqrt(2)
-    estimate = (a.stats["map_error"] + b.stats["map_error"]) / 2
-    assert 0.6 * spread <= estimate <= 1.6 * spread, (estimate, spread)
+    return (a.stats["map_error"] + b.stats["map_error"]) / 2, spread / math.sqrt(1 - spread**2 / 2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "method, params, n", [("smoothgrad", {}, 16), ("smoothgrad", {"aggregate": "variance"}, 16), ("gradient_shap", {}, 64)]
+)
+def test_on_a_photograph_the_estimate_tracks_the_seed_to_seed_distance(effnet, chelsea, method, params, n):
+    """EfficientNet-Lite0 on the cat, top class, at counts where the error is under 1 (above it
+    the estimate says "not converged" and overestimates: docs/engine.md)."""
+    estimate, real = photograph_check(effnet, chelsea, 285, method, n, **params)
+    assert 0.7 * real <= estimate <= 1.6 * real, (estimate, real)
+
+
+@pytest.mark.slow
+def test_on_a_photograph_rise_tracks_the_seed_to_seed_distance(effnet):
+    """RISE on coffee (on the cat it is over 100 % off below thousands of masks)."""
+    x = to_model_input(skimage.data.coffee(), effnet.spec)
+    estimate, real = photograph_check(effnet, x, 967, "rise", 1024)
+    assert 0.7 * real <= estimate <= 1.6 * real, (estimate, real)
 
 
 # --------------------------------------------------------------------------------- over gRPC
