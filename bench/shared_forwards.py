@@ -22,7 +22,7 @@ def _unshared(w: Workload, ex: ChunkExecutor, method: str, targets, **params) ->
     p = make_params(method, **params)
     tasks = [get_method(method).plan(w.model, w.x, t, p) for t in targets]
     for task in tasks:
-        task.streams = [dataclasses.replace(s, share_key=None) for s in task.streams]
+        task.plan.streams = [dataclasses.replace(s, share_key=None) for s in task.streams]
     return ex.run(tasks)
 
 
