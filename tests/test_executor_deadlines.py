@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import torch
 
 from saliency.attribution.executor import ChunkExecutor, ChunkSizes
@@ -51,3 +52,23 @@ def test_a_task_without_deadline_or_before_it_runs_to_the_end(tiny):
     assert executor.drain() == free.n_samples + bounded.n_samples
     assert free.error is None and bounded.error is None
     torch.testing.assert_close(free.result.raw, bounded.result.raw)
+
+
+def test_a_finished_task_is_handed_back_after_its_chunk_is_reported_even_if_reporting_fails(tiny):
+    """The chunk report comes first (a caller holding its result finds the chunk recorded); a
+    report that raises must not leave the caller waiting."""
+    x = torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(5))
+    order = []
+
+    def report(chunk):
+        order.append("report")
+        raise RuntimeError("metrics backend down")
+
+    executor = ChunkExecutor(tiny, ChunkSizes(16, 16), on_chunk=report)
+    task = _ig(tiny, x, 1, 4)  # two chunks: 4 path points (gradients), 2 endpoints (forward)
+    task.on_done = lambda t: order.append("done")
+    executor.submit(task)
+    while executor.pending_samples:
+        with pytest.raises(RuntimeError, match="metrics backend down"):
+            executor.step()
+    assert order == ["report", "report", "done"] and task.result is not None

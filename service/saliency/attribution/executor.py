@@ -2,11 +2,11 @@
 
 A deep method turns (image, target, params) into a DeepPlan: one or more sample streams (a
 generator of inputs plus a consumer of the model's outputs on them) and a `finish` that folds
-the consumed outputs into an Attribution. The executor runs each plan as a DeepTask, its record
-of the run (who waits, the deadline, the outcome, the timings). It packs slices of the pending streams, in
-arrival order, into chunks of at most `max_chunk` samples, runs the model once per chunk
-(forward-only under `torch.inference_mode` when no stream in it needs an input gradient) and
-scatters the outputs back. Streams are consumed in order, so inputs are generated a chunk at a
+the consumed outputs into an Attribution. The executor runs each plan as a DeepTask, its
+record of the run (who waits, the deadline, the outcome, the timings). It packs slices of the
+pending streams, in arrival order, into chunks of at most `max_chunk` samples, runs the model
+once per chunk (forward-only under `torch.inference_mode` when no stream in it needs an input
+gradient) and scatters the outputs back. Streams are consumed in order, so inputs are generated a chunk at a
 time and memory stays bounded for any sample count.
 
 Requests are kept apart: a chunk only packs samples of one input shape (`sample_shape`, declared
@@ -561,14 +561,16 @@ class ChunkExecutor:
             offset += piece.n
         self.stats.chunks += 1
         self.stats.samples += total
-        if self.on_chunk:  # before the tasks it finished are handed back: a caller that got its
-            # result finds the chunk that made it already reported (metrics, batch spans)
-            needs_grad, rule, _ = batch[0].streams[0][1].kind
-            tasks = {id(t): t for piece in batch for t, _ in piece.streams}.values()
-            self.on_chunk(ChunkReport(total, len(tasks), tuple(t.tag for t in tasks), needs_grad, elapsed, rule))
-        for task in ended:
-            if task.on_done:
-                task.on_done(task)
+        try:
+            if self.on_chunk:  # before the tasks it finished are handed back: a caller that got
+                # its result finds the chunk that made it already reported (metrics, batch spans)
+                needs_grad, rule, _ = batch[0].streams[0][1].kind
+                tasks = {id(t): t for piece in batch for t, _ in piece.streams}.values()
+                self.on_chunk(ChunkReport(total, len(tasks), tuple(t.tag for t in tasks), needs_grad, elapsed, rule))
+        finally:  # a report that fails must not leave a finished task's caller waiting
+            for task in ended:
+                if task.on_done:
+                    task.on_done(task)
 
     def _take_chunk(self) -> list[_Slice]:
         """Slices [start, stop) of ready pending streams, all of one kind (gradient or not,
