@@ -110,7 +110,6 @@ class EmbeddedBackend:
     def __init__(self, config: ServiceConfig, metrics: Metrics, tracer: trace.Tracer):
         self.config = config
         self.metrics = metrics
-        self.tracer = tracer
         try:  # a config built in code skipped load_config's parsing: refuse before loading models
             budget = parse_size(config.explanation_cache_bytes)
         except ValueError as exc:
